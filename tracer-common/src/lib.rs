@@ -1,0 +1,227 @@
+//! The kernel/user contract: the records the eBPF programs write and the agent reads, the
+//! read-only configuration the agent hands the programs, and the names of maps and programs.
+//!
+//! Every struct is `#[repr(C)]` with explicit padding so both sides agree byte for byte; the
+//! sizes are asserted at compile time.
+#![no_std]
+
+/// Largest number of payload bytes one event can carry (the `--capture-bytes` ceiling).
+pub const MAX_CAPTURE: usize = 8192;
+/// Payload bytes captured per syscall unless the user asks for another window.
+pub const DEFAULT_CAPTURE: u32 = 2048;
+/// iovecs walked per readv/writev/sendmsg/recvmsg; later ones are counted, not copied.
+pub const MAX_IOV: u32 = 16;
+/// Length of a kernel task name (`comm`), NUL padding included.
+pub const COMM_LEN: usize = 16;
+
+/// Names of the maps, shared so that neither side repeats a string literal.
+pub mod maps {
+    pub const EVENTS: &str = "EVENTS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const PID_FILTER: &str = "PID_FILTER";
+    pub const COMM_FILTER: &str = "COMM_FILTER";
+    pub const PORT_FILTER: &str = "PORT_FILTER";
+    pub const CONFIG: &str = "CONFIG";
+}
+
+/// Tracepoint category of every program.
+pub const TRACEPOINT_CATEGORY: &str = "syscalls";
+
+/// The programs, each named after the syscall tracepoint it attaches to.
+pub const TRACEPOINTS: &[&str] = &[
+    "sys_enter_read",
+    "sys_exit_read",
+    "sys_enter_write",
+    "sys_exit_write",
+    "sys_enter_readv",
+    "sys_exit_readv",
+    "sys_enter_writev",
+    "sys_exit_writev",
+    "sys_enter_sendto",
+    "sys_exit_sendto",
+    "sys_enter_recvfrom",
+    "sys_exit_recvfrom",
+    "sys_enter_sendmsg",
+    "sys_exit_sendmsg",
+    "sys_enter_recvmsg",
+    "sys_exit_recvmsg",
+    "sys_exit_accept",
+    "sys_exit_accept4",
+    "sys_enter_connect",
+    "sys_exit_connect",
+    "sys_enter_close",
+];
+
+/// Bits of [`Config::filter_flags`]: which filter sets are active. An inactive set matches all.
+pub const FILTER_PID: u32 = 1;
+pub const FILTER_COMM: u32 = 2;
+pub const FILTER_PORT: u32 = 4;
+
+/// Number of `u64` words in the port bitmap (one bit per port).
+pub const PORT_BITMAP_WORDS: u32 = 65536 / 64;
+
+/// Byte offsets of the kernel struct fields the programs walk, computed by the agent from the
+/// running kernel's BTF (Rust eBPF has no CO-RE relocations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_files: u32,
+    pub task_group_leader: u32,
+    pub task_comm: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_f_inode: u32,
+    pub file_private_data: u32,
+    pub inode_i_mode: u32,
+    pub socket_type: u32,
+    pub socket_sk: u32,
+    /// The following are offsets from the start of `struct sock`.
+    pub sk_family: u32,
+    pub sk_protocol: u32,
+    pub sk_num: u32,
+    pub sk_dport: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    pub sk_v6_daddr: u32,
+    pub _pad: u32,
+}
+
+/// Read-only configuration, written into the programs' `.rodata` before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// The agent's own process id: never traced, so its exports do not trace themselves.
+    pub self_tgid: u32,
+    /// Payload bytes copied per syscall, at most [`MAX_CAPTURE`].
+    pub capture_bytes: u32,
+    /// [`FILTER_PID`] | [`FILTER_COMM`] | [`FILTER_PORT`].
+    pub filter_flags: u32,
+    /// Pending ring-buffer bytes above which a writer wakes the reader at once.
+    pub wakeup_bytes: u32,
+    pub offsets: KernelOffsets,
+}
+
+/// A TCP connection's endpoints, as seen from the traced process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnTuple {
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u16,
+    /// Host byte order.
+    pub local_port: u16,
+    /// Host byte order.
+    pub remote_port: u16,
+    pub _pad: u16,
+    /// IPv4 in the first four bytes, or IPv6; network byte order.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// What an event reports.
+pub mod kind {
+    /// Bytes moved by a read/write-family syscall.
+    pub const DATA: u8 = 1;
+    /// A connection the process accepted or connected.
+    pub const OPEN: u8 = 2;
+    /// The process closed the connection's descriptor.
+    pub const CLOSE: u8 = 3;
+}
+
+/// [`EventHeader::direction`]: which way the bytes went, for `DATA`; the role, for `OPEN`.
+pub mod direction {
+    /// Into the traced process (read family), or an accepted connection.
+    pub const INGRESS: u8 = 1;
+    /// Out of the traced process (write family), or a connection it opened.
+    pub const EGRESS: u8 = 2;
+}
+
+/// Which syscall produced an event (diagnostics and recordings).
+pub mod syscall {
+    pub const READ: u8 = 1;
+    pub const WRITE: u8 = 2;
+    pub const READV: u8 = 3;
+    pub const WRITEV: u8 = 4;
+    pub const SENDTO: u8 = 5;
+    pub const RECVFROM: u8 = 6;
+    pub const SENDMSG: u8 = 7;
+    pub const RECVMSG: u8 = 8;
+    pub const ACCEPT: u8 = 9;
+    pub const CONNECT: u8 = 10;
+    pub const CLOSE: u8 = 11;
+}
+
+/// One ring-buffer record: this header, then `captured_len` payload bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// Kernel monotonic time at syscall entry (ns).
+    pub ts_enter_ns: u64,
+    /// Kernel monotonic time at syscall exit (ns).
+    pub ts_exit_ns: u64,
+    /// Address of the kernel `struct sock`: the connection's identity while it is open.
+    pub sock: u64,
+    /// Bytes the syscall moved (its return value); may exceed `captured_len`.
+    pub total_len: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub captured_len: u32,
+    pub kind: u8,
+    pub direction: u8,
+    pub syscall: u8,
+    pub _pad: [u8; 5],
+    pub tuple: ConnTuple,
+    /// Name of the process (its main thread), NUL padded.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Size of [`EventHeader`] in bytes.
+pub const EVENT_HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
+
+/// Indices into the per-CPU `COUNTERS` array: every loss on the kernel side is counted.
+pub mod counter {
+    /// Events written to the ring buffer.
+    pub const EVENTS: u32 = 0;
+    /// Events lost because the ring buffer was full.
+    pub const RINGBUF_FULL: u32 = 1;
+    /// Payload reads from user memory that failed (event sent without payload).
+    pub const READ_USER_FAILED: u32 = 2;
+    /// Syscalls not followed because the in-flight table was full.
+    pub const INFLIGHT_FULL: u32 = 3;
+    /// Descriptors whose socket could not be resolved from the task's file table.
+    pub const CONN_RESOLVE_FAILED: u32 = 4;
+    /// Connections not cached because the connection table was full.
+    pub const CONN_TABLE_FULL: u32 = 5;
+    /// Syscalls with more iovecs than are walked (payload cut short, counts still exact).
+    pub const IOV_TRUNCATED: u32 = 6;
+    pub const COUNT: u32 = 7;
+
+    /// Names for reports, indexed like the counters.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "events",
+        "ringbuf_full",
+        "read_user_failed",
+        "inflight_full",
+        "conn_resolve_failed",
+        "conn_table_full",
+        "iov_truncated",
+    ];
+}
+
+const _: () = assert!(core::mem::size_of::<ConnTuple>() == 40);
+const _: () = assert!(EVENT_HEADER_LEN == 112);
+const _: () = assert!(EVENT_HEADER_LEN % 8 == 0);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
+const _: () = assert!(core::mem::size_of::<Config>() == 96);
+const _: () = assert!(MAX_CAPTURE.is_power_of_two());
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] integers and byte arrays with explicit padding.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::ConnTuple {}
+    unsafe impl aya::Pod for super::EventHeader {}
+}

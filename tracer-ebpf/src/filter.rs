@@ -1,0 +1,59 @@
+//! Which tasks are traced: the checks that run first in every program, before any copy.
+
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel};
+use tracer_common::{COMM_LEN, FILTER_COMM, FILTER_PID, FILTER_PORT, PORT_BITMAP_WORDS};
+
+use crate::{
+    config,
+    maps::{COMM_FILTER, PID_FILTER, PORT_FILTER},
+};
+
+/// The current `pid_tgid` if the current process is traced.
+#[inline(always)]
+pub fn traced_task() -> Option<u64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == config!(self_tgid) {
+        return None;
+    }
+    let flags = config!(filter_flags);
+    if flags & FILTER_PID != 0 && unsafe { PID_FILTER.get(tgid) }.is_none() {
+        return None;
+    }
+    if flags & FILTER_COMM != 0 {
+        let comm = process_comm()?;
+        unsafe { COMM_FILTER.get(comm) }?;
+    }
+    Some(pid_tgid)
+}
+
+/// The name of the current process: its main thread's `comm`, which worker threads that rename
+/// themselves (Java, Node) do not change.
+#[inline(always)]
+pub fn process_comm() -> Option<[u8; COMM_LEN]> {
+    let leader_off = config!(offsets.task_group_leader) as usize;
+    let comm_off = config!(offsets.task_comm) as usize;
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    unsafe {
+        let leader: *const u8 = bpf_probe_read_kernel(task.add(leader_off).cast()).ok()?;
+        bpf_probe_read_kernel(leader.add(comm_off).cast()).ok()
+    }
+}
+
+/// Whether a connection with these ports passes the port filter (local or remote port).
+#[inline(always)]
+pub fn ports_pass(local: u16, remote: u16) -> bool {
+    if config!(filter_flags) & FILTER_PORT == 0 {
+        return true;
+    }
+    port_set(local) || port_set(remote)
+}
+
+#[inline(always)]
+fn port_set(port: u16) -> bool {
+    let word = (port as u32 / 64) % PORT_BITMAP_WORDS;
+    match PORT_FILTER.get(word) {
+        Some(bits) => bits & (1u64 << (port % 64)) != 0,
+        None => false,
+    }
+}

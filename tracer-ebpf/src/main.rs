@@ -1,0 +1,287 @@
+//! tracer's eBPF programs: syscall tracepoints that follow TCP connections of traced processes
+//! and copy the first bytes of what they send and receive into a ring buffer.
+//!
+//! Entry programs check the filters, resolve the descriptor (cached) and remember the call;
+//! exit programs read the result and emit the event. Only tracepoints are used: they work on
+//! kernels without kprobes or fentry.
+#![no_std]
+#![no_main]
+
+mod conn;
+mod emit;
+mod filter;
+mod maps;
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{direction, kind, syscall};
+
+use crate::maps::{INFLIGHT, Inflight, MODE_IOV, MODE_PLAIN, count};
+
+/// Offsets in the syscall tracepoints' records: arguments after the 16-byte common header and
+/// syscall number; the return value in the same place on exit.
+const ARG0: usize = 16;
+const RET: usize = 16;
+const EINPROGRESS: i64 = 115;
+
+#[inline(always)]
+fn arg<T>(ctx: &TracePointContext, n: usize) -> Result<T, u32> {
+    unsafe { ctx.read_at::<T>(ARG0 + n * 8) }.map_err(|_| 0u32)
+}
+
+/// Remember a data syscall of a traced connection until its exit.
+#[inline(always)]
+fn enter_data(ctx: &TracePointContext, syscall: u8, mode: u8) -> Result<u32, u32> {
+    let pid_tgid = filter::traced_task().ok_or(0u32)?;
+    let fd: i64 = arg(ctx, 0)?;
+    let fd = fd as i32;
+    conn::lookup((pid_tgid >> 32) as u32, fd).ok_or(0u32)?;
+    let buf: u64 = arg(ctx, 1)?;
+    let (buf, iovcnt) = match mode {
+        MODE_PLAIN => (buf, 0),
+        MODE_IOV => (buf, arg::<u64>(ctx, 2)?),
+        // sendmsg/recvmsg: the iovecs hang off a user `struct msghdr`.
+        _ => {
+            let iov: u64 =
+                unsafe { bpf_probe_read_user((buf + 16) as *const u64) }.map_err(|_| 0u32)?;
+            let cnt: u64 =
+                unsafe { bpf_probe_read_user((buf + 24) as *const u64) }.map_err(|_| 0u32)?;
+            (iov, cnt)
+        }
+    };
+    let call = Inflight {
+        ts_enter: unsafe { bpf_ktime_get_ns() },
+        buf,
+        iovcnt,
+        fd,
+        mode: if mode == MODE_PLAIN {
+            MODE_PLAIN
+        } else {
+            MODE_IOV
+        },
+        syscall,
+        _pad: [0; 2],
+    };
+    if INFLIGHT.insert(pid_tgid, call, 0).is_err() {
+        count(tracer_common::counter::INFLIGHT_FULL);
+    }
+    Ok(0)
+}
+
+/// Emit the event of a data syscall that moved bytes.
+#[inline(always)]
+fn exit_data(ctx: &TracePointContext, dir: u8) -> Result<u32, u32> {
+    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    let call = *unsafe { INFLIGHT.get(pid_tgid) }.ok_or(0u32)?;
+    let _ = INFLIGHT.remove(pid_tgid);
+    let ret: i64 = unsafe { ctx.read_at(RET) }.map_err(|_| 0u32)?;
+    if ret <= 0 {
+        return Ok(0);
+    }
+    let conn = conn::lookup((pid_tgid >> 32) as u32, call.fd).ok_or(0u32)?;
+    let buf = emit::start(kind::DATA, dir, call.syscall, call.fd, &conn).ok_or(0u32)?;
+    unsafe {
+        (*buf).header.ts_enter_ns = call.ts_enter;
+        (*buf).header.total_len = ret as u64;
+    }
+    let copied = emit::copy_payload(buf, &call, ret as u64);
+    emit::submit(buf, copied);
+    Ok(0)
+}
+
+/// A connection was accepted or connected: resolve it afresh and announce it.
+#[inline(always)]
+fn opened(fd: i32, role: u8, syscall: u8) -> Result<u32, u32> {
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    let info = conn::resolve(maps::FdKey {
+        tgid,
+        fd: fd as u32,
+    })
+    .ok_or(0u32)?;
+    if info.traced != 1 {
+        return Ok(0);
+    }
+    let buf = emit::start(kind::OPEN, role, syscall, fd, &info).ok_or(0u32)?;
+    emit::submit(buf, 0);
+    Ok(0)
+}
+
+macro_rules! data_syscall {
+    ($enter:ident, $exit:ident, $syscall:expr, $mode:expr, $dir:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            match enter_data(&ctx, $syscall, $mode) {
+                Ok(v) | Err(v) => v,
+            }
+        }
+
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            match exit_data(&ctx, $dir) {
+                Ok(v) | Err(v) => v,
+            }
+        }
+    };
+}
+
+/// `struct msghdr` indirection, resolved on entry.
+const MODE_MSG: u8 = 2;
+
+data_syscall!(
+    sys_enter_read,
+    sys_exit_read,
+    syscall::READ,
+    MODE_PLAIN,
+    direction::INGRESS
+);
+data_syscall!(
+    sys_enter_write,
+    sys_exit_write,
+    syscall::WRITE,
+    MODE_PLAIN,
+    direction::EGRESS
+);
+data_syscall!(
+    sys_enter_readv,
+    sys_exit_readv,
+    syscall::READV,
+    MODE_IOV,
+    direction::INGRESS
+);
+data_syscall!(
+    sys_enter_writev,
+    sys_exit_writev,
+    syscall::WRITEV,
+    MODE_IOV,
+    direction::EGRESS
+);
+data_syscall!(
+    sys_enter_sendto,
+    sys_exit_sendto,
+    syscall::SENDTO,
+    MODE_PLAIN,
+    direction::EGRESS
+);
+data_syscall!(
+    sys_enter_recvfrom,
+    sys_exit_recvfrom,
+    syscall::RECVFROM,
+    MODE_PLAIN,
+    direction::INGRESS
+);
+data_syscall!(
+    sys_enter_sendmsg,
+    sys_exit_sendmsg,
+    syscall::SENDMSG,
+    MODE_MSG,
+    direction::EGRESS
+);
+data_syscall!(
+    sys_enter_recvmsg,
+    sys_exit_recvmsg,
+    syscall::RECVMSG,
+    MODE_MSG,
+    direction::INGRESS
+);
+
+#[inline(always)]
+fn accept_exit(ctx: &TracePointContext) -> Result<u32, u32> {
+    filter::traced_task().ok_or(0u32)?;
+    let ret: i64 = unsafe { ctx.read_at(RET) }.map_err(|_| 0u32)?;
+    if ret < 0 {
+        return Ok(0);
+    }
+    opened(ret as i32, direction::INGRESS, syscall::ACCEPT)
+}
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    match accept_exit(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    match accept_exit(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[inline(always)]
+fn connect_enter(ctx: &TracePointContext) -> Result<u32, u32> {
+    let pid_tgid = filter::traced_task().ok_or(0u32)?;
+    let fd: i64 = arg(ctx, 0)?;
+    let call = Inflight {
+        ts_enter: 0,
+        buf: 0,
+        iovcnt: 0,
+        fd: fd as i32,
+        mode: MODE_PLAIN,
+        syscall: syscall::CONNECT,
+        _pad: [0; 2],
+    };
+    if INFLIGHT.insert(pid_tgid, call, 0).is_err() {
+        count(tracer_common::counter::INFLIGHT_FULL);
+    }
+    Ok(0)
+}
+
+#[inline(always)]
+fn connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
+    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    let call = *unsafe { INFLIGHT.get(pid_tgid) }.ok_or(0u32)?;
+    let _ = INFLIGHT.remove(pid_tgid);
+    let ret: i64 = unsafe { ctx.read_at(RET) }.map_err(|_| 0u32)?;
+    if ret != 0 && ret != -EINPROGRESS {
+        return Ok(0);
+    }
+    opened(call.fd, direction::EGRESS, syscall::CONNECT)
+}
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    match connect_enter(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    match connect_exit(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[inline(always)]
+fn close_enter(ctx: &TracePointContext) -> Result<u32, u32> {
+    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    let fd: i64 = arg(ctx, 0)?;
+    let info = conn::forget((pid_tgid >> 32) as u32, fd as i32).ok_or(0u32)?;
+    if info.traced != 1 {
+        return Ok(0);
+    }
+    let buf = emit::start(kind::CLOSE, 0, syscall::CLOSE, fd as i32, &info).ok_or(0u32)?;
+    emit::submit(buf, 0);
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    match close_enter(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

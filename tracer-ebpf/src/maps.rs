@@ -1,0 +1,101 @@
+//! Every map and the configuration global the programs share.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{COMM_LEN, Config, ConnTuple, EventHeader, MAX_CAPTURE, PORT_BITMAP_WORDS};
+
+/// Written by the agent before load (see `tracer_common::Config`). Read field by field through
+/// [`config!`]: copying the whole struct would cost stack on every use.
+#[unsafe(no_mangle)]
+pub static CONFIG: Config = unsafe { core::mem::zeroed() };
+
+/// One field of [`CONFIG`], read so the compiler cannot fold the zero it was compiled with.
+#[macro_export]
+macro_rules! config {
+    ($($field:ident).+) => {
+        unsafe { core::ptr::read_volatile(&raw const $crate::maps::CONFIG.$($field).+) }
+    };
+}
+
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(tracer_common::counter::COUNT, 0);
+
+#[map(name = "PID_FILTER")]
+pub static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+#[map(name = "COMM_FILTER")]
+pub static COMM_FILTER: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(256, 0);
+
+/// One bit per port; the agent sets the bits of the ports to trace.
+#[map(name = "PORT_FILTER")]
+pub static PORT_FILTER: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
+
+/// A descriptor of a traced process, the key of the connection cache.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FdKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// What a descriptor is, resolved once and cached until it is closed.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnInfo {
+    pub sock: u64,
+    pub tuple: ConnTuple,
+    /// 1: a TCP connection that passes the filters; 0: anything else (skipped cheaply).
+    pub traced: u32,
+    pub _pad: u32,
+}
+
+#[map]
+pub static CONNS: LruHashMap<FdKey, ConnInfo> = LruHashMap::with_max_entries(65536, 0);
+
+/// How the payload of an in-flight syscall is laid out in user memory.
+pub const MODE_PLAIN: u8 = 0;
+pub const MODE_IOV: u8 = 1;
+
+/// A data syscall between its entry and its exit, keyed by thread.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Inflight {
+    pub ts_enter: u64,
+    /// The buffer, or the iovec array.
+    pub buf: u64,
+    /// The iovec count in `MODE_IOV`.
+    pub iovcnt: u64,
+    pub fd: i32,
+    pub mode: u8,
+    pub syscall: u8,
+    pub _pad: [u8; 2],
+}
+
+#[map]
+pub static INFLIGHT: LruHashMap<u64, Inflight> = LruHashMap::with_max_entries(16384, 0);
+
+/// An event under construction: header and payload, contiguous so one `output` sends both.
+/// Twice the capture ceiling, so that bounded-but-unknown offsets stay provably in range.
+#[repr(C)]
+pub struct EventBuf {
+    pub header: EventHeader,
+    pub data: [u8; MAX_CAPTURE * 2],
+}
+
+#[map]
+pub static SCRATCH: PerCpuArray<EventBuf> = PerCpuArray::with_max_entries(1, 0);
+
+/// Add one to a loss or activity counter.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // Per-CPU value: no other writer can race this increment.
+        unsafe { *slot += 1 };
+    }
+}

@@ -1,0 +1,194 @@
+//! Loading and attaching the eBPF programs, reading their ring buffer and their loss counters.
+
+pub mod btf;
+pub mod event;
+mod tracefs;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use tracer_common::{
+    COMM_LEN, Config, FILTER_COMM, FILTER_PID, FILTER_PORT, KernelOffsets, TRACEPOINT_CATEGORY,
+    TRACEPOINTS, counter, maps,
+};
+
+use crate::filter::Filter;
+
+/// The compiled eBPF object, embedded at build time.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// Pending ring-buffer bytes at which a program wakes the agent at once; below it the agent
+/// finds events on its next poll.
+const WAKEUP_BYTES: u32 = 512 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("tracer must run as root (or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)")]
+    NotRoot,
+    #[error("tracefs is not available: {0}")]
+    Tracefs(String),
+    #[error("cannot read kernel struct layouts: {0}")]
+    Btf(#[from] btf::BtfError),
+    #[error("loading the eBPF programs failed: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> CaptureError {
+    move |source| CaptureError::Map {
+        name,
+        source: Box::new(source),
+    }
+}
+
+/// The loaded and attached programs. Dropping it detaches everything.
+pub struct Probes {
+    ebpf: Ebpf,
+}
+
+impl Probes {
+    /// Load the programs with `filter` and `capture_bytes`, then attach every tracepoint.
+    pub fn attach(filter: &Filter, capture_bytes: u32) -> Result<Self, CaptureError> {
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(CaptureError::NotRoot);
+        }
+        tracefs::ensure_mounted().map_err(CaptureError::Tracefs)?;
+        let offsets = btf::kernel_offsets(&btf::Btf::from_kernel()?)?;
+        raise_memlock();
+        let config = kernel_config(filter, capture_bytes, offsets);
+        let mut ebpf = EbpfLoader::new()
+            .override_global(maps::CONFIG, &config, true)
+            .load(EBPF_OBJECT)
+            .map_err(|e| CaptureError::Load(Box::new(e)))?;
+        fill_filters(&mut ebpf, filter)?;
+        for &name in TRACEPOINTS {
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(CaptureError::Missing(name))?
+                .try_into()
+                .map_err(|e| CaptureError::Program {
+                    name,
+                    source: Box::new(e),
+                })?;
+            let wrap = |e| CaptureError::Program {
+                name,
+                source: Box::new(e),
+            };
+            program.load().map_err(wrap)?;
+            program.attach(TRACEPOINT_CATEGORY, name).map_err(wrap)?;
+        }
+        Ok(Probes { ebpf })
+    }
+
+    /// Take the ring buffer the programs write events into.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
+        let map = self
+            .ebpf
+            .take_map(maps::EVENTS)
+            .ok_or(CaptureError::Missing(maps::EVENTS))?;
+        RingBuf::try_from(map).map_err(map_err(maps::EVENTS))
+    }
+
+    /// The kernel-side counters, summed over CPUs, indexed as `tracer_common::counter`.
+    pub fn counters(&self) -> Result<[u64; counter::COUNT as usize], CaptureError> {
+        let map = self
+            .ebpf
+            .map(maps::COUNTERS)
+            .ok_or(CaptureError::Missing(maps::COUNTERS))?;
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(map_err(maps::COUNTERS))?;
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = array.get(&(i as u32), 0).map_err(map_err(maps::COUNTERS))?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+fn kernel_config(filter: &Filter, capture_bytes: u32, offsets: KernelOffsets) -> Config {
+    let mut flags = 0;
+    if !filter.pids.is_empty() {
+        flags |= FILTER_PID;
+    }
+    if !filter.comms.is_empty() {
+        flags |= FILTER_COMM;
+    }
+    if !filter.ports.is_empty() {
+        flags |= FILTER_PORT;
+    }
+    Config {
+        self_tgid: std::process::id(),
+        capture_bytes: capture_bytes.min(tracer_common::MAX_CAPTURE as u32),
+        filter_flags: flags,
+        wakeup_bytes: WAKEUP_BYTES,
+        offsets,
+    }
+}
+
+fn fill_filters(ebpf: &mut Ebpf, filter: &Filter) -> Result<(), CaptureError> {
+    {
+        let map = ebpf
+            .map_mut(maps::PID_FILTER)
+            .ok_or(CaptureError::Missing(maps::PID_FILTER))?;
+        let mut pids: HashMap<_, u32, u8> =
+            HashMap::try_from(map).map_err(map_err(maps::PID_FILTER))?;
+        for &pid in &filter.pids {
+            pids.insert(pid, 1, 0).map_err(map_err(maps::PID_FILTER))?;
+        }
+    }
+    {
+        let map = ebpf
+            .map_mut(maps::COMM_FILTER)
+            .ok_or(CaptureError::Missing(maps::COMM_FILTER))?;
+        let mut comms: HashMap<_, [u8; COMM_LEN], u8> =
+            HashMap::try_from(map).map_err(map_err(maps::COMM_FILTER))?;
+        for comm in &filter.comms {
+            comms
+                .insert(Filter::comm_key(comm), 1, 0)
+                .map_err(map_err(maps::COMM_FILTER))?;
+        }
+    }
+    let map = ebpf
+        .map_mut(maps::PORT_FILTER)
+        .ok_or(CaptureError::Missing(maps::PORT_FILTER))?;
+    let mut ports: Array<_, u64> = Array::try_from(map).map_err(map_err(maps::PORT_FILTER))?;
+    for (word, bits) in filter.port_bitmap().into_iter().enumerate() {
+        if bits != 0 {
+            ports
+                .set(word as u32, bits, 0)
+                .map_err(map_err(maps::PORT_FILTER))?;
+        }
+    }
+    Ok(())
+}
+
+/// Older kernels charge BPF memory to RLIMIT_MEMLOCK; newer ones to the memory cgroup, where
+/// raising the limit may be refused. Either way loading goes on.
+fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!(
+            "raising RLIMIT_MEMLOCK failed ({}); continuing",
+            std::io::Error::last_os_error()
+        );
+    }
+}
