@@ -1,37 +1,78 @@
-mod capture;
-mod filter;
+//! tracer: zero-instrumentation HTTP tracing for Linux. Parse the command line into a
+//! [`app::Config`] and run the agent.
 
-fn main() -> anyhow::Result<()> {
-    env_logger::init();
-    let f = filter::Filter {
-        pids: vec![],
-        comms: vec![],
-        ports: vec!["8099".parse().unwrap()],
-    };
-    let mut probes = capture::Probes::attach(&f, 2048)?;
-    let mut ring = probes.take_events()?;
-    eprintln!("ready");
-    let start = std::time::Instant::now();
-    while start.elapsed().as_secs() < 15 {
-        while let Some(item) = ring.next() {
-            let ev = capture::event::Event::decode(&item)?;
-            let (l, r) = capture::event::endpoints(&ev.header.tuple);
-            println!(
-                "{} {} k={} d={} sc={} len={} cap={} {} -> {} {:?}",
-                ev.comm(),
-                ev.header.tgid,
-                ev.header.kind,
-                ev.header.direction,
-                ev.header.syscall,
-                ev.header.total_len,
-                ev.header.captured_len,
-                l,
-                r,
-                String::from_utf8_lossy(&ev.payload[..ev.payload.len().min(60)])
+mod app;
+mod capture;
+mod cli;
+mod conn;
+mod correlate;
+mod export;
+mod filter;
+mod protocol;
+
+use clap::Parser as _;
+
+fn config(cli: cli::Cli) -> anyhow::Result<app::Config> {
+    let otlp = export::otlp::resolve(cli.otlp_endpoint.as_deref(), cli.otlp_protocol, |k| {
+        std::env::var(k).ok()
+    })?;
+    if let Some(c) = &otlp
+        && c.protocol == export::otlp::Protocol::HttpProtobuf
+        && c.endpoint.contains(":4317")
+    {
+        log::warn!(
+            "{} looks like an OTLP/gRPC port but the protocol is http/protobuf; \
+             pass --otlp-protocol grpc if the receiver speaks gRPC",
+            c.endpoint
+        );
+    }
+    for name in &cli.comms {
+        if name.len() >= tracer_common::COMM_LEN {
+            log::warn!(
+                "process name `{name}` is longer than the kernel keeps: matching its first {} bytes",
+                tracer_common::COMM_LEN - 1
             );
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    println!("{:?}", probes.counters()?);
-    Ok(())
+    let output = cli.output.unwrap_or(if otlp.is_some() {
+        cli::Output::None
+    } else {
+        cli::Output::Text
+    });
+    Ok(app::Config {
+        filter: filter::Filter {
+            pids: cli.pids,
+            comms: cli.comms,
+            ports: cli.ports,
+        },
+        capture_bytes: cli.capture_bytes,
+        otlp,
+        output,
+    })
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    let cli = cli::Cli::parse();
+    let result = config(cli).and_then(|config| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        runtime.block_on(app::run(config))
+    });
+    if let Err(e) = result {
+        // One line for the user; the whole story (verifier logs) at debug level.
+        log::debug!("{e:?}");
+        let full = format!("{e:#}");
+        let first = full.lines().next().unwrap_or_default();
+        if full.lines().nth(1).is_some() {
+            eprintln!("tracer: error: {first} (run with RUST_LOG=debug for details)");
+        } else {
+            eprintln!("tracer: error: {first}");
+        }
+        std::process::exit(1);
+    }
 }

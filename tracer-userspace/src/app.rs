@@ -1,0 +1,219 @@
+//! Wiring: attach the probes, run the capture loop that feeds the pipeline, and the export
+//! task behind a bounded queue; report counters; shut down cleanly on SIGINT/SIGTERM.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+use tracer_common::counter;
+
+use aya::maps::{MapData, RingBuf};
+
+use crate::{
+    capture::{Probes, event::Event},
+    cli::Output,
+    conn::Limits,
+    correlate::{Pipeline, clock::monotonic_now, ids::IdGen, process::Processes, span::HttpSpan},
+    export::{self, ExportStats, Sinks, otlp, terminal::Terminal},
+    filter::Filter,
+};
+
+/// Everything the agent needs to run, resolved from flags and environment.
+pub struct Config {
+    pub filter: Filter,
+    pub capture_bytes: u32,
+    pub otlp: Option<otlp::OtlpConfig>,
+    pub output: Output,
+}
+
+/// How often the ring buffer is read when no wakeup came (programs wake the agent only when
+/// much is pending).
+const POLL_EVERY: Duration = Duration::from_millis(20);
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
+const REPORT_EVERY: Duration = Duration::from_secs(60);
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let mut probes = Probes::attach(&config.filter, config.capture_bytes)?;
+    let ring = probes.take_events()?;
+    // SAFETY: the ring buffer owns its map fd, which stays open until the AsyncFd drops it.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .context("registering the ring buffer with epoll")?;
+
+    let otlp = match &config.otlp {
+        Some(c) => Some(
+            otlp::Otlp::new(c)
+                .with_context(|| format!("setting up OTLP export to {}", c.endpoint))?,
+        ),
+        None => None,
+    };
+    let terminal = match config.output {
+        Output::Text => Some(Terminal::text()),
+        Output::Json => Some(Terminal::json()),
+        Output::None => None,
+    };
+    let (tx, rx) = mpsc::channel(export::QUEUE_CAPACITY);
+    let (stats_tx, stats_rx) = watch::channel(ExportStats::default());
+    let exporter = tokio::spawn(export::run(Sinks { terminal, otlp }, rx, stats_tx));
+
+    let mut flow = Flow {
+        pipeline: Pipeline::new(Limits::default(), IdGen::new(), Processes::new()),
+        tx,
+        dropped: 0,
+        decode_errors: 0,
+    };
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut poll = tokio::time::interval(POLL_EVERY);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
+    let mut report = tokio::time::interval(REPORT_EVERY);
+    report.tick().await;
+
+    let destination = match &config.otlp {
+        Some(c) => format!("exporting to {} ({:?})", c.endpoint, c.protocol),
+        None => "printing spans here (no OTLP endpoint configured)".to_string(),
+    };
+    log::info!(
+        "ready: tracing HTTP of {}; {destination}",
+        config.filter.describe()
+    );
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                guard.clear_ready();
+                flow.drain(ring.get_mut());
+            }
+            _ = poll.tick() => flow.drain(ring.get_mut()),
+            _ = housekeeping.tick() => flow.housekeeping(),
+            _ = report.tick() => log_report(&probes, &flow, &stats_rx),
+        }
+    }
+
+    log::info!("shutting down: detaching probes and flushing spans");
+    // Detach first so nothing new arrives, then take what the ring still holds.
+    let counters = probes.counters().ok();
+    drop(probes);
+    flow.drain(ring.get_mut());
+    let (s, dropped) = flow.finish();
+    let final_stats = match tokio::time::timeout(Duration::from_secs(5), exporter).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => anyhow::bail!("the export task failed: {e}"),
+        Err(_) => {
+            log::warn!("export did not finish within 5 s; unsent spans are lost");
+            *stats_rx.borrow()
+        }
+    };
+    log::info!(
+        "stopped: {} spans ({} exported, {} failed to export, {} dropped at the queue), {} events{}",
+        s.spans,
+        final_stats.exported,
+        final_stats.failed,
+        dropped,
+        s.events,
+        counters
+            .map(|c| format!(", kernel: {}", kernel_report(&c)))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn kernel_report(c: &[u64; counter::COUNT as usize]) -> String {
+    counter::NAMES
+        .iter()
+        .zip(c.iter())
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn log_report(probes: &Probes, flow: &Flow, export: &watch::Receiver<ExportStats>) {
+    let (dropped, decode_errors) = (flow.dropped, flow.decode_errors);
+    let s = flow.pipeline.stats();
+    let e = *export.borrow();
+    let kernel = probes
+        .counters()
+        .map(|c| kernel_report(&c))
+        .unwrap_or_else(|err| format!("unreadable ({err})"));
+    log::info!(
+        "stats: spans={} exported={} export_failed={} queue_dropped={} no_response={} \
+         connections={} unmatched_responses={} desyncs={} evicted_idle={} evicted_full={} \
+         pending_overflow={} decode_errors={} kernel: {kernel}",
+        s.spans,
+        e.exported,
+        e.failed,
+        dropped,
+        s.spans_without_response,
+        s.connections,
+        s.unmatched_responses,
+        s.desyncs,
+        s.evicted_idle,
+        s.evicted_full,
+        s.pending_overflow,
+        decode_errors,
+    );
+}
+
+/// The capture side's state: the pipeline and the sending end of the export queue. Owned by
+/// the capture loop alone.
+struct Flow {
+    pipeline: Pipeline,
+    tx: mpsc::Sender<HttpSpan>,
+    dropped: u64,
+    decode_errors: u64,
+}
+
+impl Flow {
+    fn sender<'a>(
+        tx: &'a mpsc::Sender<HttpSpan>,
+        dropped: &'a mut u64,
+    ) -> impl FnMut(HttpSpan) + use<'a> {
+        move |span| {
+            if tx.try_send(span).is_err() {
+                if *dropped == 0 {
+                    log::warn!("export queue full: dropping spans (counted in the report)");
+                }
+                *dropped += 1;
+            }
+        }
+    }
+
+    /// Read everything the ring buffer holds into the pipeline.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        let mut send = Self::sender(&self.tx, &mut self.dropped);
+        while let Some(item) = ring.next() {
+            match Event::decode(&item) {
+                Ok(ev) => self.pipeline.on_event(&ev, &mut send),
+                Err(e) => {
+                    if self.decode_errors == 0 {
+                        log::warn!("undecodable event: {e}");
+                    }
+                    self.decode_errors += 1;
+                }
+            }
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let mut send = Self::sender(&self.tx, &mut self.dropped);
+        self.pipeline.tick(monotonic_now(), &mut send);
+    }
+
+    /// Finish the pipeline and close the queue; returns the final stats and drop count.
+    fn finish(mut self) -> (crate::correlate::Stats, u64) {
+        {
+            let mut send = Self::sender(&self.tx, &mut self.dropped);
+            self.pipeline.finish(&mut send);
+        }
+        (self.pipeline.stats(), self.dropped)
+    }
+}

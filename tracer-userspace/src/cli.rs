@@ -1,0 +1,126 @@
+//! The command line. Every flag has help text and an environment variable.
+
+use clap::{Parser, ValueEnum};
+
+use crate::{export::otlp::Protocol, filter::PortRange};
+
+/// How spans are shown on standard output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// One readable line per span.
+    Text,
+    /// One JSON object per span.
+    Json,
+    /// Nothing on standard output.
+    None,
+}
+
+/// tracer: HTTP spans from the socket syscalls of running programs, with no instrumentation.
+///
+/// Repeating a filter flag widens it (OR); different filter flags narrow each other (AND).
+/// With no filter every process except tracer itself is traced. Spans go to an OTLP receiver
+/// when an endpoint is configured (flag or OTEL_EXPORTER_OTLP_* variables), and to the terminal
+/// otherwise.
+#[derive(Debug, Parser)]
+#[command(name = "tracer", version, about, long_about)]
+pub struct Cli {
+    /// Trace the process with this id (repeat, or separate with commas).
+    #[arg(
+        long = "pid",
+        value_name = "PID",
+        env = "TRACER_PID",
+        value_delimiter = ','
+    )]
+    pub pids: Vec<u32>,
+
+    /// Trace processes with this name, as `ps -o comm` shows it (the kernel keeps 15 bytes).
+    #[arg(
+        long = "comm",
+        value_name = "NAME",
+        env = "TRACER_COMM",
+        value_delimiter = ','
+    )]
+    pub comms: Vec<String>,
+
+    /// Trace connections whose local or remote port is this port or in this range.
+    #[arg(
+        long = "port",
+        value_name = "PORT|LOW-HIGH",
+        env = "TRACER_PORT",
+        value_delimiter = ','
+    )]
+    pub ports: Vec<PortRange>,
+
+    /// OTLP receiver URL, e.g. http://localhost:4318 (http/protobuf) or http://localhost:4317
+    /// (grpc). Overrides OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_EXPORTER_OTLP_TRACES_ENDPOINT.
+    #[arg(long, value_name = "URL", env = "TRACER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP transport. Overrides OTEL_EXPORTER_OTLP_PROTOCOL; the default is http/protobuf.
+    #[arg(long, value_name = "PROTOCOL", env = "TRACER_OTLP_PROTOCOL")]
+    pub otlp_protocol: Option<Protocol>,
+
+    /// Spans on standard output: text, json or none. Default: text without an OTLP endpoint,
+    /// none with one.
+    #[arg(long, value_name = "FORMAT", env = "TRACER_OUTPUT")]
+    pub output: Option<Output>,
+
+    /// Payload bytes copied from each syscall (enough for HTTP heads), 64 to 8192.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "TRACER_CAPTURE_BYTES",
+        default_value_t = tracer_common::DEFAULT_CAPTURE,
+        value_parser = clap::value_parser!(u32).range(64..=tracer_common::MAX_CAPTURE as i64)
+    )]
+    pub capture_bytes: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_flags() {
+        let cli = Cli::try_parse_from([
+            "tracer",
+            "--pid",
+            "1",
+            "--pid",
+            "2,3",
+            "--comm",
+            "nginx",
+            "--port",
+            "80",
+            "--port",
+            "8000-8100",
+            "--otlp-endpoint",
+            "http://x:4317",
+            "--otlp-protocol",
+            "grpc",
+            "--output",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.pids, vec![1, 2, 3]);
+        assert_eq!(cli.comms, vec!["nginx"]);
+        assert_eq!(cli.ports.len(), 2);
+        assert_eq!(cli.otlp_protocol, Some(Protocol::Grpc));
+        assert_eq!(cli.output, Some(Output::Json));
+        assert_eq!(cli.capture_bytes, tracer_common::DEFAULT_CAPTURE);
+    }
+
+    #[test]
+    fn rejects_malformed_flags() {
+        for args in [
+            &["tracer", "--pid", "abc"][..],
+            &["tracer", "--port", "70000"],
+            &["tracer", "--port", "9-1"],
+            &["tracer", "--otlp-protocol", "http/json"],
+            &["tracer", "--output", "xml"],
+            &["tracer", "--capture-bytes", "10"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Per-connection state and its lifetime: a bounded table keyed by (process, kernel socket),
+//! with idle eviction. Every connection dropped for room or idleness is counted.
+
+use std::collections::HashMap;
+
+/// A connection as the kernel identifies it: the process and its `struct sock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnKey {
+    pub tgid: u32,
+    pub sock: u64,
+}
+
+/// Limits of a [`Table`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// Connections with no event for this long (kernel ns) are evicted.
+    pub idle_ns: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 65_536,
+            idle_ns: 300 * 1_000_000_000,
+        }
+    }
+}
+
+struct Entry<S> {
+    state: S,
+    last_seen: u64,
+}
+
+/// The connection table. `S` is whatever the protocol layer keeps per connection.
+pub struct Table<S> {
+    entries: HashMap<ConnKey, Entry<S>>,
+    limits: Limits,
+    /// Connections evicted because the table was full.
+    pub evicted_full: u64,
+    /// Connections evicted after being idle.
+    pub evicted_idle: u64,
+}
+
+impl<S> Table<S> {
+    pub fn new(limits: Limits) -> Self {
+        Table {
+            entries: HashMap::new(),
+            limits,
+            evicted_full: 0,
+            evicted_idle: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// When `key` is new and the table is full, evict the least recently seen connection to
+    /// make room for it, and return that connection.
+    pub fn make_room_for(&mut self, key: &ConnKey) -> Option<(ConnKey, S)> {
+        if self.entries.contains_key(key) || self.entries.len() < self.limits.max_connections {
+            return None;
+        }
+        let oldest = *self.entries.iter().min_by_key(|(_, e)| e.last_seen)?.0;
+        let entry = self.entries.remove(&oldest)?;
+        self.evicted_full += 1;
+        Some((oldest, entry.state))
+    }
+
+    /// The state of `key`, created with `make` if absent. Call [`Table::make_room_for`] first:
+    /// this does not enforce the limit.
+    pub fn get_or_insert(&mut self, key: ConnKey, now: u64, make: impl FnOnce() -> S) -> &mut S {
+        let entry = self.entries.entry(key).or_insert_with(|| Entry {
+            state: make(),
+            last_seen: now,
+        });
+        entry.last_seen = entry.last_seen.max(now);
+        &mut entry.state
+    }
+
+    /// Remove a connection (it was closed).
+    pub fn remove(&mut self, key: &ConnKey) -> Option<S> {
+        self.entries.remove(key).map(|e| e.state)
+    }
+
+    /// Remove every connection idle since before `now - idle`, handing each to `evicted`.
+    pub fn evict_idle(&mut self, now: u64, mut evicted: impl FnMut(ConnKey, S)) {
+        let cutoff = now.saturating_sub(self.limits.idle_ns);
+        let stale: Vec<ConnKey> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.last_seen < cutoff)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            if let Some(e) = self.entries.remove(&key) {
+                self.evicted_idle += 1;
+                evicted(key, e.state);
+            }
+        }
+    }
+
+    /// Remove everything (shutdown), handing each connection to `f`.
+    pub fn drain(&mut self, mut f: impl FnMut(ConnKey, S)) {
+        for (k, e) in self.entries.drain() {
+            f(k, e.state);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(sock: u64) -> ConnKey {
+        ConnKey { tgid: 1, sock }
+    }
+
+    #[test]
+    fn full_table_evicts_the_least_recent() {
+        let mut t = Table::new(Limits {
+            max_connections: 2,
+            idle_ns: 100,
+        });
+        t.get_or_insert(key(1), 10, || 1);
+        t.get_or_insert(key(2), 20, || 2);
+        assert!(
+            t.make_room_for(&key(1)).is_none(),
+            "known keys need no room"
+        );
+        t.get_or_insert(key(1), 30, || 0);
+        let gone = t.make_room_for(&key(3)).map(|(k, s)| (k.sock, s));
+        assert_eq!(gone, Some((2, 2)));
+        t.get_or_insert(key(3), 40, || 3);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.evicted_full, 1);
+    }
+
+    #[test]
+    fn idle_connections_are_evicted_and_counted() {
+        let mut t = Table::new(Limits {
+            max_connections: 10,
+            idle_ns: 100,
+        });
+        t.get_or_insert(key(1), 10, || ());
+        t.get_or_insert(key(2), 150, || ());
+        let mut gone = Vec::new();
+        t.evict_idle(200, |k, _| gone.push(k.sock));
+        assert_eq!(gone, vec![1]);
+        assert_eq!(t.evicted_idle, 1);
+        assert_eq!(t.len(), 1);
+    }
+}

@@ -1,0 +1,310 @@
+//! One connection's HTTP/1.x exchanges: requests paired with responses in order (keep-alive
+//! and pipelining), with the ids each request gets when it starts.
+
+use std::collections::VecDeque;
+
+use crate::protocol::http1::{
+    body::Framing,
+    head::{RequestHead, ResponseHead},
+    stream::{self, Chunk, Message, Reader, Side, Sink},
+};
+
+use super::{
+    ids::{IdGen, TraceParent},
+    span::{Kind, Response},
+};
+
+/// Requests awaiting responses on one connection; more are dropped (oldest first) and counted.
+const MAX_PENDING: usize = 256;
+/// Chunks inspected on a connection before deciding it does not speak HTTP/1.x.
+const MAX_PROBES: u8 = 4;
+
+/// A request seen, with what is known of its response so far.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub head: RequestHead,
+    pub start_ns: u64,
+    pub tid: u32,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    pub trace_flags: u8,
+    pub request_body_size: Option<u64>,
+    response: Option<ResponseHead>,
+}
+
+/// A request whose exchange is over: answered, or abandoned without an answer.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub kind: Kind,
+    pub request: Pending,
+    pub response: Option<Response>,
+    pub end_ns: u64,
+}
+
+/// Counts of what a connection could not pair.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Losses {
+    /// Responses with no request waiting for them.
+    pub unmatched_responses: u64,
+    /// Requests dropped because too many were waiting.
+    pub pending_overflow: u64,
+}
+
+#[derive(Debug, Default)]
+struct Pairing {
+    pending: VecDeque<Pending>,
+    /// The response in progress is informational (1xx) or unmatched: its end is not an answer.
+    ignore_end: bool,
+    /// 101 Switching Protocols was answered: no more HTTP/1.x here.
+    switched: bool,
+    finished: Vec<Finished>,
+    losses: Losses,
+}
+
+/// Per-feed context: the pairing plus what the chunk's event says.
+struct Feed<'a> {
+    pairing: &'a mut Pairing,
+    ids: &'a mut IdGen,
+    kind: Kind,
+    tid: u32,
+    /// Which reader is feeding: request ends and response ends mean different things.
+    side: Side,
+}
+
+impl Sink for Feed<'_> {
+    fn message(&mut self, message: Message) {
+        let p = &mut *self.pairing;
+        match message {
+            Message::Request { head, ts } => {
+                // Server spans continue an incoming trace context; the rest start new traces.
+                let incoming = match self.kind {
+                    Kind::Server => head.traceparent.as_deref().and_then(TraceParent::parse),
+                    Kind::Client => None,
+                };
+                let (trace_id, parent_span_id, trace_flags) = match incoming {
+                    Some(tp) => (tp.trace_id, Some(tp.parent_id), tp.flags),
+                    None => (self.ids.trace_id(), None, 1),
+                };
+                if p.pending.len() >= MAX_PENDING {
+                    p.pending.pop_front();
+                    p.losses.pending_overflow += 1;
+                }
+                p.pending.push_back(Pending {
+                    head,
+                    start_ns: ts,
+                    tid: self.tid,
+                    trace_id,
+                    span_id: self.ids.span_id(),
+                    parent_span_id,
+                    trace_flags,
+                    request_body_size: None,
+                    response: None,
+                });
+            }
+            Message::Response { head, .. } => {
+                p.ignore_end = false;
+                if (100..200).contains(&head.status) && head.status != 101 {
+                    p.ignore_end = true;
+                    return;
+                }
+                match p.pending.iter_mut().find(|r| r.response.is_none()) {
+                    Some(r) => {
+                        if head.status == 101 {
+                            p.switched = true;
+                        }
+                        r.response = Some(head);
+                    }
+                    None => {
+                        p.losses.unmatched_responses += 1;
+                        p.ignore_end = true;
+                    }
+                }
+            }
+            Message::End { ts, size } => self.end(ts, size),
+        }
+    }
+
+    fn response_framing(&mut self, head: &ResponseHead) -> Framing {
+        let method = self
+            .pairing
+            .pending
+            .iter()
+            .find(|r| r.response.is_none())
+            .map(|r| r.head.method.as_str());
+        stream::response_framing(head, method)
+    }
+}
+
+impl Feed<'_> {
+    /// A body ended: a request's (its size is recorded) or a response's (the exchange is over).
+    fn end(&mut self, ts: u64, size: Option<u64>) {
+        let p = &mut *self.pairing;
+        if self.side == Side::Request {
+            // Only requests that declare a body have a size to report.
+            if let Some(r) = p.pending.back_mut()
+                && (r.head.content_length.is_some() || r.head.chunked)
+            {
+                r.request_body_size = size;
+            }
+            return;
+        }
+        if std::mem::take(&mut p.ignore_end) {
+            return;
+        }
+        let answered = p.pending.front().is_some_and(|r| r.response.is_some());
+        if !answered {
+            return;
+        }
+        let Some(mut request) = p.pending.pop_front() else {
+            return;
+        };
+        let head = request.response.take().expect("checked above");
+        p.finished.push(Finished {
+            kind: self.kind,
+            request,
+            response: Some(Response {
+                status: head.status,
+                body_size: size,
+            }),
+            end_ns: ts,
+        });
+    }
+}
+
+/// HTTP/1.x state of one connection of one process.
+#[derive(Debug)]
+pub struct Connection {
+    /// SERVER when requests arrive on this connection, CLIENT when they leave; unknown until
+    /// the open event or the first message says.
+    role: Option<Kind>,
+    probes: u8,
+    requests: Reader,
+    responses: Reader,
+    pairing: Pairing,
+    /// Kernel time of the last event seen.
+    pub last_ns: u64,
+}
+
+impl Connection {
+    pub fn new(role: Option<Kind>) -> Self {
+        Connection {
+            role,
+            probes: 0,
+            requests: Reader::new(Side::Request),
+            responses: Reader::new(Side::Response),
+            pairing: Pairing::default(),
+            last_ns: 0,
+        }
+    }
+
+    pub fn role(&self) -> Option<Kind> {
+        self.role
+    }
+
+    /// Whether this connection was found not to carry HTTP/1.x.
+    pub fn is_ignored(&self) -> bool {
+        self.role.is_none() && self.probes >= MAX_PROBES
+    }
+
+    /// Bytes moved on the connection. `ingress` is true for bytes into the traced process.
+    pub fn data(&mut self, ingress: bool, chunk: Chunk<'_>, tid: u32, ids: &mut IdGen) {
+        self.last_ns = self.last_ns.max(chunk.ts_last);
+        if self.pairing.switched {
+            return;
+        }
+        let role = match self.role {
+            Some(role) => role,
+            None => {
+                if self.probes >= MAX_PROBES {
+                    return;
+                }
+                match infer_role(ingress, chunk.data) {
+                    Some(role) => {
+                        self.role = Some(role);
+                        role
+                    }
+                    None => {
+                        self.probes += 1;
+                        return;
+                    }
+                }
+            }
+        };
+        // Requests flow into servers and out of clients.
+        let side = if ingress == (role == Kind::Server) {
+            Side::Request
+        } else {
+            Side::Response
+        };
+        let mut feed = Feed {
+            pairing: &mut self.pairing,
+            ids,
+            kind: role,
+            tid,
+            side,
+        };
+        match side {
+            Side::Request => self.requests.feed(chunk, &mut feed),
+            Side::Response => self.responses.feed(chunk, &mut feed),
+        }
+        if self.pairing.switched {
+            self.requests.stop();
+            self.responses.stop();
+        }
+    }
+
+    /// The connection ended at `ts`: close-delimited bodies end, and requests still waiting
+    /// are finished without a response (nothing is invented for them).
+    pub fn close(&mut self, ts: u64, ids: &mut IdGen) {
+        self.last_ns = self.last_ns.max(ts);
+        if let Some(kind) = self.role {
+            let mut feed = Feed {
+                pairing: &mut self.pairing,
+                ids,
+                kind,
+                tid: 0,
+                side: Side::Response,
+            };
+            self.responses.close(ts, &mut feed);
+            feed.side = Side::Request;
+            self.requests.close(ts, &mut feed);
+        }
+        let end = self.last_ns;
+        let kind = self.role.unwrap_or(Kind::Server);
+        for request in self.pairing.pending.drain(..) {
+            self.pairing.finished.push(Finished {
+                kind,
+                request,
+                response: None,
+                end_ns: end,
+            });
+        }
+    }
+
+    /// Take the exchanges finished so far.
+    pub fn take_finished(&mut self) -> std::vec::Drain<'_, Finished> {
+        self.pairing.finished.drain(..)
+    }
+
+    /// Take the pairing loss counts accumulated so far.
+    pub fn take_losses(&mut self) -> Losses {
+        std::mem::take(&mut self.pairing.losses)
+    }
+
+    /// Times the readers lost message boundaries.
+    pub fn desyncs(&self) -> u64 {
+        self.requests.desyncs + self.responses.desyncs
+    }
+}
+
+/// The role a connection's first HTTP bytes reveal.
+fn infer_role(ingress: bool, data: &[u8]) -> Option<Kind> {
+    let request = Reader::could_start(Side::Request, data);
+    let response = Reader::could_start(Side::Response, data) && !request;
+    match (ingress, request, response) {
+        (true, true, _) | (false, _, true) => Some(Kind::Server),
+        (false, true, _) | (true, _, true) => Some(Kind::Client),
+        _ => None,
+    }
+}

@@ -1,0 +1,230 @@
+//! From events to spans: route each event to its connection, pair requests with responses, and
+//! assemble spans with the process, addresses and kernel timestamps they belong to.
+
+pub mod clock;
+pub mod exchange;
+pub mod ids;
+pub mod process;
+pub mod span;
+
+use tracer_common::{direction, kind};
+
+use crate::{
+    capture::event::{Event, endpoints},
+    conn::{ConnKey, Limits, Table},
+    protocol::http1::stream::Chunk,
+};
+
+use self::{
+    exchange::{Connection, Finished},
+    ids::IdGen,
+    process::Processes,
+    span::{HttpSpan, Kind},
+};
+
+/// What the pipeline has seen and lost, for the periodic report.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub events: u64,
+    pub spans: u64,
+    pub spans_without_response: u64,
+    pub unmatched_responses: u64,
+    pub pending_overflow: u64,
+    pub desyncs: u64,
+    pub evicted_full: u64,
+    pub evicted_idle: u64,
+    pub connections: u64,
+}
+
+/// A connection's state plus what the pipeline needs to name its spans.
+struct Conn {
+    http: Connection,
+    local: std::net::SocketAddr,
+    remote: std::net::SocketAddr,
+    comm: [u8; tracer_common::COMM_LEN],
+}
+
+type FinishedAt = (
+    ConnKey,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+    [u8; 16],
+    Finished,
+);
+
+/// A connection borrowed from the table, with the fields feeding it needs.
+struct ConnRef<'t> {
+    conn: &'t mut Conn,
+    ids: &'t mut IdGen,
+    finished: &'t mut Vec<FinishedAt>,
+}
+
+/// The userspace pipeline. One owner (the capture task) feeds it events in ring-buffer order.
+pub struct Pipeline {
+    conns: Table<Conn>,
+    processes: Processes,
+    ids: IdGen,
+    stats: Stats,
+    /// Exchanges finished by the last call, waiting to become spans.
+    finished: Vec<FinishedAt>,
+}
+
+impl Pipeline {
+    pub fn new(limits: Limits, ids: IdGen, processes: Processes) -> Self {
+        Pipeline {
+            conns: Table::new(limits),
+            processes,
+            ids,
+            stats: Stats::default(),
+            finished: Vec::new(),
+        }
+    }
+
+    /// Feed one event; spans it completes are passed to `out`.
+    pub fn on_event(&mut self, ev: &Event<'_>, out: &mut impl FnMut(HttpSpan)) {
+        self.stats.events += 1;
+        let h = &ev.header;
+        let key = ConnKey {
+            tgid: h.tgid,
+            sock: h.sock,
+        };
+        match h.kind {
+            kind::OPEN => {
+                // A new connection on a reused socket address: finish whatever was there.
+                if let Some(old) = self.conns.remove(&key) {
+                    self.retire(key, old, h.ts_exit_ns);
+                }
+                let role = if h.direction == direction::INGRESS {
+                    Kind::Server
+                } else {
+                    Kind::Client
+                };
+                self.conn(key, ev, Some(role));
+            }
+            kind::DATA => {
+                let ingress = ev.is_ingress();
+                // Bytes into the process: the first byte is there when the read returns.
+                // Bytes out: the first byte leaves when the write starts.
+                let ts_first = if ingress { h.ts_exit_ns } else { h.ts_enter_ns };
+                let chunk = Chunk {
+                    data: ev.payload,
+                    total: h.total_len,
+                    ts_first,
+                    ts_last: h.ts_exit_ns,
+                };
+                let c = self.conn(key, ev, None);
+                c.conn.http.data(ingress, chunk, h.tid, c.ids);
+                let (local, remote, comm) = (c.conn.local, c.conn.remote, c.conn.comm);
+                for f in c.conn.http.take_finished() {
+                    c.finished.push((key, local, remote, comm, f));
+                }
+            }
+            kind::CLOSE => {
+                if let Some(conn) = self.conns.remove(&key) {
+                    self.retire(key, conn, h.ts_exit_ns);
+                }
+            }
+            _ => {}
+        }
+        self.emit(out);
+    }
+
+    /// Periodic housekeeping at kernel time `now`: evict idle connections.
+    pub fn tick(&mut self, now: u64, out: &mut impl FnMut(HttpSpan)) {
+        let mut idle = Vec::new();
+        self.conns.evict_idle(now, |k, c| idle.push((k, c)));
+        for (k, c) in idle {
+            let last = c.http.last_ns;
+            self.retire(k, c, last);
+        }
+        self.emit(out);
+    }
+
+    /// Shutdown: exchanges still open are dropped (their responses may simply not have
+    /// arrived yet), and counted.
+    pub fn finish(&mut self, out: &mut impl FnMut(HttpSpan)) {
+        self.emit(out);
+        self.conns.drain(|_, _| {});
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            evicted_full: self.conns.evicted_full,
+            evicted_idle: self.conns.evicted_idle,
+            connections: self.conns.len() as u64,
+            ..self.stats
+        }
+    }
+
+    /// The connection `key`, created from `ev` if new (evicting the least recent one when the
+    /// table is full). Borrows only the table, so callers can use the other fields alongside.
+    fn conn<'t>(&'t mut self, key: ConnKey, ev: &Event<'_>, role: Option<Kind>) -> ConnRef<'t> {
+        if let Some((k, c)) = self.conns.make_room_for(&key) {
+            let last = c.http.last_ns;
+            self.retire(k, c, last);
+        }
+        let (local, remote) = endpoints(&ev.header.tuple);
+        let comm = ev.header.comm;
+        let conn = self
+            .conns
+            .get_or_insert(key, ev.header.ts_exit_ns, || Conn {
+                http: Connection::new(role),
+                local,
+                remote,
+                comm,
+            });
+        ConnRef {
+            conn,
+            ids: &mut self.ids,
+            finished: &mut self.finished,
+        }
+    }
+
+    /// A connection is gone (closed, evicted): finish its exchanges.
+    fn retire(&mut self, key: ConnKey, mut conn: Conn, ts: u64) {
+        conn.http.close(ts, &mut self.ids);
+        let losses = conn.http.take_losses();
+        self.stats.unmatched_responses += losses.unmatched_responses;
+        self.stats.pending_overflow += losses.pending_overflow;
+        self.stats.desyncs += conn.http.desyncs();
+        for f in conn.http.take_finished() {
+            self.finished
+                .push((key, conn.local, conn.remote, conn.comm, f));
+        }
+    }
+
+    fn emit(&mut self, out: &mut impl FnMut(HttpSpan)) {
+        for (key, local, remote, comm, f) in self.finished.drain(..) {
+            let process = self
+                .processes
+                .get(key.tgid, crate::capture::event::comm_str(&comm));
+            let r = f.request;
+            if f.response.is_none() {
+                self.stats.spans_without_response += 1;
+            }
+            self.stats.spans += 1;
+            out(HttpSpan {
+                trace_id: r.trace_id,
+                span_id: r.span_id,
+                parent_span_id: r.parent_span_id,
+                trace_flags: r.trace_flags,
+                tracestate: r.head.tracestate.clone(),
+                kind: f.kind,
+                start_ns: r.start_ns,
+                end_ns: f.end_ns.max(r.start_ns),
+                process,
+                tid: r.tid,
+                method: r.head.method,
+                target: r.head.target,
+                minor_version: r.head.minor_version,
+                host: r.head.host,
+                user_agent: r.head.user_agent,
+                request_body_size: r.request_body_size,
+                response: f.response,
+                local,
+                remote,
+                head_truncated: r.head.truncated,
+            });
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Who a traced process is: the facts that become its OpenTelemetry resource.
+
+use std::{collections::HashMap, sync::Arc};
+
+/// A traced process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    /// Kernel task name of the main thread.
+    pub comm: String,
+    /// Base name of `/proc/PID/exe`, or the task name when that is gone.
+    pub executable_name: String,
+    pub executable_path: Option<String>,
+}
+
+impl Process {
+    /// Describe `pid`, reading `/proc` once.
+    pub fn read(pid: u32, comm: &str) -> Self {
+        let path = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|p| {
+                p.to_string_lossy()
+                    .trim_end_matches(" (deleted)")
+                    .to_string()
+            });
+        let executable_name = path
+            .as_deref()
+            .and_then(|p| p.rsplit('/').next())
+            .filter(|n| !n.is_empty())
+            .unwrap_or(comm)
+            .to_string();
+        Process {
+            pid,
+            comm: comm.to_string(),
+            executable_name,
+            executable_path: path,
+        }
+    }
+
+    /// The service name spans of this process are reported under.
+    pub fn service_name(&self) -> &str {
+        &self.executable_name
+    }
+}
+
+/// Cache of [`Process`] by pid, bounded.
+pub struct Processes {
+    known: HashMap<u32, Arc<Process>>,
+}
+
+const MAX_PROCESSES: usize = 8192;
+
+impl Processes {
+    pub fn new() -> Self {
+        Processes {
+            known: HashMap::new(),
+        }
+    }
+
+    /// The process `pid`, as named `comm` in the event at hand. A changed name means the pid
+    /// was reused or the process exec'd: it is read again.
+    pub fn get(&mut self, pid: u32, comm: &str) -> Arc<Process> {
+        if let Some(p) = self.known.get(&pid)
+            && p.comm == comm
+        {
+            return p.clone();
+        }
+        if self.known.len() >= MAX_PROCESSES {
+            self.known.clear();
+        }
+        let p = Arc::new(Process::read(pid, comm));
+        self.known.insert(pid, p.clone());
+        p
+    }
+
+    /// Put a known process in the cache (replays, tests).
+    pub fn insert(&mut self, p: Process) {
+        self.known.insert(p.pid, Arc::new(p));
+    }
+}

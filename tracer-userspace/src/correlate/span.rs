@@ -1,0 +1,339 @@
+//! The spans the pipeline produces, and their OpenTelemetry HTTP semantic-convention
+//! attributes (one definition shared by every exporter).
+
+use std::{net::SocketAddr, sync::Arc};
+
+use super::process::Process;
+
+/// SERVER: the traced process received the request. CLIENT: it sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Server,
+    Client,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Server => "SERVER",
+            Kind::Client => "CLIENT",
+        }
+    }
+}
+
+/// An attribute value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Str(String),
+    Int(i64),
+}
+
+/// The response side of an exchange, when one was seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub body_size: Option<u64>,
+}
+
+/// One HTTP request and its response, seen from one process.
+#[derive(Debug, Clone)]
+pub struct HttpSpan {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    pub trace_flags: u8,
+    pub tracestate: Option<String>,
+    pub kind: Kind,
+    /// Kernel monotonic time of the request's first byte (ns).
+    pub start_ns: u64,
+    /// Kernel monotonic time of the response's last byte (ns), or when the connection was
+    /// seen to end without a response.
+    pub end_ns: u64,
+    pub process: Arc<Process>,
+    /// Thread that handled the request (server) or sent it (client).
+    pub tid: u32,
+    pub method: String,
+    pub target: String,
+    pub minor_version: u8,
+    pub host: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_body_size: Option<u64>,
+    /// `None` when no response was observed.
+    pub response: Option<Response>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The request head was longer than the capture window: headers past it are unknown.
+    pub head_truncated: bool,
+}
+
+const KNOWN_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// Why a span has no response, as `error.type`.
+pub const NO_RESPONSE: &str = "response_not_observed";
+
+impl HttpSpan {
+    fn known_method(&self) -> bool {
+        KNOWN_METHODS.contains(&self.method.as_str())
+    }
+
+    /// Span name per the conventions: the method, or `HTTP` for methods they do not know.
+    pub fn name(&self) -> &str {
+        if self.known_method() {
+            &self.method
+        } else {
+            "HTTP"
+        }
+    }
+
+    /// The path of the request target, without query or fragment.
+    pub fn path(&self) -> &str {
+        let mut t = self.target.as_str();
+        // absolute-form (proxies): scheme://authority/path
+        if let Some(rest) = t
+            .strip_prefix("http://")
+            .or_else(|| t.strip_prefix("https://"))
+        {
+            t = rest.find('/').map_or("/", |i| &rest[i..]);
+        }
+        let end = t.find(['?', '#']).unwrap_or(t.len());
+        &t[..end]
+    }
+
+    /// Whether the span's status is ERROR: 5xx on servers, 4xx and 5xx on clients, and any
+    /// request whose response was never observed.
+    pub fn is_error(&self) -> bool {
+        match &self.response {
+            None => true,
+            Some(r) => match self.kind {
+                Kind::Server => r.status >= 500,
+                Kind::Client => r.status >= 400,
+            },
+        }
+    }
+
+    /// The status description for an ERROR span with no response.
+    pub fn error_message(&self) -> Option<&'static str> {
+        self.response
+            .is_none()
+            .then_some("no response was observed before the connection ended")
+    }
+
+    /// Host and port named by the Host header, if any.
+    fn host_header(&self) -> Option<(&str, Option<u16>)> {
+        let host = self.host.as_deref()?.trim();
+        if host.is_empty() {
+            return None;
+        }
+        if let Some(rest) = host.strip_prefix('[') {
+            // [v6]:port
+            let (addr, after) = rest.split_once(']')?;
+            let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
+            return Some((addr, port));
+        }
+        match host.rsplit_once(':') {
+            Some((h, p)) => match p.parse() {
+                Ok(port) => Some((h, Some(port))),
+                Err(_) => Some((host, None)),
+            },
+            None => Some((host, None)),
+        }
+    }
+
+    /// `server.address` and `server.port`: from the Host header, else the socket's server end.
+    pub fn server(&self) -> (String, u16) {
+        let socket = match self.kind {
+            Kind::Server => self.local,
+            Kind::Client => self.remote,
+        };
+        match self.host_header() {
+            Some((host, port)) => (host.to_string(), port.unwrap_or(socket.port())),
+            None => (socket.ip().to_string(), socket.port()),
+        }
+    }
+
+    /// The conventions' attributes, in a stable order.
+    pub fn attributes(&self) -> Vec<(&'static str, Value)> {
+        use Value::{Int, Str};
+        let mut a = Vec::with_capacity(20);
+        if self.known_method() {
+            a.push(("http.request.method", Str(self.method.clone())));
+        } else {
+            a.push(("http.request.method", Str("_OTHER".into())));
+            a.push(("http.request.method_original", Str(self.method.clone())));
+        }
+        let (server_address, server_port) = self.server();
+        a.push(("url.path", Str(self.path().to_string())));
+        a.push(("url.scheme", Str("http".into())));
+        if self.kind == Kind::Client {
+            let authority = match self.host_header() {
+                Some(_) => self.host.clone().unwrap_or_default(),
+                None => self.remote.to_string(),
+            };
+            a.push((
+                "url.full",
+                Str(format!("http://{authority}{}", self.path())),
+            ));
+        }
+        if let Some(r) = &self.response {
+            a.push(("http.response.status_code", Int(r.status as i64)));
+        }
+        a.push(("server.address", Str(server_address)));
+        a.push(("server.port", Int(server_port as i64)));
+        if self.kind == Kind::Server {
+            a.push(("client.address", Str(self.remote.ip().to_string())));
+            a.push(("client.port", Int(self.remote.port() as i64)));
+        }
+        a.push(("network.peer.address", Str(self.remote.ip().to_string())));
+        a.push(("network.peer.port", Int(self.remote.port() as i64)));
+        a.push(("network.local.address", Str(self.local.ip().to_string())));
+        a.push(("network.local.port", Int(self.local.port() as i64)));
+        a.push(("network.transport", Str("tcp".into())));
+        let net_type = if self.remote.is_ipv4() {
+            "ipv4"
+        } else {
+            "ipv6"
+        };
+        a.push(("network.type", Str(net_type.into())));
+        a.push((
+            "network.protocol.version",
+            Str(format!("1.{}", self.minor_version)),
+        ));
+        if let Some(ua) = &self.user_agent {
+            a.push(("user_agent.original", Str(ua.clone())));
+        }
+        if let Some(n) = self.request_body_size {
+            a.push(("http.request.body.size", Int(n as i64)));
+        }
+        if let Some(n) = self.response.as_ref().and_then(|r| r.body_size) {
+            a.push(("http.response.body.size", Int(n as i64)));
+        }
+        a.push(("thread.id", Int(self.tid as i64)));
+        if self.is_error() {
+            let error = match &self.response {
+                Some(r) => r.status.to_string(),
+                None => NO_RESPONSE.to_string(),
+            };
+            a.push(("error.type", Str(error)));
+        }
+        if self.head_truncated {
+            a.push(("tracer.request.head_truncated", Str("true".into())));
+        }
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample(kind: Kind) -> HttpSpan {
+        HttpSpan {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: None,
+            trace_flags: 1,
+            tracestate: None,
+            kind,
+            start_ns: 1_000,
+            end_ns: 5_000,
+            process: Arc::new(Process {
+                pid: 7,
+                comm: "srv".into(),
+                executable_name: "srv".into(),
+                executable_path: None,
+            }),
+            tid: 8,
+            method: "GET".into(),
+            target: "/items/3?secret=1".into(),
+            minor_version: 1,
+            host: Some("shop.local:8080".into()),
+            user_agent: Some("curl/8".into()),
+            request_body_size: None,
+            response: Some(Response {
+                status: 404,
+                body_size: Some(10),
+            }),
+            local: "127.0.0.1:8080".parse().unwrap(),
+            remote: "127.0.0.1:50000".parse().unwrap(),
+            head_truncated: false,
+        }
+    }
+
+    fn get<'a>(a: &'a [(&'static str, Value)], k: &str) -> Option<&'a Value> {
+        a.iter().find(|(key, _)| *key == k).map(|(_, v)| v)
+    }
+
+    #[test]
+    fn server_span_attributes() {
+        let s = sample(Kind::Server);
+        let a = s.attributes();
+        assert_eq!(s.name(), "GET");
+        assert_eq!(get(&a, "url.path"), Some(&Value::Str("/items/3".into())));
+        assert_eq!(get(&a, "http.response.status_code"), Some(&Value::Int(404)));
+        assert_eq!(
+            get(&a, "server.address"),
+            Some(&Value::Str("shop.local".into()))
+        );
+        assert_eq!(get(&a, "server.port"), Some(&Value::Int(8080)));
+        assert_eq!(get(&a, "client.port"), Some(&Value::Int(50000)));
+        assert_eq!(
+            get(&a, "network.protocol.version"),
+            Some(&Value::Str("1.1".into()))
+        );
+        assert!(get(&a, "url.full").is_none());
+        assert!(!s.is_error(), "404 is not a server error");
+        assert!(get(&a, "error.type").is_none());
+    }
+
+    #[test]
+    fn client_span_attributes_and_error() {
+        let mut s = sample(Kind::Client);
+        s.local = "127.0.0.1:50000".parse().unwrap();
+        s.remote = "127.0.0.1:8080".parse().unwrap();
+        let a = s.attributes();
+        assert!(s.is_error(), "404 is a client error");
+        assert_eq!(get(&a, "error.type"), Some(&Value::Str("404".into())));
+        assert_eq!(
+            get(&a, "url.full"),
+            Some(&Value::Str("http://shop.local:8080/items/3".into()))
+        );
+        assert!(get(&a, "client.address").is_none());
+    }
+
+    #[test]
+    fn missing_response_is_an_error_without_status() {
+        let mut s = sample(Kind::Server);
+        s.response = None;
+        let a = s.attributes();
+        assert!(s.is_error());
+        assert!(get(&a, "http.response.status_code").is_none());
+        assert_eq!(get(&a, "error.type"), Some(&Value::Str(NO_RESPONSE.into())));
+    }
+
+    #[test]
+    fn unknown_methods_and_hosts() {
+        let mut s = sample(Kind::Server);
+        s.method = "PURGE".into();
+        s.host = None;
+        s.target = "http://proxy.example/x/y?z".into();
+        let a = s.attributes();
+        assert_eq!(s.name(), "HTTP");
+        assert_eq!(
+            get(&a, "http.request.method"),
+            Some(&Value::Str("_OTHER".into()))
+        );
+        assert_eq!(
+            get(&a, "http.request.method_original"),
+            Some(&Value::Str("PURGE".into()))
+        );
+        assert_eq!(
+            get(&a, "server.address"),
+            Some(&Value::Str("127.0.0.1".into()))
+        );
+        assert_eq!(s.path(), "/x/y");
+        s.host = Some("[::1]:9000".into());
+        assert_eq!(s.server(), ("::1".to_string(), 9000));
+    }
+}

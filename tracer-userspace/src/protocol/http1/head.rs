@@ -1,0 +1,258 @@
+//! HTTP/1.x message heads: request and status lines and the few headers tracing needs, parsed
+//! with `httparse` into small owned structs.
+
+/// Headers read per message head; heads with more are parsed as far as these go.
+const MAX_HEADERS: usize = 96;
+
+/// Methods recognised at the start of a stream chunk (resynchronising after a gap, or
+/// picking up a connection that was already open).
+const METHODS: &[&[u8]] = &[
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
+];
+
+/// Outcome of parsing a head from the bytes seen so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed<T> {
+    /// A whole head, `len` bytes long.
+    Complete { head: T, len: usize },
+    /// More bytes are needed.
+    Partial,
+    /// Not HTTP/1.x.
+    Invalid,
+}
+
+/// The parts of a request head that tracing uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    /// The request target as sent (path and query, or an absolute URI).
+    pub target: String,
+    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    pub host: Option<String>,
+    pub user_agent: Option<String>,
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    /// True when the head did not fit in what was captured: the fields above are what could be
+    /// read from its first bytes.
+    pub truncated: bool,
+}
+
+/// The parts of a response head that tracing uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub minor_version: u8,
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+    pub connection_close: bool,
+}
+
+/// Headers shared by requests and responses.
+#[derive(Default)]
+struct Common {
+    content_length: Option<u64>,
+    chunked: bool,
+    connection_close: bool,
+}
+
+fn text(value: &[u8]) -> String {
+    String::from_utf8_lossy(value).trim().to_string()
+}
+
+fn common(name: &str, value: &[u8], c: &mut Common) -> bool {
+    if name.eq_ignore_ascii_case("content-length") {
+        c.content_length = std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.trim().parse().ok());
+    } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        // Chunked must be the final coding when present (RFC 9112 6.1).
+        c.chunked = text(value)
+            .rsplit(',')
+            .next()
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+    } else if name.eq_ignore_ascii_case("connection") {
+        c.connection_close = text(value)
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("close"));
+    } else {
+        return false;
+    }
+    true
+}
+
+/// Whether `buf` begins like a request line.
+pub fn starts_like_request(buf: &[u8]) -> bool {
+    METHODS.iter().any(|m| buf.starts_with(m))
+}
+
+/// Whether `buf` is the beginning of a method token and its space (a head split very early).
+pub fn starts_like_request_prefix(buf: &[u8]) -> bool {
+    !buf.is_empty() && METHODS.iter().any(|m| m.starts_with(buf))
+}
+
+/// Whether `buf` begins like a status line.
+pub fn starts_like_response(buf: &[u8]) -> bool {
+    buf.starts_with(b"HTTP/1.")
+}
+
+/// Parse a request head. When `final_bytes` is true no more bytes of this head will be seen
+/// (the capture window cut it), and a head whose request line is whole is returned as
+/// `truncated` rather than `Partial`.
+pub fn parse_request(buf: &[u8], final_bytes: bool) -> Parsed<RequestHead> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let status = match req.parse(buf) {
+        Ok(s) => s,
+        Err(httparse::Error::TooManyHeaders) => httparse::Status::Partial,
+        Err(_) => return Parsed::Invalid,
+    };
+    let (len, truncated) = match status {
+        httparse::Status::Complete(len) => (len, false),
+        httparse::Status::Partial if final_bytes && req.version.is_some() => (buf.len(), true),
+        httparse::Status::Partial => return Parsed::Partial,
+    };
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return Parsed::Invalid;
+    };
+    let mut head = RequestHead {
+        method: method.to_string(),
+        target: target.to_string(),
+        minor_version: version,
+        truncated,
+        ..Default::default()
+    };
+    let mut c = Common::default();
+    for h in req.headers.iter().take_while(|h| !h.name.is_empty()) {
+        if common(h.name, h.value, &mut c) {
+            continue;
+        }
+        if h.name.eq_ignore_ascii_case("host") {
+            head.host = Some(text(h.value));
+        } else if h.name.eq_ignore_ascii_case("user-agent") {
+            head.user_agent = Some(text(h.value));
+        } else if h.name.eq_ignore_ascii_case("traceparent") {
+            head.traceparent = Some(text(h.value));
+        } else if h.name.eq_ignore_ascii_case("tracestate") {
+            head.tracestate = Some(text(h.value));
+        }
+    }
+    head.content_length = c.content_length;
+    head.chunked = c.chunked;
+    Parsed::Complete { head, len }
+}
+
+/// Parse a response head.
+pub fn parse_response(buf: &[u8]) -> Parsed<ResponseHead> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+            return Parsed::Partial;
+        }
+        Err(_) => return Parsed::Invalid,
+    };
+    let (Some(status), Some(version)) = (resp.code, resp.version) else {
+        return Parsed::Invalid;
+    };
+    let mut c = Common::default();
+    for h in resp.headers.iter() {
+        common(h.name, h.value, &mut c);
+    }
+    Parsed::Complete {
+        head: ResponseHead {
+            status,
+            minor_version: version,
+            content_length: c.content_length,
+            chunked: c.chunked,
+            connection_close: c.connection_close || version == 0,
+        },
+        len,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_fields() {
+        let raw = b"POST /api/items?id=7 HTTP/1.1\r\nHost: shop.local:8080\r\nUser-Agent: curl/8\r\n\
+                    Content-Length: 12\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\nbody";
+        let Parsed::Complete { head, len } = parse_request(raw, false) else {
+            panic!("expected a complete head");
+        };
+        assert_eq!(len, raw.len() - 4);
+        assert_eq!(head.method, "POST");
+        assert_eq!(head.target, "/api/items?id=7");
+        assert_eq!(head.minor_version, 1);
+        assert_eq!(head.host.as_deref(), Some("shop.local:8080"));
+        assert_eq!(head.user_agent.as_deref(), Some("curl/8"));
+        assert_eq!(head.content_length, Some(12));
+        assert!(!head.chunked && !head.truncated);
+        assert!(head.traceparent.unwrap().starts_with("00-0af76519"));
+    }
+
+    #[test]
+    fn partial_until_the_blank_line() {
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for cut in 0..raw.len() {
+            assert_eq!(
+                parse_request(&raw[..cut], false),
+                Parsed::Partial,
+                "cut at {cut}"
+            );
+        }
+        assert!(matches!(parse_request(raw, false), Parsed::Complete { .. }));
+    }
+
+    #[test]
+    fn truncated_head_keeps_the_request_line() {
+        let raw = b"GET /long HTTP/1.1\r\nHost: a\r\nX-Filler: aaaaaaaa";
+        let Parsed::Complete { head, .. } = parse_request(raw, true) else {
+            panic!("expected the salvaged head");
+        };
+        assert!(head.truncated);
+        assert_eq!(head.target, "/long");
+        // Without even a whole request line there is nothing to salvage.
+        assert_eq!(parse_request(b"GET /lo", true), Parsed::Partial);
+    }
+
+    #[test]
+    fn response_fields() {
+        let raw = b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: gzip, chunked\r\nConnection: keep-alive, close\r\n\r\n";
+        let Parsed::Complete { head, .. } = parse_response(raw) else {
+            panic!("expected a complete head");
+        };
+        assert_eq!(head.status, 404);
+        assert!(head.chunked);
+        assert!(head.connection_close);
+        let Parsed::Complete { head, .. } = parse_response(b"HTTP/1.0 200 OK\r\n\r\n") else {
+            panic!("expected a complete head");
+        };
+        assert!(head.connection_close, "HTTP/1.0 closes by default");
+    }
+
+    #[test]
+    fn garbage_is_invalid() {
+        assert_eq!(
+            parse_request(b"\x16\x03\x01\x02\x00\x01", false),
+            Parsed::Invalid
+        );
+        assert_eq!(parse_response(b"SSH-2.0-OpenSSH_9.2\r\n"), Parsed::Invalid);
+        assert!(starts_like_request(b"DELETE /x HTTP/1.1"));
+        assert!(!starts_like_request(b"GETX / HTTP/1.1"));
+        assert!(starts_like_response(b"HTTP/1.1 200 OK"));
+    }
+}
