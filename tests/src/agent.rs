@@ -1,0 +1,140 @@
+//! The agent under test, run as a child process.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+/// The agent binary: `TRACER_BIN`, or the workspace's release build.
+pub fn binary() -> PathBuf {
+    match std::env::var_os("TRACER_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/release/tracer"
+        )),
+    }
+}
+
+/// A running agent with its output collected.
+pub struct Agent {
+    child: Option<Child>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
+}
+
+fn collect(pipe: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            into.lock().unwrap().push(line);
+        }
+    });
+}
+
+impl Agent {
+    /// Start the agent with `args` and extra environment, and wait for its `ready` line.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Agent {
+        let mut cmd = Command::new(binary());
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // The tests' own OTLP settings must not leak in from the caller's environment.
+        for k in [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ] {
+            cmd.env_remove(k);
+        }
+        cmd.envs(env.iter().copied());
+        let mut child = cmd
+            .spawn()
+            .expect("starting the tracer binary (build it first)");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        collect(child.stderr.take().unwrap(), stderr.clone());
+        collect(child.stdout.take().unwrap(), stdout.clone());
+        let mut agent = Agent {
+            child: Some(child),
+            stderr,
+            stdout,
+        };
+        let ready = crate::wait_for(Duration::from_secs(20), || {
+            if let Ok(Some(status)) = agent.child.as_mut().unwrap().try_wait() {
+                panic!(
+                    "tracer exited with {status} before ready: {:?}",
+                    agent.stderr()
+                );
+            }
+            agent
+                .stderr()
+                .iter()
+                .any(|l| l.contains("ready"))
+                .then_some(())
+        });
+        assert!(
+            ready.is_some(),
+            "tracer never said ready: {:?}",
+            agent.stderr()
+        );
+        agent
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Send SIGTERM and wait for the exit; panics if it takes longer than `limit`.
+    pub fn stop_within(&mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("agent already stopped");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = crate::wait_for(limit, || child.try_wait().ok().flatten());
+        match status {
+            Some(s) => {
+                // Let the reader threads take the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                s
+            }
+            None => {
+                let _ = child.kill();
+                panic!(
+                    "tracer did not exit within {limit:?} of SIGTERM: {:?}",
+                    self.stderr()
+                );
+            }
+        }
+    }
+
+    /// Stop and require a clean exit.
+    pub fn stop(&mut self) {
+        let status = self.stop_within(Duration::from_secs(10));
+        assert!(
+            status.success(),
+            "tracer exited with {status}: {:?}",
+            self.stderr()
+        );
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! An OTLP trace receiver for tests: gRPC (the generated tonic `TraceService`) and
+//! http/protobuf (`POST /v1/traces`, decoded with the same generated messages).
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::{AnyValue, KeyValue, any_value},
+    trace::v1::Span,
+};
+use prost::Message as _;
+
+/// One span as received, with its resource and how it arrived.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub resource: HashMap<String, Value>,
+    pub span: Span,
+    pub attributes: HashMap<String, Value>,
+    pub transport: &'static str,
+}
+
+/// A flattened attribute value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Str(String),
+    Int(i64),
+    Other(String),
+}
+
+impl Value {
+    pub fn str(&self) -> &str {
+        match self {
+            Value::Str(s) => s,
+            other => panic!("expected a string, got {other:?}"),
+        }
+    }
+
+    pub fn int(&self) -> i64 {
+        match self {
+            Value::Int(i) => *i,
+            other => panic!("expected an int, got {other:?}"),
+        }
+    }
+}
+
+fn flatten(kvs: &[KeyValue]) -> HashMap<String, Value> {
+    kvs.iter()
+        .map(|kv| {
+            let v = match kv.value.as_ref().and_then(|v: &AnyValue| v.value.as_ref()) {
+                Some(any_value::Value::StringValue(s)) => Value::Str(s.clone()),
+                Some(any_value::Value::IntValue(i)) => Value::Int(*i),
+                other => Value::Other(format!("{other:?}")),
+            };
+            (kv.key.clone(), v)
+        })
+        .collect()
+}
+
+impl Received {
+    pub fn attr(&self, key: &str) -> &Value {
+        self.attributes
+            .get(key)
+            .unwrap_or_else(|| panic!("span has no attribute {key}: {:?}", self.attributes))
+    }
+
+    pub fn res(&self, key: &str) -> &Value {
+        self.resource
+            .get(key)
+            .unwrap_or_else(|| panic!("resource has no attribute {key}: {:?}", self.resource))
+    }
+
+    /// 2 = SERVER, 3 = CLIENT (OTLP `SpanKind`).
+    pub fn is_server(&self) -> bool {
+        self.span.kind == 2
+    }
+
+    pub fn is_client(&self) -> bool {
+        self.span.kind == 3
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.res("process.pid").int() as u32
+    }
+}
+
+#[derive(Default)]
+struct Store {
+    spans: Vec<Received>,
+    http_headers: Vec<HashMap<String, String>>,
+    grpc_metadata: Vec<HashMap<String, String>>,
+}
+
+type Shared = Arc<Mutex<Store>>;
+
+fn record(store: &Shared, req: ExportTraceServiceRequest, transport: &'static str) {
+    let mut s = store.lock().unwrap();
+    for rs in req.resource_spans {
+        let resource = flatten(&rs.resource.map(|r| r.attributes).unwrap_or_default());
+        for ss in rs.scope_spans {
+            for span in ss.spans {
+                s.spans.push(Received {
+                    resource: resource.clone(),
+                    attributes: flatten(&span.attributes),
+                    span,
+                    transport,
+                });
+            }
+        }
+    }
+}
+
+struct Grpc(Shared);
+
+#[tonic::async_trait]
+impl TraceService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let md = request
+            .metadata()
+            .iter()
+            .filter_map(|kv| match kv {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                    Some((k.to_string(), v.to_str().unwrap_or("").to_string()))
+                }
+                _ => None,
+            })
+            .collect();
+        self.0.lock().unwrap().grpc_metadata.push(md);
+        record(&self.0, request.into_inner(), "grpc");
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// A running receiver. Servers stop with the test process.
+pub struct Receiver {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    store: Shared,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        let store: Shared = Arc::default();
+        let grpc_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let grpc = grpc_listener.local_addr().unwrap();
+        grpc_listener.set_nonblocking(true).unwrap();
+        let service = Grpc(store.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(grpc_listener).unwrap();
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                tonic::transport::Server::builder()
+                    .add_service(
+                        TraceServiceServer::new(service)
+                            .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                    )
+                    .serve_with_incoming(incoming)
+                    .await
+                    .unwrap();
+            });
+        });
+        let http_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let http = http_listener.local_addr().unwrap();
+        let s = store.clone();
+        std::thread::spawn(move || {
+            for conn in http_listener.incoming().flatten() {
+                let s = s.clone();
+                std::thread::spawn(move || serve_http(conn, s));
+            }
+        });
+        Receiver { grpc, http, store }
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub fn spans(&self) -> Vec<Received> {
+        self.store.lock().unwrap().spans.clone()
+    }
+
+    /// Headers of every http/protobuf export request received.
+    pub fn http_headers(&self) -> Vec<HashMap<String, String>> {
+        self.store.lock().unwrap().http_headers.clone()
+    }
+
+    /// Metadata of every gRPC export request received.
+    pub fn grpc_metadata(&self) -> Vec<HashMap<String, String>> {
+        self.store.lock().unwrap().grpc_metadata.clone()
+    }
+
+    /// Wait until at least `n` spans matching `f` arrived, then a little longer for strays,
+    /// and return all spans matching `f`.
+    pub fn wait_spans(&self, n: usize, f: impl Fn(&Received) -> bool) -> Vec<Received> {
+        let got = crate::wait_for(Duration::from_secs(15), || {
+            let v: Vec<_> = self.spans().into_iter().filter(|s| f(s)).collect();
+            (v.len() >= n).then_some(())
+        });
+        // Spans are exported in batches at most 0.5 s apart: give extras time to show up.
+        std::thread::sleep(Duration::from_millis(1200));
+        let v: Vec<_> = self.spans().into_iter().filter(|s| f(s)).collect();
+        assert!(
+            got.is_some(),
+            "expected {n} spans, got {}: {:#?}",
+            v.len(),
+            v.iter()
+                .map(|s| (&s.span.name, s.span.kind, &s.attributes))
+                .collect::<Vec<_>>()
+        );
+        v
+    }
+}
+
+/// Minimal HTTP/1.1 server for `POST /v1/traces` with keep-alive.
+fn serve_http(conn: TcpStream, store: Shared) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut writer = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+        let mut headers = HashMap::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let status = if path != "/v1/traces" {
+            "404 Not Found"
+        } else {
+            match ExportTraceServiceRequest::decode(body.as_slice()) {
+                Ok(req) => {
+                    store.lock().unwrap().http_headers.push(headers);
+                    record(&store, req, "http");
+                    "200 OK"
+                }
+                Err(_) => "400 Bad Request",
+            }
+        };
+        let reply = ExportTraceServiceResponse {
+            partial_success: None,
+        }
+        .encode_to_vec();
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+            reply.len()
+        );
+        if writer.write_all(head.as_bytes()).is_err() || writer.write_all(&reply).is_err() {
+            return;
+        }
+    }
+}

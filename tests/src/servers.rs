@@ -1,0 +1,203 @@
+//! Real servers and clients for the tests: Python's http.server, nginx, curl.
+
+use std::{
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+/// A server process, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    /// Pids whose spans the server's work shows up under (nginx answers from its workers).
+    pub pids: Vec<u32>,
+    _dir: Option<TempDir>,
+}
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = crate::wait_for(Duration::from_secs(3), || {
+            self.child.try_wait().ok().flatten()
+        });
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "tracer-e2e-{tag}-{}-{}",
+            std::process::id(),
+            crate::free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn wait_listening(port: u16) {
+    let up = crate::wait_for(Duration::from_secs(15), || {
+        TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+    });
+    assert!(
+        up.is_some(),
+        "server on port {port} did not start listening"
+    );
+}
+
+/// `python3 -m http.server` serving a directory with an `index.html`.
+pub fn python_http(port: u16) -> Server {
+    let dir = TempDir::new("py");
+    std::fs::write(dir.path().join("index.html"), "<p>hello from python</p>\n").unwrap();
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "-d",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting python3 -m http.server");
+    wait_listening(port);
+    let pid = child.id();
+    Server {
+        child,
+        port,
+        pids: vec![pid],
+        _dir: Some(dir),
+    }
+}
+
+/// nginx in the foreground with one worker: `/` returns a fixed body, `/static/` files.
+pub fn nginx(port: u16) -> Server {
+    let dir = TempDir::new("nginx");
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("static")).unwrap();
+    std::fs::write(root.join("static/file.txt"), "x".repeat(5000)).unwrap();
+    let conf = format!(
+        "daemon off;\nworker_processes 1;\npid {root}/nginx.pid;\nerror_log {root}/error.log;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {root}/body;\n  proxy_temp_path {root}/proxy;\n\
+         fastcgi_temp_path {root}/fastcgi;\n  uwsgi_temp_path {root}/uwsgi;\n  scgi_temp_path {root}/scgi;\n\
+         server {{\n    listen 127.0.0.1:{port};\n    location = / {{ return 200 \"hello from nginx\\n\"; }}\n\
+             location /static/ {{ root {root}; }}\n  }}\n}}\n",
+        root = root.display()
+    );
+    let conf_path = root.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let child = Command::new(nginx_binary())
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-p")
+        .arg(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting nginx");
+    wait_listening(port);
+    let master = child.id();
+    let workers = crate::wait_for(Duration::from_secs(5), || {
+        let w = children_of(master);
+        (!w.is_empty()).then_some(w)
+    })
+    .expect("nginx started no worker");
+    Server {
+        child,
+        port,
+        pids: workers,
+        _dir: Some(dir),
+    }
+}
+
+fn nginx_binary() -> &'static str {
+    if Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    }
+}
+
+/// Direct children of `pid`, from /proc.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Base name of a process's executable, as the agent reports `service.name`.
+pub fn exe_name(pid: u32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
+        .unwrap_or_default()
+}
+
+/// What one curl run did.
+pub struct CurlRun {
+    pub pid: u32,
+    /// The status of the first request.
+    pub status: u16,
+    /// The status of each request, in order (curl may be given several URLs).
+    pub statuses: Vec<u16>,
+}
+
+/// Run curl once against `url` with extra arguments; returns its pid and the HTTP status.
+pub fn curl(url: &str, extra: &[&str]) -> CurlRun {
+    curl_many(&[url], extra)
+}
+
+/// Run one curl process for several URLs (it reuses the connection: keep-alive).
+pub fn curl_many(urls: &[&str], extra: &[&str]) -> CurlRun {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-w", "%{http_code}", "--max-time", "10"])
+        .args(extra);
+    for url in urls {
+        cmd.args(["-o", "/dev/null", url]);
+    }
+    let child = cmd.stdout(Stdio::piped()).spawn().expect("starting curl");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("waiting for curl");
+    // `%{http_code}` is three digits per request, with nothing between them.
+    let codes = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let statuses: Vec<u16> = codes
+        .as_bytes()
+        .chunks(3)
+        .filter_map(|c| std::str::from_utf8(c).ok()?.parse().ok())
+        .collect();
+    CurlRun {
+        pid,
+        status: statuses.first().copied().unwrap_or(0),
+        statuses,
+    }
+}
