@@ -1,0 +1,180 @@
+//! The agent's life: ready, terminal output, clean SIGTERM/SIGINT, clear errors, and an
+//! unreachable backend that costs spans but nothing else.
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use tracer_e2e::{
+    agent::{Agent, binary},
+    free_port,
+    servers::{curl, python_http},
+    wait_for,
+};
+
+/// Names of our programs that bpftool can see loaded.
+fn our_programs_loaded() -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("running bpftool");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.lines()
+        .filter(|l| l.contains("sys_enter_") || l.contains("sys_exit_"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn terminal_output_without_a_backend_and_clean_sigterm() {
+    let server = python_http(free_port());
+    let mut agent = Agent::start(&["--port", &server.port.to_string()], &[]);
+    assert!(
+        !our_programs_loaded().is_empty(),
+        "programs are loaded while running"
+    );
+    let run = curl(&format!("http://127.0.0.1:{}/index.html", server.port), &[]);
+    let lines = wait_for(Duration::from_secs(10), || {
+        let out = agent.stdout();
+        (out.len() >= 2).then_some(out)
+    })
+    .expect("two span lines on stdout");
+    let server_line = lines
+        .iter()
+        .find(|l| l.contains(" SERVER "))
+        .expect("a SERVER line");
+    assert!(
+        server_line.contains(&format!("[{}]", server.pid())),
+        "{server_line}"
+    );
+    assert!(server_line.contains("GET /index.html 200"), "{server_line}");
+    let client_line = lines
+        .iter()
+        .find(|l| l.contains(" CLIENT "))
+        .expect("a CLIENT line");
+    assert!(
+        client_line.contains(&format!("curl[{}]", run.pid)),
+        "{client_line}"
+    );
+
+    let status = agent.stop_within(Duration::from_secs(5));
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
+    assert!(
+        our_programs_loaded().is_empty(),
+        "nothing left attached after exit"
+    );
+    assert!(
+        agent
+            .stderr()
+            .iter()
+            .any(|l| l.contains("stopped: 2 spans")),
+        "{:?}",
+        agent.stderr()
+    );
+}
+
+#[test]
+fn json_output_and_sigint() {
+    let server = python_http(free_port());
+    let mut agent = Agent::start(
+        &["--port", &server.port.to_string(), "--output", "json"],
+        &[],
+    );
+    curl(&format!("http://127.0.0.1:{}/", server.port), &[]);
+    let lines = wait_for(Duration::from_secs(10), || {
+        let out = agent.stdout();
+        (out.len() >= 2).then_some(out)
+    })
+    .expect("two JSON lines");
+    for line in &lines {
+        assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+        assert!(line.contains("\"http.response.status_code\":200"), "{line}");
+    }
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGINT) };
+    let status = agent.stop_within(Duration::from_secs(5));
+    // SIGINT already stopped it; the SIGTERM that follows finds it gone or exiting.
+    assert!(status.success() || status.code().is_none(), "{status}");
+}
+
+#[test]
+fn unreachable_backend_loses_spans_not_the_agent() {
+    let server = python_http(free_port());
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let mut agent = Agent::start(
+        &["--port", &server.port.to_string(), "--otlp-endpoint", &dead],
+        &[],
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            curl(&format!("http://127.0.0.1:{}/", server.port), &[]).status,
+            200
+        );
+    }
+    let warned = wait_for(Duration::from_secs(15), || {
+        agent
+            .stderr()
+            .iter()
+            .any(|l| l.contains("export of"))
+            .then_some(())
+    });
+    assert!(
+        warned.is_some(),
+        "export failures are reported: {:?}",
+        agent.stderr()
+    );
+    agent.stop();
+    let last = agent.stderr().join("\n");
+    assert!(last.contains("stopped: 6 spans"), "{last}");
+    assert!(!last.contains("0 failed to export"), "{last}");
+}
+
+fn run_agent(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running tracer");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn malformed_flags_are_clear_errors() {
+    for (args, needle) in [
+        (&["--port", "0"][..], "not a TCP port"),
+        (&["--port", "90-80"], "is empty"),
+        (&["--pid", "x"], "invalid"),
+        (&["--otlp-protocol", "http/json"], "http/json"),
+        (&["--otlp-endpoint", "collector:4317"], "not an http:// URL"),
+    ] {
+        let (code, err) = run_agent(args);
+        assert_ne!(code, Some(0), "{args:?}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(
+            err.trim().lines().count() <= 6,
+            "short error for {args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn not_root_is_a_one_line_error() {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(binary())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("must run as root"), "{err}");
+}
