@@ -97,6 +97,13 @@ fn python_and_curl(protocol: &str, endpoint: impl Fn(&Receiver) -> String, trans
             .unwrap_or_else(|| panic!("no SERVER span for client port {client_port}"));
         assert_eq!(srv.pid(), server.pid());
         assert_eq!(srv.res("service.name").str(), exe_name(server.pid()));
+        assert_eq!(
+            srv.res("process.executable.name").str(),
+            exe_name(server.pid())
+        );
+        assert_eq!(srv.res("telemetry.sdk.language").str(), "rust");
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(srv.res("host.name").str(), host.trim());
         assert_eq!(srv.attr("url.path").str(), expected_path);
         assert_eq!(srv.attr("url.scheme").str(), "http");
         assert_eq!(srv.attr("http.response.status_code").int(), status);
@@ -106,7 +113,7 @@ fn python_and_curl(protocol: &str, endpoint: impl Fn(&Receiver) -> String, trans
         assert_eq!(srv.attr("network.protocol.version").str(), "1.1");
         assert_eq!(srv.attr("user_agent.original").str(), "e2e-agent/1.0");
         assert!(srv.span.status.as_ref().map(|s| s.code) != Some(2));
-        assert!(srv.attributes.get("http.response.body.size").is_some());
+        assert!(srv.attributes.contains_key("http.response.body.size"));
         assert!(
             !srv.attributes.contains_key("url.query"),
             "query strings are not exported"
@@ -151,12 +158,19 @@ fn otlp_settings_from_the_standard_environment() {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=e2e,x-other=2"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment.name=e2e",
+            ),
         ],
     );
     curl(&format!("http://127.0.0.1:{port}/"), &[]);
     let spans = receiver.wait_spans(2, |_| true);
     agent.stop();
     assert_eq!(spans.len(), 2);
+    for span in &spans {
+        assert_eq!(span.res("deployment.environment.name").str(), "e2e");
+    }
     let md = receiver.grpc_metadata();
     assert!(!md.is_empty());
     assert!(

@@ -212,7 +212,7 @@ pub mod counter {
 
 const _: () = assert!(core::mem::size_of::<ConnTuple>() == 40);
 const _: () = assert!(EVENT_HEADER_LEN == 112);
-const _: () = assert!(EVENT_HEADER_LEN % 8 == 0);
+const _: () = assert!(EVENT_HEADER_LEN.is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
 const _: () = assert!(core::mem::size_of::<Config>() == 96);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());

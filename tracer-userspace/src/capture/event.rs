@@ -50,11 +50,6 @@ impl<'a> Event<'a> {
     pub fn is_ingress(&self) -> bool {
         self.header.direction == direction::INGRESS
     }
-
-    /// The process name carried by the event.
-    pub fn comm(&self) -> &str {
-        comm_str(&self.header.comm)
-    }
 }
 
 /// A NUL-padded kernel task name as text.

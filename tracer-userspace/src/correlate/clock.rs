@@ -34,12 +34,7 @@ impl Clock {
         }
     }
 
-    /// A clock with a fixed offset (replays, tests).
-    pub fn fixed(offset_ns: i128) -> Self {
-        Clock { offset: offset_ns }
-    }
-
-    pub fn to_system(&self, monotonic_ns: u64) -> SystemTime {
+    pub fn to_system(self, monotonic_ns: u64) -> SystemTime {
         let ns = (monotonic_ns as i128 + self.offset).max(0) as u64;
         UNIX_EPOCH + Duration::from_nanos(ns)
     }

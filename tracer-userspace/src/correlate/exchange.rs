@@ -198,15 +198,6 @@ impl Connection {
         }
     }
 
-    pub fn role(&self) -> Option<Kind> {
-        self.role
-    }
-
-    /// Whether this connection was found not to carry HTTP/1.x.
-    pub fn is_ignored(&self) -> bool {
-        self.role.is_none() && self.probes >= MAX_PROBES
-    }
-
     /// Bytes moved on the connection. `ingress` is true for bytes into the traced process.
     pub fn data(&mut self, ingress: bool, chunk: Chunk<'_>, tid: u32, ids: &mut IdGen) {
         self.last_ns = self.last_ns.max(chunk.ts_last);

@@ -21,7 +21,8 @@ impl IdGen {
         IdGen { state }
     }
 
-    /// A generator with a fixed seed, for reproducible output (tests, replays).
+    /// A generator with a fixed seed, for reproducible output.
+    #[cfg(test)]
     pub fn seeded(seed: u64) -> Self {
         IdGen { state: seed }
     }

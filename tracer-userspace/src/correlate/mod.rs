@@ -6,6 +6,8 @@ pub mod exchange;
 pub mod ids;
 pub mod process;
 pub mod span;
+#[cfg(test)]
+mod tests;
 
 use tracer_common::{direction, kind};
 

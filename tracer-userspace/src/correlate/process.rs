@@ -73,7 +73,8 @@ impl Processes {
         p
     }
 
-    /// Put a known process in the cache (replays, tests).
+    /// Put a known process in the cache.
+    #[cfg(test)]
     pub fn insert(&mut self, p: Process) {
         self.known.insert(p.pid, Arc::new(p));
     }

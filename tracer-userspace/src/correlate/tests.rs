@@ -1,0 +1,466 @@
+//! The pipeline fed event sequences shaped like the ones the probes record (python's
+//! http.server answering curl, nginx keep-alive, pipelining, lost responses), checked span by
+//! span.
+
+use tracer_common::{ConnTuple, EventHeader, direction, kind, syscall};
+
+use super::{
+    Pipeline,
+    ids::{IdGen, to_hex},
+    process::{Process, Processes},
+    span::{HttpSpan, Kind, NO_RESPONSE, Value},
+};
+use crate::{capture::event::Event, conn::Limits};
+
+const SERVER_PID: u32 = 100;
+const CLIENT_PID: u32 = 200;
+const SERVER_SOCK: u64 = 0xaaaa;
+const CLIENT_SOCK: u64 = 0xbbbb;
+
+fn tuple(local_port: u16, remote_port: u16) -> ConnTuple {
+    let mut t = ConnTuple {
+        family: 2,
+        local_port,
+        remote_port,
+        ..Default::default()
+    };
+    t.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    t.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    t
+}
+
+/// A recorded exchange, event by event.
+struct Recording {
+    events: Vec<(EventHeader, Vec<u8>)>,
+}
+
+impl Recording {
+    fn new() -> Self {
+        Recording { events: Vec::new() }
+    }
+
+    fn header(pid: u32, sock: u64, kind: u8, dir: u8, ts: (u64, u64)) -> EventHeader {
+        let (local, remote) = if pid == SERVER_PID {
+            (8080, 50000)
+        } else {
+            (50000, 8080)
+        };
+        let mut comm = [0u8; 16];
+        let name: &[u8] = if pid == SERVER_PID {
+            b"server"
+        } else {
+            b"client"
+        };
+        comm[..name.len()].copy_from_slice(name);
+        EventHeader {
+            ts_enter_ns: ts.0,
+            ts_exit_ns: ts.1,
+            sock,
+            tgid: pid,
+            tid: pid + 1,
+            fd: 5,
+            kind,
+            direction: dir,
+            syscall: if dir == direction::INGRESS {
+                syscall::RECVFROM
+            } else {
+                syscall::SENDTO
+            },
+            tuple: tuple(local, remote),
+            comm,
+            ..Default::default()
+        }
+    }
+
+    fn open(mut self, pid: u32, sock: u64, role: u8, ts: u64) -> Self {
+        self.events.push((
+            Self::header(pid, sock, kind::OPEN, role, (ts, ts)),
+            Vec::new(),
+        ));
+        self
+    }
+
+    /// Bytes moved at [enter, exit], of which the first `captured` were copied.
+    fn data(
+        mut self,
+        pid: u32,
+        sock: u64,
+        dir: u8,
+        ts: (u64, u64),
+        bytes: &[u8],
+        total: u64,
+    ) -> Self {
+        let mut h = Self::header(pid, sock, kind::DATA, dir, ts);
+        h.total_len = total;
+        h.captured_len = bytes.len() as u32;
+        self.events.push((h, bytes.to_vec()));
+        self
+    }
+
+    fn all(self, pid: u32, sock: u64, dir: u8, ts: (u64, u64), bytes: &[u8]) -> Self {
+        let n = bytes.len() as u64;
+        self.data(pid, sock, dir, ts, bytes, n)
+    }
+
+    fn close(mut self, pid: u32, sock: u64, ts: u64) -> Self {
+        self.events.push((
+            Self::header(pid, sock, kind::CLOSE, 0, (ts, ts)),
+            Vec::new(),
+        ));
+        self
+    }
+
+    fn run(&self) -> (Vec<HttpSpan>, super::Stats) {
+        let mut processes = Processes::new();
+        for (pid, name) in [(SERVER_PID, "server"), (CLIENT_PID, "client")] {
+            processes.insert(Process {
+                pid,
+                comm: name.into(),
+                executable_name: name.into(),
+                executable_path: None,
+            });
+        }
+        let mut p = Pipeline::new(Limits::default(), IdGen::seeded(7), processes);
+        let mut spans = Vec::new();
+        for (h, payload) in &self.events {
+            let ev = Event {
+                header: *h,
+                payload,
+            };
+            p.on_event(&ev, &mut |s| spans.push(s));
+        }
+        p.finish(&mut |s| spans.push(s));
+        (spans, p.stats())
+    }
+}
+
+fn attr(s: &HttpSpan, key: &str) -> Option<Value> {
+    s.attributes()
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+const IN: u8 = direction::INGRESS;
+const OUT: u8 = direction::EGRESS;
+
+/// curl -> python http.server, as recorded: the request in one send, the response head and
+/// body in two sends (HTTP/1.0, Content-Length), then both sides close.
+fn python_exchange() -> Recording {
+    let req = b"GET /index.html?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n";
+    let head = b"HTTP/1.0 200 OK\r\nServer: SimpleHTTP/0.6\r\nContent-Type: text/html\r\nContent-Length: 26\r\n\r\n";
+    let body = b"<p>hello from python</p>\n\n";
+    Recording::new()
+        .open(CLIENT_PID, CLIENT_SOCK, OUT, 1_000)
+        .open(SERVER_PID, SERVER_SOCK, IN, 1_100)
+        .all(CLIENT_PID, CLIENT_SOCK, OUT, (2_000, 2_100), req)
+        .all(SERVER_PID, SERVER_SOCK, IN, (1_500, 2_200), req)
+        .all(SERVER_PID, SERVER_SOCK, OUT, (3_000, 3_100), head)
+        .all(CLIENT_PID, CLIENT_SOCK, IN, (2_300, 3_200), head)
+        .all(SERVER_PID, SERVER_SOCK, OUT, (3_300, 3_400), body)
+        .all(CLIENT_PID, CLIENT_SOCK, IN, (3_250, 3_450), body)
+        .close(SERVER_PID, SERVER_SOCK, 3_600)
+        .close(CLIENT_PID, CLIENT_SOCK, 3_700)
+}
+
+#[test]
+fn one_request_gives_one_server_and_one_client_span() {
+    let (spans, stats) = python_exchange().run();
+    assert_eq!(spans.len(), 2);
+    let server = spans.iter().find(|s| s.kind == Kind::Server).unwrap();
+    let client = spans.iter().find(|s| s.kind == Kind::Client).unwrap();
+
+    // Server: first byte when its read returned, last byte when its last write returned.
+    assert_eq!((server.start_ns, server.end_ns), (2_200, 3_400));
+    // Client: first byte when its write started, last byte when its last read returned.
+    assert_eq!((client.start_ns, client.end_ns), (2_000, 3_450));
+    assert_eq!(server.process.pid, SERVER_PID);
+    assert_eq!(client.process.pid, CLIENT_PID);
+    assert_eq!(server.tid, SERVER_PID + 1);
+
+    assert_eq!(server.name(), "GET");
+    assert_eq!(
+        attr(server, "url.path"),
+        Some(Value::Str("/index.html".into()))
+    );
+    assert_eq!(
+        attr(server, "http.response.status_code"),
+        Some(Value::Int(200))
+    );
+    assert_eq!(
+        attr(server, "http.response.body.size"),
+        Some(Value::Int(26))
+    );
+    assert_eq!(
+        attr(server, "http.request.body.size"),
+        None,
+        "a GET declares no body"
+    );
+    assert_eq!(attr(server, "client.port"), Some(Value::Int(50000)));
+    assert_eq!(attr(server, "server.port"), Some(Value::Int(8080)));
+    assert_eq!(
+        attr(server, "user_agent.original"),
+        Some(Value::Str("curl/7.88.1".into()))
+    );
+    assert_eq!(
+        attr(client, "url.full"),
+        Some(Value::Str("http://127.0.0.1:8080/index.html".into()))
+    );
+    assert_eq!(attr(client, "network.peer.port"), Some(Value::Int(8080)));
+    assert!(!server.is_error() && !client.is_error());
+    assert_ne!(
+        server.trace_id, client.trace_id,
+        "no linking yet: separate traces"
+    );
+    assert_eq!(stats.spans, 2);
+    assert_eq!(stats.connections, 0, "closed connections leave the table");
+}
+
+#[test]
+fn keep_alive_requests_pair_in_order() {
+    let mut r = Recording::new().open(SERVER_PID, SERVER_SOCK, IN, 10);
+    for i in 0..100u64 {
+        let t = 1_000 + i * 100;
+        let req = format!("GET /item/{i} HTTP/1.1\r\nHost: shop\r\n\r\n");
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{i}",
+            i.to_string().len()
+        );
+        r = r
+            .all(SERVER_PID, SERVER_SOCK, IN, (t, t + 10), req.as_bytes())
+            .all(
+                SERVER_PID,
+                SERVER_SOCK,
+                OUT,
+                (t + 50, t + 60),
+                resp.as_bytes(),
+            );
+    }
+    let (spans, _) = r.run();
+    assert_eq!(spans.len(), 100);
+    for (i, s) in spans.iter().enumerate() {
+        let t = 1_000 + i as u64 * 100;
+        assert_eq!(s.path(), format!("/item/{i}"));
+        assert_eq!((s.start_ns, s.end_ns), (t + 10, t + 60));
+    }
+}
+
+#[test]
+fn pipelined_requests_get_one_span_each() {
+    let reqs = b"GET /a HTTP/1.1\r\n\r\nHEAD /b HTTP/1.1\r\n\r\nPOST /c HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody";
+    // The HEAD response declares a length but carries no body.
+    let resps = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nAHTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
+    let (spans, stats) = Recording::new()
+        .open(SERVER_PID, SERVER_SOCK, IN, 10)
+        .all(SERVER_PID, SERVER_SOCK, IN, (100, 110), reqs)
+        .all(SERVER_PID, SERVER_SOCK, OUT, (200, 210), resps)
+        .run();
+    let got: Vec<_> = spans
+        .iter()
+        .map(|s| {
+            (
+                s.method.as_str(),
+                s.path(),
+                s.response.as_ref().map(|r| r.status),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("GET", "/a", Some(200)),
+            ("HEAD", "/b", Some(200)),
+            ("POST", "/c", Some(201))
+        ]
+    );
+    assert_eq!(spans[2].request_body_size, Some(4));
+    assert_eq!(stats.unmatched_responses, 0);
+}
+
+#[test]
+fn no_response_is_never_invented() {
+    let (spans, _) = Recording::new()
+        .open(SERVER_PID, SERVER_SOCK, IN, 10)
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            IN,
+            (100, 110),
+            b"GET /slow HTTP/1.1\r\n\r\n",
+        )
+        .close(SERVER_PID, SERVER_SOCK, 5_000)
+        .run();
+    assert_eq!(spans.len(), 1);
+    let s = &spans[0];
+    assert!(s.response.is_none());
+    assert_eq!(attr(s, "http.response.status_code"), None);
+    assert_eq!(attr(s, "error.type"), Some(Value::Str(NO_RESPONSE.into())));
+    assert!(s.is_error());
+    // Ends when the connection was seen to end.
+    assert_eq!((s.start_ns, s.end_ns), (110, 5_000));
+}
+
+#[test]
+fn connection_already_open_picks_up_at_the_next_request() {
+    // No open event; the first bytes seen are the tail of an earlier response.
+    let (spans, stats) = Recording::new()
+        .all(
+            CLIENT_PID,
+            CLIENT_SOCK,
+            IN,
+            (100, 110),
+            b"tail of a body from before",
+        )
+        .all(
+            CLIENT_PID,
+            CLIENT_SOCK,
+            OUT,
+            (200, 210),
+            b"GET /next HTTP/1.1\r\nHost: api:9000\r\n\r\n",
+        )
+        .all(
+            CLIENT_PID,
+            CLIENT_SOCK,
+            IN,
+            (300, 310),
+            b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n",
+        )
+        .run();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].kind, Kind::Client);
+    assert_eq!(spans[0].response.as_ref().unwrap().status, 503);
+    assert!(spans[0].is_error());
+    assert_eq!(spans[0].server(), ("api".to_string(), 9000));
+    assert_eq!(stats.unmatched_responses, 0);
+}
+
+#[test]
+fn non_http_traffic_gives_nothing() {
+    let mut r = Recording::new().open(SERVER_PID, SERVER_SOCK, IN, 10);
+    for i in 0..20 {
+        r = r.all(
+            SERVER_PID,
+            SERVER_SOCK,
+            IN,
+            (100 + i, 101 + i),
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",
+        );
+    }
+    let (spans, stats) = r.run();
+    assert!(spans.is_empty());
+    assert_eq!(stats.unmatched_responses, 0);
+}
+
+#[test]
+fn incoming_traceparent_is_continued() {
+    let req = b"GET / HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntracestate: vendor=1\r\n\r\n";
+    let (spans, _) = Recording::new()
+        .open(SERVER_PID, SERVER_SOCK, IN, 10)
+        .all(SERVER_PID, SERVER_SOCK, IN, (100, 110), req)
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            OUT,
+            (200, 210),
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        )
+        .run();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(
+        to_hex(&spans[0].trace_id),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    assert_eq!(
+        spans[0].parent_span_id.map(|p| to_hex(&p)).as_deref(),
+        Some("00f067aa0ba902b7")
+    );
+    assert_eq!(spans[0].tracestate.as_deref(), Some("vendor=1"));
+}
+
+#[test]
+fn informational_and_switching_responses() {
+    let (spans, _) = Recording::new()
+        .open(SERVER_PID, SERVER_SOCK, IN, 10)
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            IN,
+            (100, 110),
+            b"PUT /up HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            OUT,
+            (120, 130),
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+        )
+        .all(SERVER_PID, SERVER_SOCK, IN, (140, 150), b"ok")
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            OUT,
+            (160, 170),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        )
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            IN,
+            (200, 210),
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            OUT,
+            (220, 230),
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        )
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            IN,
+            (240, 250),
+            b"GET /not-http-anymore HTTP/1.1\r\n\r\n",
+        )
+        .run();
+    let got: Vec<_> = spans
+        .iter()
+        .map(|s| (s.path(), s.response.as_ref().map(|r| r.status), s.end_ns))
+        .collect();
+    assert_eq!(got, vec![("/up", Some(200), 170), ("/ws", Some(101), 230)]);
+    assert_eq!(spans[0].request_body_size, Some(2));
+}
+
+#[test]
+fn large_bodies_are_counted_not_copied() {
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5000000\r\n\r\n";
+    let mut first = head.to_vec();
+    first.extend_from_slice(&[b'x'; 2000]);
+    let (spans, _) = Recording::new()
+        .open(SERVER_PID, SERVER_SOCK, IN, 10)
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            IN,
+            (100, 110),
+            b"GET /big HTTP/1.1\r\n\r\n",
+        )
+        .data(SERVER_PID, SERVER_SOCK, OUT, (200, 300), &first, 1_000_000)
+        .data(
+            SERVER_PID,
+            SERVER_SOCK,
+            OUT,
+            (400, 500),
+            &[b'x'; 2048],
+            head.len() as u64 + 4_000_000,
+        )
+        .run();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(
+        spans[0].response.as_ref().unwrap().body_size,
+        Some(5_000_000)
+    );
+    assert_eq!(spans[0].end_ns, 500);
+}
