@@ -96,19 +96,25 @@ pub fn python_http(port: u16) -> Server {
     }
 }
 
-/// nginx in the foreground with one worker: `/` returns a fixed body, `/static/` files.
+/// Size of the big static file nginx serves (`/static/big.bin`, `/sendfile/big.bin`).
+pub const BIG_FILE_LEN: usize = 300_000;
+
+/// nginx in the foreground with one worker: `/` returns a fixed body, `/static/` files with
+/// sendfile off (read + writev), `/sendfile/` the same files with sendfile on.
 pub fn nginx(port: u16) -> Server {
     let dir = TempDir::new("nginx");
     let root = dir.path();
     std::fs::create_dir_all(root.join("static")).unwrap();
     std::fs::write(root.join("static/file.txt"), "x".repeat(5000)).unwrap();
+    std::fs::write(root.join("static/big.bin"), vec![b'b'; BIG_FILE_LEN]).unwrap();
     let conf = format!(
         "daemon off;\nworker_processes 1;\npid {root}/nginx.pid;\nerror_log {root}/error.log;\n\
          events {{ worker_connections 64; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {root}/body;\n  proxy_temp_path {root}/proxy;\n\
          fastcgi_temp_path {root}/fastcgi;\n  uwsgi_temp_path {root}/uwsgi;\n  scgi_temp_path {root}/scgi;\n\
          server {{\n    listen 127.0.0.1:{port};\n    location = / {{ return 200 \"hello from nginx\\n\"; }}\n\
-             location /static/ {{ root {root}; }}\n  }}\n}}\n",
+             location /static/ {{ root {root}; }}\n\
+             location /sendfile/ {{ alias {root}/static/; sendfile on; }}\n  }}\n}}\n",
         root = root.display()
     );
     let conf_path = root.join("nginx.conf");

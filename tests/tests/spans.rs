@@ -7,7 +7,7 @@ use tracer_e2e::{
     agent::Agent,
     free_port,
     receiver::{Received, Receiver},
-    servers::{curl, curl_many, exe_name, nginx, python_http},
+    servers::{BIG_FILE_LEN, curl, curl_many, exe_name, nginx, python_http},
 };
 
 /// How long a loopback write may still be returning after its reader has the bytes.
@@ -250,4 +250,46 @@ fn nginx_worker_spans() {
     let ports: std::collections::HashSet<_> =
         spans.iter().map(|s| s.attr("client.port").int()).collect();
     assert_eq!(ports.len(), 1);
+}
+
+#[test]
+fn nginx_static_files_with_and_without_sendfile() {
+    let receiver = Receiver::start();
+    let server = nginx(free_port());
+    let mut agent = Agent::start(
+        &[
+            "--comm",
+            "nginx",
+            "--otlp-endpoint",
+            &receiver.grpc_url(),
+            "--otlp-protocol",
+            "grpc",
+        ],
+        &[],
+    );
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let (a, b) = (
+        format!("{base}/static/big.bin"),
+        format!("{base}/sendfile/big.bin"),
+    );
+    // Both on one keep-alive connection: the sendfile response must end at its last byte
+    // for the next request to pair.
+    let run = curl_many(&[&b, &a, &b], &[]);
+    assert_eq!(run.statuses, vec![200, 200, 200]);
+    let spans = receiver.wait_spans(3, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 3);
+    for s in &spans {
+        assert_eq!(s.attr("http.response.status_code").int(), 200);
+        assert_eq!(s.attr("http.response.body.size").int(), BIG_FILE_LEN as i64);
+        assert!(
+            s.span.status.as_ref().map(|st| st.code) != Some(2),
+            "not an error"
+        );
+    }
+    let sendfile = spans
+        .iter()
+        .filter(|s| s.attr("url.path").str() == "/sendfile/big.bin")
+        .count();
+    assert_eq!(sendfile, 2);
 }

@@ -45,6 +45,8 @@ pub const TRACEPOINTS: &[&str] = &[
     "sys_exit_sendmsg",
     "sys_enter_recvmsg",
     "sys_exit_recvmsg",
+    "sys_enter_sendfile64",
+    "sys_exit_sendfile64",
     "sys_exit_accept",
     "sys_exit_accept4",
     "sys_enter_connect",
@@ -150,6 +152,8 @@ pub mod syscall {
     pub const ACCEPT: u8 = 9;
     pub const CONNECT: u8 = 10;
     pub const CLOSE: u8 = 11;
+    /// Bytes sent from a file: counted, never copied.
+    pub const SENDFILE: u8 = 12;
 }
 
 /// One ring-buffer record: this header, then `captured_len` payload bytes.

@@ -9,7 +9,7 @@ use tracer_common::{EVENT_HEADER_LEN, MAX_CAPTURE, MAX_IOV, counter};
 use crate::{
     config,
     filter::process_comm,
-    maps::{ConnInfo, EVENTS, EventBuf, Inflight, MODE_IOV, SCRATCH, count},
+    maps::{ConnInfo, EVENTS, EventBuf, Inflight, MODE_IOV, MODE_NONE, SCRATCH, count},
 };
 
 /// Masks that keep lengths and offsets provably inside `EventBuf::data` for the verifier; for
@@ -53,6 +53,9 @@ pub fn start(
 pub fn copy_payload(buf: *mut EventBuf, call: &Inflight, moved: u64) -> u64 {
     let window = core::cmp::min(moved, config!(capture_bytes) as u64);
     let data = unsafe { (*buf).data.as_mut_ptr() };
+    if call.mode == MODE_NONE {
+        return 0;
+    }
     if call.mode != MODE_IOV {
         let n = window & LEN_MASK;
         let ok = unsafe { bpf_probe_read_user(data.cast(), n as u32, call.buf as *const _) } == 0;

@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use tracer_common::{direction, kind, syscall};
 
-use crate::maps::{INFLIGHT, Inflight, MODE_IOV, MODE_PLAIN, count};
+use crate::maps::{INFLIGHT, Inflight, MODE_IOV, MODE_NONE, MODE_PLAIN, count};
 
 /// Offsets in the syscall tracepoints' records: arguments after the 16-byte common header and
 /// syscall number; the return value in the same place on exit.
@@ -41,7 +41,7 @@ fn enter_data(ctx: &TracePointContext, syscall: u8, mode: u8) -> Result<u32, u32
     conn::lookup((pid_tgid >> 32) as u32, fd).ok_or(0u32)?;
     let buf: u64 = arg(ctx, 1)?;
     let (buf, iovcnt) = match mode {
-        MODE_PLAIN => (buf, 0),
+        MODE_PLAIN | MODE_NONE => (buf, 0),
         MODE_IOV => (buf, arg::<u64>(ctx, 2)?),
         // sendmsg/recvmsg: the iovecs hang off a user `struct msghdr`.
         _ => {
@@ -57,10 +57,9 @@ fn enter_data(ctx: &TracePointContext, syscall: u8, mode: u8) -> Result<u32, u32
         buf,
         iovcnt,
         fd,
-        mode: if mode == MODE_PLAIN {
-            MODE_PLAIN
-        } else {
-            MODE_IOV
+        mode: match mode {
+            MODE_PLAIN | MODE_NONE => mode,
+            _ => MODE_IOV,
         },
         syscall,
         _pad: [0; 2],
@@ -185,6 +184,14 @@ data_syscall!(
     syscall::RECVMSG,
     MODE_MSG,
     direction::INGRESS
+);
+// sendfile(out_fd, in_fd, offset, count): the socket is the first argument, as for write.
+data_syscall!(
+    sys_enter_sendfile64,
+    sys_exit_sendfile64,
+    syscall::SENDFILE,
+    MODE_NONE,
+    direction::EGRESS
 );
 
 #[inline(always)]

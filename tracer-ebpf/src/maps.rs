@@ -61,6 +61,8 @@ pub static CONNS: LruHashMap<FdKey, ConnInfo> = LruHashMap::with_max_entries(655
 /// How the payload of an in-flight syscall is laid out in user memory.
 pub const MODE_PLAIN: u8 = 0;
 pub const MODE_IOV: u8 = 1;
+/// No payload in user memory (sendfile): the bytes are counted only.
+pub const MODE_NONE: u8 = 3;
 
 /// A data syscall between its entry and its exit, keyed by thread.
 #[repr(C)]
