@@ -178,3 +178,93 @@ fn not_root_is_a_one_line_error() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("must run as root"), "{err}");
 }
+
+#[test]
+fn record_then_replay_without_root_gives_the_live_spans() {
+    let receiver = tracer_e2e::receiver::Receiver::start();
+    let server = python_http(free_port());
+    let dir = tracer_e2e::servers::TempDir::new("rec");
+    // Readable by the unprivileged user that replays it.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let file = dir.path().join("traffic.rec");
+    let port = server.port.to_string();
+    let mut agent = Agent::start(
+        &[
+            "record",
+            file.to_str().unwrap(),
+            "--port",
+            &port,
+            "--otlp-endpoint",
+            &receiver.grpc_url(),
+            "--otlp-protocol",
+            "grpc",
+        ],
+        &[],
+    );
+    curl(&format!("http://127.0.0.1:{port}/"), &[]);
+    curl(&format!("http://127.0.0.1:{port}/nope"), &[]);
+    let live = receiver.wait_spans(4, |_| true);
+    agent.stop();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(binary())
+        .args(["replay", file.to_str().unwrap(), "--output", "json"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running tracer replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replayed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+
+    let mut want: Vec<_> = live
+        .iter()
+        .map(|s| {
+            (
+                if s.is_server() { "SERVER" } else { "CLIENT" }.to_string(),
+                s.attr("url.path").str().to_string(),
+                s.attr("http.response.status_code").int(),
+                s.pid() as u64,
+                s.span.start_time_unix_nano,
+                s.span.end_time_unix_nano,
+            )
+        })
+        .collect();
+    let mut got: Vec<_> = replayed
+        .iter()
+        .map(|j| {
+            (
+                j["kind"].as_str().unwrap().to_string(),
+                j["attributes"]["url.path"].as_str().unwrap().to_string(),
+                j["attributes"]["http.response.status_code"]
+                    .as_i64()
+                    .unwrap(),
+                j["resource"]["process.pid"].as_u64().unwrap(),
+                j["start_time_unix_nano"].as_u64().unwrap(),
+                j["end_time_unix_nano"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    want.sort();
+    got.sort();
+    assert_eq!(
+        got, want,
+        "the replay gives the spans seen live, to the nanosecond"
+    );
+}

@@ -1,7 +1,13 @@
 //! Wiring: attach the probes, run the capture loop that feeds the pipeline, and the export
-//! task behind a bounded queue; report counters; shut down cleanly on SIGINT/SIGTERM.
+//! task behind a bounded queue; report counters; shut down cleanly on SIGINT/SIGTERM. Also
+//! the offline path: a recording replayed through the same pipeline and exporters.
 
-use std::time::Duration;
+use std::{
+    fs::File,
+    io::{BufReader, BufWriter},
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use tokio::{
@@ -14,20 +20,114 @@ use tracer_common::counter;
 use aya::maps::{MapData, RingBuf};
 
 use crate::{
-    capture::{Probes, event::Event},
+    capture::{
+        Probes,
+        event::Event,
+        record::{Item, Recorder, Replay},
+    },
     cli::Output,
     conn::Limits,
-    correlate::{Pipeline, clock::monotonic_now, ids::IdGen, process::Processes, span::HttpSpan},
+    correlate::{
+        Pipeline, Stats,
+        clock::{Clock, monotonic_now},
+        ids::IdGen,
+        process::{Process, Processes},
+        span::HttpSpan,
+    },
     export::{self, ExportStats, Sinks, otlp, terminal::Terminal},
     filter::Filter,
 };
+
+/// Where spans go, resolved from flags and environment.
+pub struct SinkConfig {
+    pub otlp: Option<otlp::OtlpConfig>,
+    pub output: Output,
+}
 
 /// Everything the agent needs to run, resolved from flags and environment.
 pub struct Config {
     pub filter: Filter,
     pub capture_bytes: u32,
-    pub otlp: Option<otlp::OtlpConfig>,
-    pub output: Output,
+    pub sinks: SinkConfig,
+    /// Also write every captured event to this file.
+    pub record: Option<PathBuf>,
+}
+
+/// Ids in replays come from this seed, so that a replay prints the same spans every time.
+const REPLAY_SEED: u64 = 0x7261_6365_7265_6364;
+
+fn sinks(config: &SinkConfig) -> anyhow::Result<Sinks> {
+    let otlp = match &config.otlp {
+        Some(c) => Some(
+            otlp::Otlp::new(c)
+                .with_context(|| format!("setting up OTLP export to {}", c.endpoint))?,
+        ),
+        None => None,
+    };
+    let terminal = match config.output {
+        Output::Text => Some(Terminal::text()),
+        Output::Json => Some(Terminal::json()),
+        Output::None => None,
+    };
+    Ok(Sinks { terminal, otlp })
+}
+
+/// Feed a recording through the pipeline; spans go to `out`. Returns the recording's clock
+/// and the pipeline's counts.
+pub fn replay_recording(
+    input: impl std::io::Read,
+    mut out: impl FnMut(HttpSpan),
+) -> anyhow::Result<(Clock, Stats)> {
+    let mut replay = Replay::new(input)?;
+    let clock = Clock::fixed(replay.clock_offset_ns);
+    let mut pipeline = Pipeline::new(
+        Limits::default(),
+        IdGen::seeded(REPLAY_SEED),
+        Processes::offline(),
+    );
+    while let Some(item) = replay.next_item()? {
+        match item {
+            Item::Process(p) => pipeline.add_process(p),
+            Item::Event(raw) => pipeline.on_event(&Event::decode(&raw)?, &mut out),
+        }
+    }
+    pipeline.finish(&mut out);
+    Ok((clock, pipeline.stats()))
+}
+
+/// `tracer replay FILE`: the recording's spans, printed or exported like live ones.
+pub async fn replay(path: &Path, config: SinkConfig) -> anyhow::Result<()> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let input = BufReader::new(file);
+    // The clock offset is in the file header: read it before starting the exporter.
+    let offset = Replay::new(File::open(path)?)
+        .with_context(|| format!("reading {}", path.display()))?
+        .clock_offset_ns;
+    let (tx, rx) = mpsc::channel(export::QUEUE_CAPACITY);
+    let (stats_tx, _stats_rx) = watch::channel(ExportStats::default());
+    let exporter = tokio::spawn(export::run(
+        sinks(&config)?,
+        rx,
+        stats_tx,
+        Clock::fixed(offset),
+        false,
+    ));
+    let worker = tokio::task::spawn_blocking(move || {
+        replay_recording(input, |span| {
+            // The export side drains until the sender is dropped: waiting here loses nothing.
+            let _ = tx.blocking_send(span);
+        })
+    });
+    let (_, stats) = worker.await.context("the replay task failed")??;
+    let exported = exporter.await.context("the export task failed")?;
+    log::info!(
+        "replayed {} events: {} spans ({} exported, {} failed to export)",
+        stats.events,
+        stats.spans,
+        exported.exported,
+        exported.failed
+    );
+    Ok(())
 }
 
 /// How often the ring buffer is read when no wakeup came (programs wake the agent only when
@@ -44,27 +144,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| e.into_parts().1)
         .context("registering the ring buffer with epoll")?;
 
-    let otlp = match &config.otlp {
-        Some(c) => Some(
-            otlp::Otlp::new(c)
-                .with_context(|| format!("setting up OTLP export to {}", c.endpoint))?,
-        ),
-        None => None,
-    };
-    let terminal = match config.output {
-        Output::Text => Some(Terminal::text()),
-        Output::Json => Some(Terminal::json()),
-        Output::None => None,
-    };
     let (tx, rx) = mpsc::channel(export::QUEUE_CAPACITY);
     let (stats_tx, stats_rx) = watch::channel(ExportStats::default());
-    let exporter = tokio::spawn(export::run(Sinks { terminal, otlp }, rx, stats_tx));
+    // One clock for the exporter and the recording, so that a replay gives the same times.
+    let clock = Clock::now();
+    let exporter = tokio::spawn(export::run(
+        sinks(&config.sinks)?,
+        rx,
+        stats_tx,
+        clock,
+        true,
+    ));
 
+    let recorder = match &config.record {
+        Some(path) => {
+            let file =
+                File::create(path).with_context(|| format!("creating {}", path.display()))?;
+            Some(Recorder::new(BufWriter::new(file), clock.offset_ns())?)
+        }
+        None => None,
+    };
     let mut flow = Flow {
         pipeline: Pipeline::new(Limits::default(), IdGen::new(), Processes::new()),
         tx,
         dropped: 0,
         decode_errors: 0,
+        recorder,
     };
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -75,7 +180,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut report = tokio::time::interval(REPORT_EVERY);
     report.tick().await;
 
-    let destination = match &config.otlp {
+    let destination = match &config.sinks.otlp {
         Some(c) => format!("exporting to {} ({:?})", c.endpoint, c.protocol),
         None => "printing spans here (no OTLP endpoint configured)".to_string(),
     };
@@ -91,9 +196,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 guard.clear_ready();
-                flow.drain(ring.get_mut());
+                flow.drain(ring.get_mut())?;
             }
-            _ = poll.tick() => flow.drain(ring.get_mut()),
+            _ = poll.tick() => flow.drain(ring.get_mut())?,
             _ = housekeeping.tick() => flow.housekeeping(),
             _ = report.tick() => log_report(&probes, &flow, &stats_rx),
         }
@@ -103,8 +208,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Detach first so nothing new arrives, then take what the ring still holds.
     let counters = probes.counters().ok();
     drop(probes);
-    flow.drain(ring.get_mut());
-    let (s, dropped) = flow.finish();
+    flow.drain(ring.get_mut())?;
+    let (s, dropped) = flow.finish()?;
     let final_stats = match tokio::time::timeout(Duration::from_secs(5), exporter).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => anyhow::bail!("the export task failed: {e}"),
@@ -170,6 +275,7 @@ struct Flow {
     tx: mpsc::Sender<HttpSpan>,
     dropped: u64,
     decode_errors: u64,
+    recorder: Option<Recorder<BufWriter<File>>>,
 }
 
 impl Flow {
@@ -187,10 +293,14 @@ impl Flow {
         }
     }
 
-    /// Read everything the ring buffer holds into the pipeline.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+    /// Read everything the ring buffer holds into the pipeline (and the recording).
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
         let mut send = Self::sender(&self.tx, &mut self.dropped);
         while let Some(item) = ring.next() {
+            if let Some(r) = &mut self.recorder {
+                r.event(&item, Process::read)
+                    .context("writing the recording")?;
+            }
             match Event::decode(&item) {
                 Ok(ev) => self.pipeline.on_event(&ev, &mut send),
                 Err(e) => {
@@ -201,6 +311,7 @@ impl Flow {
                 }
             }
         }
+        Ok(())
     }
 
     fn housekeeping(&mut self) {
@@ -208,12 +319,18 @@ impl Flow {
         self.pipeline.tick(monotonic_now(), &mut send);
     }
 
-    /// Finish the pipeline and close the queue; returns the final stats and drop count.
-    fn finish(mut self) -> (crate::correlate::Stats, u64) {
+    /// Finish the pipeline, the recording and the queue; returns the final stats and drop
+    /// count.
+    fn finish(mut self) -> anyhow::Result<(Stats, u64)> {
         {
             let mut send = Self::sender(&self.tx, &mut self.dropped);
             self.pipeline.finish(&mut send);
         }
-        (self.pipeline.stats(), self.dropped)
+        if let Some(r) = self.recorder.take() {
+            let events = r.events;
+            r.finish().context("writing the recording")?;
+            log::info!("recorded {events} events");
+        }
+        Ok((self.pipeline.stats(), self.dropped))
     }
 }

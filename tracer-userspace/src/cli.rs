@@ -1,6 +1,8 @@
 //! The command line. Every flag has help text and an environment variable.
 
-use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{export::otlp::Protocol, filter::PortRange};
 
@@ -24,12 +26,16 @@ pub enum Output {
 #[derive(Debug, Parser)]
 #[command(name = "tracer", version, about, long_about)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Trace the process with this id (repeat, or separate with commas).
     #[arg(
         long = "pid",
         value_name = "PID",
         env = "TRACER_PID",
-        value_delimiter = ','
+        value_delimiter = ',',
+        global = true
     )]
     pub pids: Vec<u32>,
 
@@ -38,7 +44,8 @@ pub struct Cli {
         long = "comm",
         value_name = "NAME",
         env = "TRACER_COMM",
-        value_delimiter = ','
+        value_delimiter = ',',
+        global = true
     )]
     pub comms: Vec<String>,
 
@@ -47,22 +54,28 @@ pub struct Cli {
         long = "port",
         value_name = "PORT|LOW-HIGH",
         env = "TRACER_PORT",
-        value_delimiter = ','
+        value_delimiter = ',',
+        global = true
     )]
     pub ports: Vec<PortRange>,
 
     /// OTLP receiver URL, e.g. http://localhost:4318 (http/protobuf) or http://localhost:4317
     /// (grpc). Overrides OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_EXPORTER_OTLP_TRACES_ENDPOINT.
-    #[arg(long, value_name = "URL", env = "TRACER_OTLP_ENDPOINT")]
+    #[arg(long, value_name = "URL", env = "TRACER_OTLP_ENDPOINT", global = true)]
     pub otlp_endpoint: Option<String>,
 
     /// OTLP transport. Overrides OTEL_EXPORTER_OTLP_PROTOCOL; the default is http/protobuf.
-    #[arg(long, value_name = "PROTOCOL", env = "TRACER_OTLP_PROTOCOL")]
+    #[arg(
+        long,
+        value_name = "PROTOCOL",
+        env = "TRACER_OTLP_PROTOCOL",
+        global = true
+    )]
     pub otlp_protocol: Option<Protocol>,
 
     /// Spans on standard output: text, json or none. Default: text without an OTLP endpoint,
     /// none with one.
-    #[arg(long, value_name = "FORMAT", env = "TRACER_OUTPUT")]
+    #[arg(long, value_name = "FORMAT", env = "TRACER_OUTPUT", global = true)]
     pub output: Option<Output>,
 
     /// Payload bytes copied from each syscall (enough for HTTP heads), 64 to 8192.
@@ -71,9 +84,27 @@ pub struct Cli {
         value_name = "BYTES",
         env = "TRACER_CAPTURE_BYTES",
         default_value_t = tracer_common::DEFAULT_CAPTURE,
+        global = true,
         value_parser = clap::value_parser!(u32).range(64..=tracer_common::MAX_CAPTURE as i64)
     )]
     pub capture_bytes: u32,
+}
+
+/// What to do instead of tracing live.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace as usual and also write every captured event to FILE, for replaying or for a bug
+    /// report (it holds the first bytes of the traced traffic: share it with care).
+    Record {
+        /// Where to write the recording.
+        file: PathBuf,
+    },
+    /// Turn a recording back into spans, offline and without root; printed or exported as
+    /// the flags say. Span ids are reproducible from run to run.
+    Replay {
+        /// A file written by `tracer record`.
+        file: PathBuf,
+    },
 }
 
 #[cfg(test)]
@@ -108,6 +139,19 @@ mod tests {
         assert_eq!(cli.otlp_protocol, Some(Protocol::Grpc));
         assert_eq!(cli.output, Some(Output::Json));
         assert_eq!(cli.capture_bytes, tracer_common::DEFAULT_CAPTURE);
+    }
+
+    #[test]
+    fn record_and_replay_take_the_same_flags() {
+        let cli = Cli::try_parse_from(["tracer", "record", "out.rec", "--port", "80"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Record { .. })));
+        assert_eq!(cli.ports.len(), 1);
+        let cli = Cli::try_parse_from(["tracer", "replay", "in.rec", "--output", "json"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Replay { .. })));
+        assert!(
+            Cli::try_parse_from(["tracer", "replay"]).is_err(),
+            "a file is required"
+        );
     }
 
     #[test]

@@ -8,11 +8,13 @@ mod conn;
 mod correlate;
 mod export;
 mod filter;
+#[cfg(test)]
+mod golden;
 mod protocol;
 
 use clap::Parser as _;
 
-fn config(cli: cli::Cli) -> anyhow::Result<app::Config> {
+fn sink_config(cli: &cli::Cli) -> anyhow::Result<app::SinkConfig> {
     let otlp = export::otlp::resolve(cli.otlp_endpoint.as_deref(), cli.otlp_protocol, |k| {
         std::env::var(k).ok()
     })?;
@@ -39,31 +41,38 @@ fn config(cli: cli::Cli) -> anyhow::Result<app::Config> {
     } else {
         cli::Output::Text
     });
-    Ok(app::Config {
+    Ok(app::SinkConfig { otlp, output })
+}
+
+fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    let sinks = sink_config(&cli)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let record = match cli.command {
+        Some(cli::Command::Replay { file }) => return runtime.block_on(app::replay(&file, sinks)),
+        Some(cli::Command::Record { file }) => Some(file),
+        None => None,
+    };
+    let config = app::Config {
         filter: filter::Filter {
             pids: cli.pids,
             comms: cli.comms,
             ports: cli.ports,
         },
         capture_bytes: cli.capture_bytes,
-        otlp,
-        output,
-    })
+        sinks,
+        record,
+    };
+    runtime.block_on(app::run(config))
 }
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
-    let cli = cli::Cli::parse();
-    let result = config(cli).and_then(|config| {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        runtime.block_on(app::run(config))
-    });
-    if let Err(e) = result {
+    if let Err(e) = run(cli::Cli::parse()) {
         // One line for the user; the whole story (verifier logs) at debug level.
         log::debug!("{e:?}");
         let full = format!("{e:#}");

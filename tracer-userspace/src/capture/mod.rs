@@ -2,6 +2,7 @@
 
 pub mod btf;
 pub mod event;
+pub mod record;
 mod tracefs;
 
 use aya::{

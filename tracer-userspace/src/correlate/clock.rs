@@ -34,6 +34,18 @@ impl Clock {
         }
     }
 
+    /// A clock with a fixed offset (replays).
+    pub fn fixed(offset_ns: i64) -> Self {
+        Clock {
+            offset: offset_ns as i128,
+        }
+    }
+
+    /// Wall-clock minus monotonic time, in ns.
+    pub fn offset_ns(self) -> i64 {
+        self.offset as i64
+    }
+
     pub fn to_system(self, monotonic_ns: u64) -> SystemTime {
         let ns = (monotonic_ns as i128 + self.offset).max(0) as u64;
         UNIX_EPOCH + Duration::from_nanos(ns)

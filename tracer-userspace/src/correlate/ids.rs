@@ -21,8 +21,7 @@ impl IdGen {
         IdGen { state }
     }
 
-    /// A generator with a fixed seed, for reproducible output.
-    #[cfg(test)]
+    /// A generator with a fixed seed, for reproducible output (replays).
     pub fn seeded(seed: u64) -> Self {
         IdGen { state: seed }
     }

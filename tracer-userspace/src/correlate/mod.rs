@@ -149,6 +149,11 @@ impl Pipeline {
         self.conns.drain(|_, _| {});
     }
 
+    /// Name a process, as a recording does.
+    pub fn add_process(&mut self, p: process::Process) {
+        self.processes.insert(p);
+    }
+
     pub fn stats(&self) -> Stats {
         Stats {
             evicted_full: self.conns.evicted_full,

@@ -32,16 +32,18 @@ pub struct Sinks {
 }
 
 /// Run until the sending side closes, then flush what is left and shut the exporter down.
-/// Returns the final counts.
+/// Returns the final counts. Kernel times become wall-clock times through `clock`; when
+/// `follow_wall_clock` is set, a step of the system clock (more than a millisecond) is followed.
 pub async fn run(
     mut sinks: Sinks,
     mut rx: mpsc::Receiver<HttpSpan>,
     stats: tokio::sync::watch::Sender<ExportStats>,
+    mut clock: Clock,
+    follow_wall_clock: bool,
 ) -> ExportStats {
     let mut batch: Vec<HttpSpan> = Vec::with_capacity(MAX_BATCH);
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut clock = Clock::now();
     let mut counts = ExportStats::default();
     let mut open = true;
     while open {
@@ -55,8 +57,11 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => {
-                // Follow wall-clock adjustments.
-                clock = Clock::now();
+                // Re-reading the offset every time would make it jitter by tens of ns.
+                let now = Clock::now();
+                if follow_wall_clock && (now.offset_ns() - clock.offset_ns()).abs() > 1_000_000 {
+                    clock = now;
+                }
             }
         }
         if batch.is_empty() {
