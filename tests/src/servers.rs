@@ -207,3 +207,53 @@ pub fn curl_many(urls: &[&str], extra: &[&str]) -> CurlRun {
         statuses,
     }
 }
+
+/// A helper script shipped with the tests.
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
+}
+
+/// `scripts/server.py`: chunked, close-delimited, 204 and slow responses.
+pub fn python_framings(port: u16) -> Server {
+    let child = Command::new("python3")
+        .arg(script("server.py"))
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting scripts/server.py");
+    wait_listening(port);
+    let pid = child.id();
+    Server {
+        child,
+        port,
+        pids: vec![pid],
+        _dir: None,
+    }
+}
+
+/// What one client run did: its pid and the statuses it printed.
+pub struct ClientRun {
+    pub pid: u32,
+    pub statuses: Vec<u16>,
+}
+
+/// Run `scripts/client.py MODE 127.0.0.1 PORT [ARG]`.
+pub fn python_client(mode: &str, port: u16, arg: Option<&str>) -> ClientRun {
+    let mut cmd = Command::new("python3");
+    cmd.arg(script("client.py"))
+        .args([mode, "127.0.0.1", &port.to_string()])
+        .args(arg)
+        .stdout(Stdio::piped());
+    let child = cmd.spawn().expect("starting scripts/client.py");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("waiting for client.py");
+    assert!(out.status.success(), "client.py {mode} failed");
+    let statuses = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    ClientRun { pid, statuses }
+}

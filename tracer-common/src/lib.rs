@@ -24,10 +24,13 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
 }
 
-/// Tracepoint category of every program.
-pub const TRACEPOINT_CATEGORY: &str = "syscalls";
+/// Tracepoint category of the syscall programs.
+pub const SYSCALLS: &str = "syscalls";
 
-/// The programs, each named after the syscall tracepoint it attaches to.
+/// The program that sees processes exit, and its tracepoint (category `sched`).
+pub const PROCESS_EXIT: (&str, &str) = ("sched", "sched_process_exit");
+
+/// The syscall programs, each named after the tracepoint it attaches to.
 pub const TRACEPOINTS: &[&str] = &[
     "sys_enter_read",
     "sys_exit_read",
@@ -87,7 +90,8 @@ pub struct KernelOffsets {
     pub sk_daddr: u32,
     pub sk_v6_rcv_saddr: u32,
     pub sk_v6_daddr: u32,
-    pub _pad: u32,
+    /// `task_struct.start_time`: tells a process from a later one with the same pid.
+    pub task_start_time: u32,
 }
 
 /// Read-only configuration, written into the programs' `.rodata` before load.
@@ -129,6 +133,8 @@ pub mod kind {
     pub const OPEN: u8 = 2;
     /// The process closed the connection's descriptor.
     pub const CLOSE: u8 = 3;
+    /// The process exited (its connections closed without close calls).
+    pub const EXIT: u8 = 4;
 }
 
 /// [`EventHeader::direction`]: which way the bytes went, for `DATA`; the role, for `OPEN`.

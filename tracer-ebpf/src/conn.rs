@@ -6,7 +6,7 @@ use tracer_common::{ConnTuple, counter};
 
 use crate::{
     config,
-    filter::ports_pass,
+    filter::{ports_pass, process_start_time},
     maps::{CONNS, ConnInfo, FdKey, count},
 };
 
@@ -41,6 +41,7 @@ pub fn lookup(tgid: u32, fd: i32) -> Option<ConnInfo> {
 pub fn resolve(key: FdKey) -> Option<ConnInfo> {
     let mut info = ConnInfo {
         sock: 0,
+        owner: process_start_time(),
         tuple: ConnTuple::default(),
         traced: 0,
         _pad: 0,

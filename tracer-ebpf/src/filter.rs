@@ -40,6 +40,20 @@ pub fn process_comm() -> Option<[u8; COMM_LEN]> {
     }
 }
 
+/// Start time of the current process (its main thread): with the pid, it names the process.
+#[inline(always)]
+pub fn process_start_time() -> u64 {
+    let leader_off = config!(offsets.task_group_leader) as usize;
+    let start_off = config!(offsets.task_start_time) as usize;
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    unsafe {
+        let Ok(leader) = bpf_probe_read_kernel::<*const u8>(task.add(leader_off).cast()) else {
+            return 0;
+        };
+        bpf_probe_read_kernel(leader.add(start_off).cast()).unwrap_or(0)
+    }
+}
+
 /// Whether a connection with these ports passes the port filter (local or remote port).
 #[inline(always)]
 pub fn ports_pass(local: u16, remote: u16) -> bool {

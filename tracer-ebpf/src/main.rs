@@ -283,6 +283,33 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     }
 }
 
+/// A traced process exited: the kernel closes its sockets without close calls.
+#[inline(always)]
+fn process_exit() -> Result<u32, u32> {
+    let pid_tgid = filter::traced_task().ok_or(0u32)?;
+    // Once per process: when its main thread exits.
+    if pid_tgid as u32 != (pid_tgid >> 32) as u32 {
+        return Ok(0);
+    }
+    let none = maps::ConnInfo {
+        sock: 0,
+        owner: 0,
+        tuple: tracer_common::ConnTuple::default(),
+        traced: 0,
+        _pad: 0,
+    };
+    let buf = emit::start(kind::EXIT, 0, 0, -1, &none).ok_or(0u32)?;
+    emit::submit(buf, 0);
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    match process_exit() {
+        Ok(v) | Err(v) => v,
+    }
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

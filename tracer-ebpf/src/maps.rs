@@ -49,6 +49,9 @@ pub struct FdKey {
 #[derive(Clone, Copy)]
 pub struct ConnInfo {
     pub sock: u64,
+    /// Start time of the process that cached this entry: a later process that reuses the pid
+    /// finds a different one and resolves its descriptor afresh.
+    pub owner: u64,
     pub tuple: ConnTuple,
     /// 1: a TCP connection that passes the filters; 0: anything else (skipped cheaply).
     pub traced: u32,

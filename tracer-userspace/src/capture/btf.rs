@@ -253,7 +253,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         sk_daddr: sk("skc_daddr")?,
         sk_v6_rcv_saddr: sk("skc_v6_rcv_saddr")?,
         sk_v6_daddr: sk("skc_v6_daddr")?,
-        _pad: 0,
+        task_start_time: btf.offset_of("task_struct", "start_time")?,
     })
 }
 

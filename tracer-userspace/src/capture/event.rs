@@ -33,7 +33,10 @@ impl<'a> Event<'a> {
         // record holds at least its size; read_unaligned makes no alignment assumption.
         let header: EventHeader =
             unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<EventHeader>()) };
-        if !matches!(header.kind, kind::DATA | kind::OPEN | kind::CLOSE) {
+        if !matches!(
+            header.kind,
+            kind::DATA | kind::OPEN | kind::CLOSE | kind::EXIT
+        ) {
             return Err(DecodeError::Kind(header.kind));
         }
         let claimed = header.captured_len as usize;

@@ -11,7 +11,7 @@ use aya::{
     programs::TracePoint,
 };
 use tracer_common::{
-    COMM_LEN, Config, FILTER_COMM, FILTER_PID, FILTER_PORT, KernelOffsets, TRACEPOINT_CATEGORY,
+    COMM_LEN, Config, FILTER_COMM, FILTER_PID, FILTER_PORT, KernelOffsets, PROCESS_EXIT, SYSCALLS,
     TRACEPOINTS, counter, maps,
 };
 
@@ -77,7 +77,11 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(|e| CaptureError::Load(Box::new(e)))?;
         fill_filters(&mut ebpf, filter)?;
-        for &name in TRACEPOINTS {
+        let all = TRACEPOINTS
+            .iter()
+            .map(|&name| (SYSCALLS, name))
+            .chain([(PROCESS_EXIT.0, PROCESS_EXIT.1)]);
+        for (category, name) in all {
             let program: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or(CaptureError::Missing(name))?
@@ -91,7 +95,7 @@ impl Probes {
                 source: Box::new(e),
             };
             program.load().map_err(wrap)?;
-            program.attach(TRACEPOINT_CATEGORY, name).map_err(wrap)?;
+            program.attach(category, name).map_err(wrap)?;
         }
         Ok(Probes { ebpf })
     }

@@ -35,6 +35,8 @@ struct Entry<S> {
 /// The connection table. `S` is whatever the protocol layer keeps per connection.
 pub struct Table<S> {
     entries: HashMap<ConnKey, Entry<S>>,
+    /// Connections per process, so that a process's exit costs nothing when it had none.
+    per_process: HashMap<u32, usize>,
     limits: Limits,
     /// Connections evicted because the table was full.
     pub evicted_full: u64,
@@ -46,6 +48,7 @@ impl<S> Table<S> {
     pub fn new(limits: Limits) -> Self {
         Table {
             entries: HashMap::new(),
+            per_process: HashMap::new(),
             limits,
             evicted_full: 0,
             evicted_idle: 0,
@@ -63,17 +66,21 @@ impl<S> Table<S> {
             return None;
         }
         let oldest = *self.entries.iter().min_by_key(|(_, e)| e.last_seen)?.0;
-        let entry = self.entries.remove(&oldest)?;
+        let state = self.remove(&oldest)?;
         self.evicted_full += 1;
-        Some((oldest, entry.state))
+        Some((oldest, state))
     }
 
     /// The state of `key`, created with `make` if absent. Call [`Table::make_room_for`] first:
     /// this does not enforce the limit.
     pub fn get_or_insert(&mut self, key: ConnKey, now: u64, make: impl FnOnce() -> S) -> &mut S {
-        let entry = self.entries.entry(key).or_insert_with(|| Entry {
-            state: make(),
-            last_seen: now,
+        let per_process = &mut self.per_process;
+        let entry = self.entries.entry(key).or_insert_with(|| {
+            *per_process.entry(key.tgid).or_default() += 1;
+            Entry {
+                state: make(),
+                last_seen: now,
+            }
         });
         entry.last_seen = entry.last_seen.max(now);
         &mut entry.state
@@ -81,7 +88,30 @@ impl<S> Table<S> {
 
     /// Remove a connection (it was closed).
     pub fn remove(&mut self, key: &ConnKey) -> Option<S> {
-        self.entries.remove(key).map(|e| e.state)
+        let e = self.entries.remove(key)?;
+        if let Some(n) = self.per_process.get_mut(&key.tgid) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_process.remove(&key.tgid);
+            }
+        }
+        Some(e.state)
+    }
+
+    /// Remove every connection of process `tgid` (it exited).
+    pub fn remove_process(&mut self, tgid: u32) -> Vec<(ConnKey, S)> {
+        if !self.per_process.contains_key(&tgid) {
+            return Vec::new();
+        }
+        let keys: Vec<ConnKey> = self
+            .entries
+            .keys()
+            .filter(|k| k.tgid == tgid)
+            .copied()
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.remove(&k).map(|s| (k, s)))
+            .collect()
     }
 
     /// Remove every connection idle since before `now - idle`, handing each to `evicted`.
@@ -94,15 +124,16 @@ impl<S> Table<S> {
             .map(|(k, _)| *k)
             .collect();
         for key in stale {
-            if let Some(e) = self.entries.remove(&key) {
+            if let Some(state) = self.remove(&key) {
                 self.evicted_idle += 1;
-                evicted(key, e.state);
+                evicted(key, state);
             }
         }
     }
 
     /// Remove everything (shutdown), handing each connection to `f`.
     pub fn drain(&mut self, mut f: impl FnMut(ConnKey, S)) {
+        self.per_process.clear();
         for (k, e) in self.entries.drain() {
             f(k, e.state);
         }
@@ -111,6 +142,20 @@ impl<S> Table<S> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_process_exit_removes_only_its_connections() {
+        let mut t = Table::new(Limits::default());
+        for (tgid, sock) in [(1, 10), (1, 11), (2, 20)] {
+            t.get_or_insert(ConnKey { tgid, sock }, 0, || sock);
+        }
+        let mut gone: Vec<u64> = t.remove_process(1).into_iter().map(|(_, s)| s).collect();
+        gone.sort();
+        assert_eq!(gone, vec![10, 11]);
+        assert_eq!(t.len(), 1);
+        assert!(t.remove_process(1).is_empty());
+        assert!(t.remove_process(3).is_empty());
+    }
+
     use super::*;
 
     fn key(sock: u64) -> ConnKey {

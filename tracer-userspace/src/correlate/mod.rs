@@ -126,6 +126,12 @@ impl Pipeline {
                     self.retire(key, conn, h.ts_exit_ns);
                 }
             }
+            kind::EXIT => {
+                // The kernel closed the process's sockets: its connections end here.
+                for (k, conn) in self.conns.remove_process(h.tgid) {
+                    self.retire(k, conn, h.ts_exit_ns);
+                }
+            }
             _ => {}
         }
         self.emit(out);

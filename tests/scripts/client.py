@@ -1,0 +1,104 @@
+"""HTTP/1.x clients for tracer's end-to-end tests, each shaped like something real programs do.
+
+usage: client.py MODE HOST PORT [ARG]
+Prints one status code per response, space-separated.
+"""
+import http.client
+import socket
+import sys
+import time
+import urllib.request
+
+
+def read_responses(sock, n, head_only=()):
+    """Read n responses (Content-Length or chunked framing) and return their statuses."""
+    buf = b""
+    statuses = []
+    for i in range(n):
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return statuses
+            buf += chunk
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        lines = head.split(b"\r\n")
+        statuses.append(int(lines[0].split()[1]))
+        headers = {k.strip().lower(): v.strip() for k, v in (l.split(b":", 1) for l in lines[1:])}
+        length = 0 if i in head_only else int(headers.get(b"content-length", b"0"))
+        while len(buf) < length:
+            buf += sock.recv(65536)
+        buf = buf[length:]
+    return statuses
+
+
+def connect(host, port):
+    sock = socket.create_connection((host, port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def main():
+    mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    arg = sys.argv[4] if len(sys.argv) > 4 else None
+    statuses = []
+    if mode == "keepalive":
+        # http.client on one connection: send/recv family syscalls.
+        conn = http.client.HTTPConnection(host, port)
+        for i in range(int(arg)):
+            conn.request("GET", f"/?n={i}")
+            r = conn.getresponse()
+            r.read()
+            statuses.append(r.status)
+        conn.close()
+    elif mode == "urllib":
+        with urllib.request.urlopen(f"http://{host}:{port}/{arg or ''}") as r:
+            r.read()
+            statuses.append(r.status)
+    elif mode == "pipeline":
+        # Every request in one write, then every response.
+        n = int(arg)
+        sock = connect(host, port)
+        sock.sendall(b"".join(f"GET /p{i} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode() for i in range(n)))
+        statuses = read_responses(sock, n)
+        sock.close()
+    elif mode == "bytewise":
+        # The head one byte per write.
+        sock = connect(host, port)
+        for b in f"GET /bytewise HTTP/1.1\r\nHost: {host}\r\nX-Slow: yes\r\n\r\n".encode():
+            sock.send(bytes([b]))
+            time.sleep(0.002)
+        statuses = read_responses(sock, 1)
+        sock.close()
+    elif mode == "bigheader":
+        # A head far larger than the capture window.
+        sock = connect(host, port)
+        filler = "a" * int(arg)
+        sock.sendall(f"GET /big-head HTTP/1.1\r\nHost: {host}\r\nX-Filler: {filler}\r\n\r\n".encode())
+        statuses = read_responses(sock, 1)
+        sock.close()
+    elif mode == "garbage":
+        # TLS and binary bytes on a plaintext port, then plain requests on new connections.
+        for junk in (bytes.fromhex("160301020001000100"), bytes(range(256)) * 4):
+            sock = connect(host, port)
+            sock.sendall(junk)
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(65536):
+                pass
+            sock.close()
+    elif mode == "head":
+        conn = http.client.HTTPConnection(host, port)
+        conn.request("HEAD", "/")
+        r = conn.getresponse()
+        r.read()
+        statuses.append(r.status)
+        conn.request("GET", "/")
+        r = conn.getresponse()
+        r.read()
+        statuses.append(r.status)
+    else:
+        sys.exit(f"unknown mode {mode}")
+    print(" ".join(map(str, statuses)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+//! HTTP/1.x as real programs speak it: keep-alive, pipelining, heads split into single bytes
+//! or larger than the capture window, every body framing, garbage on a traced port, IPv6,
+//! connections already open when the agent starts, and responses that never come.
+
+use std::time::Duration;
+
+use tracer_e2e::{
+    agent::Agent,
+    free_port,
+    receiver::{Received, Receiver},
+    servers::{curl, nginx, python_client, python_framings, python_http},
+};
+
+/// An agent exporting over gRPC with extra arguments.
+fn agent(receiver: &Receiver, args: &[&str]) -> Agent {
+    let endpoint = receiver.grpc_url();
+    let mut full = args.to_vec();
+    full.extend(["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc"]);
+    Agent::start(&full, &[])
+}
+
+fn status(s: &Received) -> Option<i64> {
+    s.attributes
+        .get("http.response.status_code")
+        .map(|v| v.int())
+}
+
+fn path(s: &Received) -> String {
+    s.attr("url.path").str().to_string()
+}
+
+#[test]
+fn hundreds_of_keep_alive_requests_on_one_connection() {
+    let receiver = Receiver::start();
+    let server = nginx(free_port());
+    let port = server.port.to_string();
+    let mut agent = agent(&receiver, &["--port", &port]);
+    let run = python_client("keepalive", server.port, Some("300"));
+    assert_eq!(run.statuses.len(), 300);
+    let spans = receiver.wait_spans(600, |_| true);
+    agent.stop();
+    assert_eq!(
+        spans.len(),
+        600,
+        "one SERVER and one CLIENT span per request"
+    );
+    let clients: Vec<_> = spans.iter().filter(|s| s.is_client()).collect();
+    assert_eq!(clients.len(), 300);
+    assert!(
+        clients
+            .iter()
+            .all(|s| s.pid() == run.pid && status(s) == Some(200))
+    );
+    let conns: std::collections::HashSet<_> = clients
+        .iter()
+        .map(|s| s.attr("network.local.port").int())
+        .collect();
+    assert_eq!(conns.len(), 1, "all on one connection");
+    // In order: each request starts after the previous one ended.
+    let mut times: Vec<_> = clients
+        .iter()
+        .map(|s| (s.span.start_time_unix_nano, s.span.end_time_unix_nano))
+        .collect();
+    times.sort();
+    assert!(times.windows(2).all(|w| w[0].1 <= w[1].0));
+}
+
+#[test]
+fn pipelined_requests_get_one_span_each() {
+    let receiver = Receiver::start();
+    let server = nginx(free_port());
+    let mut agent = agent(&receiver, &["--comm", "nginx"]);
+    let run = python_client("pipeline", server.port, Some("10"));
+    assert_eq!(run.statuses, vec![404; 10]);
+    let spans = receiver.wait_spans(10, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 10);
+    let mut paths: Vec<_> = spans.iter().map(path).collect();
+    paths.sort();
+    let mut want: Vec<_> = (0..10).map(|i| format!("/p{i}")).collect();
+    want.sort();
+    assert_eq!(paths, want);
+    assert!(spans.iter().all(|s| status(s) == Some(404)));
+}
+
+#[test]
+fn head_split_into_single_bytes() {
+    let receiver = Receiver::start();
+    let server = python_framings(free_port());
+    let port = server.port.to_string();
+    let mut agent = agent(&receiver, &["--port", &port]);
+    let run = python_client("bytewise", server.port, None);
+    assert_eq!(run.statuses, vec![200]);
+    let spans = receiver.wait_spans(2, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 2);
+    for s in &spans {
+        assert_eq!(path(s), "/bytewise");
+        assert_eq!(status(s), Some(200));
+    }
+    let client = spans.iter().find(|s| s.is_client()).unwrap();
+    // The span starts at the first byte: the head took ~100 sends, 2 ms apart.
+    let duration = client.span.end_time_unix_nano - client.span.start_time_unix_nano;
+    assert!(
+        duration > 50_000_000,
+        "duration {duration} covers the slow head"
+    );
+}
+
+#[test]
+fn head_larger_than_the_capture_window() {
+    let receiver = Receiver::start();
+    let server = python_framings(free_port());
+    let port = server.port.to_string();
+    let mut agent = agent(&receiver, &["--port", &port, "--capture-bytes", "256"]);
+    let run = python_client("bigheader", server.port, Some("20000"));
+    assert_eq!(run.statuses, vec![200]);
+    // The next request on a new connection is whole again.
+    let after = python_client("keepalive", server.port, Some("1"));
+    assert_eq!(after.statuses, vec![200]);
+    let spans = receiver.wait_spans(4, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 4);
+    let big: Vec<_> = spans.iter().filter(|s| path(s) == "/big-head").collect();
+    assert_eq!(big.len(), 2, "method, path and status are still found");
+    for s in &big {
+        assert_eq!(status(s), Some(200));
+        assert_eq!(s.attr("tracer.request.head_truncated").str(), "true");
+    }
+}
+
+#[test]
+fn chunked_close_delimited_204_and_head() {
+    let receiver = Receiver::start();
+    let server = python_framings(free_port());
+    let port = server.port;
+    let mut agent = agent(
+        &receiver,
+        &["--port", &port.to_string(), "--comm", "python3"],
+    );
+    for p in ["/chunked", "/close", "/nocontent"] {
+        curl(&format!("http://127.0.0.1:{port}{p}"), &[]);
+    }
+    let head = python_client("head", port, None);
+    assert_eq!(head.statuses, vec![200, 200]);
+    let spans = receiver.wait_spans(7, |_| true);
+    agent.stop();
+    // The servers' side (python3) and python's client side; curl is not traced.
+    let servers: Vec<_> = spans.iter().filter(|s| s.is_server()).collect();
+    let get = |p: &str| {
+        servers
+            .iter()
+            .find(|s| path(s) == p)
+            .unwrap_or_else(|| panic!("{p}"))
+    };
+    assert_eq!(get("/chunked").attr("http.response.body.size").int(), 11);
+    assert_eq!(get("/close").attr("http.response.body.size").int(), 27);
+    assert_eq!(status(get("/nocontent")), Some(204));
+    let heads: Vec<_> = servers.iter().filter(|s| s.span.name == "HEAD").collect();
+    assert_eq!(heads.len(), 1);
+    assert_eq!(servers.len(), 5);
+    assert_eq!(spans.iter().filter(|s| s.is_client()).count(), 2);
+}
+
+#[test]
+fn garbage_on_a_traced_port_is_ignored() {
+    let receiver = Receiver::start();
+    let server = python_http(free_port());
+    let port = server.port.to_string();
+    let mut agent = agent(&receiver, &["--port", &port]);
+    python_client("garbage", server.port, None);
+    for _ in 0..5 {
+        assert_eq!(curl(&format!("http://127.0.0.1:{port}/"), &[]).status, 200);
+    }
+    let spans = receiver.wait_spans(10, |_| true);
+    agent.stop();
+    assert_eq!(
+        spans.len(),
+        10,
+        "the five valid requests, both sides, nothing for the junk"
+    );
+    assert!(spans.iter().all(|s| status(s) == Some(200)));
+}
+
+#[test]
+fn ipv6() {
+    let receiver = Receiver::start();
+    let port = free_port();
+    let dir = tracer_e2e::servers::TempDir::new("v6");
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "::1",
+            "-d",
+        ])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = tracer_e2e::wait_for(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("::1", port)).ok()
+    });
+    assert!(up.is_some());
+    let mut agent = agent(&receiver, &["--port", &port.to_string()]);
+    let run = curl(&format!("http://[::1]:{port}/"), &[]);
+    assert_eq!(run.status, 200);
+    let spans = receiver.wait_spans(2, |_| true);
+    agent.stop();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(spans.len(), 2);
+    for s in &spans {
+        assert_eq!(s.attr("network.peer.address").str(), "::1");
+        assert_eq!(s.attr("network.type").str(), "ipv6");
+    }
+}
+
+#[test]
+fn a_killed_server_leaves_a_span_without_an_invented_status() {
+    let receiver = Receiver::start();
+    let server = python_framings(free_port());
+    let port = server.port;
+    let mut agent = agent(&receiver, &["--port", &port.to_string()]);
+    let url = format!("http://127.0.0.1:{port}/slow");
+    let client = std::thread::spawn(move || curl(&url, &[]));
+    std::thread::sleep(Duration::from_millis(700));
+    drop(server); // SIGTERM mid-request
+    let run = client.join().unwrap();
+    assert_eq!(run.status, 0, "curl got no response");
+    let spans = receiver.wait_spans(2, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 2);
+    for s in &spans {
+        assert_eq!(status(s), None, "no status code is invented");
+        assert_eq!(s.attr("error.type").str(), "response_not_observed");
+        assert_eq!(s.span.status.as_ref().map(|st| st.code), Some(2));
+    }
+}
