@@ -7,6 +7,7 @@ import http.client
 import socket
 import sys
 import time
+import urllib.error
 import urllib.request
 
 
@@ -51,9 +52,12 @@ def main():
             statuses.append(r.status)
         conn.close()
     elif mode == "urllib":
-        with urllib.request.urlopen(f"http://{host}:{port}/{arg or ''}") as r:
-            r.read()
-            statuses.append(r.status)
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/{arg or ''}") as r:
+                r.read()
+                statuses.append(r.status)
+        except urllib.error.HTTPError as e:
+            statuses.append(e.code)
     elif mode == "pipeline":
         # Every request in one write, then every response.
         n = int(arg)

@@ -257,3 +257,55 @@ pub fn python_client(mode: &str, port: u16, arg: Option<&str>) -> ClientRun {
         .collect();
     ClientRun { pid, statuses }
 }
+
+/// Start a server command that listens on `port`; spans come from the process itself.
+pub fn spawn_server(cmd: &mut Command, port: u16) -> Server {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    wait_listening(port);
+    let pid = child.id();
+    Server {
+        child,
+        port,
+        pids: vec![pid],
+        _dir: None,
+    }
+}
+
+/// Run a client command to completion; it prints the statuses it got.
+pub fn run_client(cmd: &mut Command) -> ClientRun {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let pid = child.id();
+    let out = child.wait_with_output().expect("waiting for the client");
+    assert!(out.status.success(), "{cmd:?} failed");
+    let statuses = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    ClientRun { pid, statuses }
+}
+
+/// The Go test program (`scripts/go`), built once per test process with Debian's Go.
+pub fn go_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e/gohttp");
+            let status = Command::new("go")
+                .args(["build", "-o"])
+                .arg(&out)
+                .arg(".")
+                .current_dir(script("go"))
+                .status()
+                .expect("running go build");
+            assert!(status.success(), "go build failed");
+            out
+        })
+        .clone()
+}

@@ -19,8 +19,18 @@ const BUILD_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
-/// Debian packages the end-to-end tests drive or inspect with.
-const TEST_PACKAGES: &[&str] = &["nginx-light", "curl", "bpftool", "util-linux", "python3"];
+/// Programs the end-to-end tests drive or inspect with, and the Debian package of each
+/// (installed only when the program is missing).
+const TEST_PROGRAMS: &[(&str, &str)] = &[
+    ("nginx", "nginx-light"),
+    ("curl", "curl"),
+    ("bpftool", "bpftool"),
+    ("setpriv", "util-linux"),
+    ("python3", "python3"),
+    ("node", "nodejs"),
+    ("java", "openjdk-17-jdk-headless"),
+    ("go", "golang-go"),
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const EBPF_TOOLCHAIN: &str = "nightly";
@@ -127,15 +137,28 @@ fn package_installed(name: &str) -> bool {
         .is_some_and(|s| s.contains("install ok installed"))
 }
 
+/// Whether `program` is on the PATH (or in the sbin directories root has).
+fn on_path(program: &str) -> bool {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"])
+        .any(|dir| Path::new(dir).join(program).is_file())
+}
+
 fn setup(test: bool) -> anyhow::Result<()> {
-    let mut wanted: Vec<&str> = BUILD_PACKAGES.to_vec();
-    if test {
-        wanted.extend(TEST_PACKAGES);
-    }
-    let missing: Vec<&str> = wanted
-        .into_iter()
+    let mut missing: Vec<&str> = BUILD_PACKAGES
+        .iter()
+        .copied()
         .filter(|p| !package_installed(p))
         .collect();
+    if test {
+        missing.extend(
+            TEST_PROGRAMS
+                .iter()
+                .filter(|(program, _)| !on_path(program))
+                .map(|(_, package)| *package),
+        );
+    }
     if !missing.is_empty() {
         require_root(&format!("installing {}", missing.join(" ")))?;
         eprintln!("xtask: installing {}", missing.join(" "));
