@@ -4,6 +4,7 @@ usage: client.py MODE HOST PORT [ARG]
 Prints one status code per response, space-separated.
 """
 import http.client
+import os
 import socket
 import sys
 import time
@@ -89,6 +90,46 @@ def main():
             while sock.recv(65536):
                 pass
             sock.close()
+    elif mode == "twophase":
+        # One request, then wait (the agent starts), then another on the same connection.
+        conn = http.client.HTTPConnection(host, port)
+        conn.request("GET", "/before")
+        r = conn.getresponse()
+        r.read()
+        statuses.append(r.status)
+        print("waiting", flush=True)
+        sys.stdin.readline()
+        for path in ("/after1", "/after2"):
+            conn.request("GET", path)
+            r = conn.getresponse()
+            r.read()
+            statuses.append(r.status)
+        conn.close()
+    elif mode == "iovecs":
+        # sendmsg and writev with several iovecs; recvmsg and readv into several buffers.
+        sock = connect(host, port)
+        sock.sendmsg([b"GET /sendmsg", b" HTTP/1.1\r\nHost: ", host.encode(), b"\r\n\r\n"])
+        bufs = [bytearray(7), bytearray(5), bytearray(4096)]
+        n = sock.recvmsg_into(bufs)[0]
+        data = b"".join(bytes(b) for b in bufs)[:n]
+        statuses.append(int(data.split()[1]))
+        os.writev(sock.fileno(), [b"GET /writev HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"])
+        bufs = [bytearray(3), bytearray(9), bytearray(4096)]
+        n = os.readv(sock.fileno(), bufs)
+        data = b"".join(bytes(b) for b in bufs)[:n]
+        statuses.append(int(data.split()[1]))
+        sock.close()
+    elif mode == "upgrade":
+        # Switch protocols, then send bytes that look like HTTP but are not any more.
+        sock = connect(host, port)
+        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += sock.recv(4096)
+        statuses.append(int(buf.split()[1]))
+        sock.sendall(b"GET /not-http-any-more HTTP/1.1\r\n\r\n")
+        sock.recv(4096)
+        sock.close()
     elif mode == "head":
         conn = http.client.HTTPConnection(host, port)
         conn.request("HEAD", "/")

@@ -1,8 +1,9 @@
 // Node's http server for tracer's end-to-end tests. usage: node server.js PORT
 // GET /chunked: body written in three parts (chunked); anything else: one fixed body.
+// Requests with Expect: 100-continue get 100 Continue first (Node does it by itself).
 const http = require("http");
 const port = Number(process.argv[2]);
-http
+const server = http
   .createServer((req, res) => {
     if (req.url === "/chunked") {
       res.write("hello");
@@ -13,3 +14,8 @@ http
     }
   })
   .listen(port, "127.0.0.1");
+// Upgrade requests: 101, then echo whatever comes (no longer HTTP).
+server.on("upgrade", (req, socket) => {
+  socket.write("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n");
+  socket.on("data", (d) => socket.write(d));
+});

@@ -240,3 +240,91 @@ fn a_killed_server_leaves_a_span_without_an_invented_status() {
         assert_eq!(s.span.status.as_ref().map(|st| st.code), Some(2));
     }
 }
+
+#[test]
+fn agent_started_mid_connection_picks_up_at_the_next_request() {
+    use std::io::{BufRead, BufReader, Write};
+    let receiver = Receiver::start();
+    let server = python_framings(free_port());
+    let mut client = std::process::Command::new("python3")
+        .arg(tracer_e2e::servers::script("client.py"))
+        .args(["twophase", "127.0.0.1", &server.port.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(
+        line.trim(),
+        "waiting",
+        "the first request is done before the agent starts"
+    );
+    let mut agent = agent(&receiver, &["--port", &server.port.to_string()]);
+    writeln!(client.stdin.take().unwrap()).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "200 200 200");
+    client.wait().unwrap();
+    let spans = receiver.wait_spans(3, |_| true);
+    agent.stop();
+    // The client's sends are all seen. The server was already blocked in recv when the
+    // agent started: that read's request is not seen (its syscall entry was missed), and
+    // its response is not given a request; the next request is whole on both sides.
+    let mut clients: Vec<_> = spans.iter().filter(|s| s.is_client()).map(path).collect();
+    clients.sort();
+    assert_eq!(clients, vec!["/after1", "/after2"]);
+    let servers: Vec<_> = spans.iter().filter(|s| s.is_server()).map(path).collect();
+    assert_eq!(servers, vec!["/after2"]);
+    assert!(spans.iter().all(|s| status(s) == Some(200)));
+}
+
+#[test]
+fn several_iovecs_with_sendmsg_recvmsg_writev_readv() {
+    let receiver = Receiver::start();
+    let server = python_framings(free_port());
+    let mut agent = agent(&receiver, &["--port", &server.port.to_string()]);
+    let run = python_client("iovecs", server.port, None);
+    assert_eq!(run.statuses, vec![200, 200]);
+    let spans = receiver.wait_spans(4, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 4);
+    let mut client_paths: Vec<_> = spans.iter().filter(|s| s.is_client()).map(path).collect();
+    client_paths.sort();
+    assert_eq!(client_paths, vec!["/sendmsg", "/writev"]);
+    assert!(spans.iter().all(|s| status(s) == Some(200)));
+}
+
+#[test]
+fn continue_and_switching_protocols() {
+    let receiver = Receiver::start();
+    let port = free_port();
+    let server = tracer_e2e::servers::spawn_server(
+        std::process::Command::new("node")
+            .arg(tracer_e2e::servers::script("server.js"))
+            .arg(port.to_string()),
+        port,
+    );
+    let mut agent = agent(&receiver, &["--pid", &server.pid().to_string()]);
+    let body = "x".repeat(2000);
+    let run = curl(
+        &format!("http://127.0.0.1:{port}/upload"),
+        &["-H", "Expect: 100-continue", "--data-binary", &body],
+    );
+    assert_eq!(run.status, 200);
+    let up = python_client("upgrade", port, None);
+    assert_eq!(up.statuses, vec![101]);
+    let spans = receiver.wait_spans(2, |_| true);
+    agent.stop();
+    assert_eq!(
+        spans.len(),
+        2,
+        "100 Continue is not an answer; bytes after 101 are not HTTP"
+    );
+    let upload = spans.iter().find(|s| path(s) == "/upload").unwrap();
+    assert_eq!(status(upload), Some(200));
+    assert_eq!(upload.attr("http.request.body.size").int(), 2000);
+    let ws = spans.iter().find(|s| path(s) == "/ws").unwrap();
+    assert_eq!(status(ws), Some(101));
+}

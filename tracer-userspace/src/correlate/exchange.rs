@@ -86,6 +86,11 @@ impl Sink for Feed<'_> {
                     Some(tp) => (tp.trace_id, Some(tp.parent_id), tp.flags),
                     None => (self.ids.trace_id(), None, 1),
                 };
+                let declared_body = if head.chunked {
+                    None
+                } else {
+                    head.content_length
+                };
                 if p.pending.len() >= MAX_PENDING {
                     p.pending.pop_front();
                     p.losses.pending_overflow += 1;
@@ -98,7 +103,7 @@ impl Sink for Feed<'_> {
                     span_id: self.ids.span_id(),
                     parent_span_id,
                     trace_flags,
-                    request_body_size: None,
+                    request_body_size: declared_body,
                     response: None,
                 });
             }
@@ -141,9 +146,10 @@ impl Feed<'_> {
     fn end(&mut self, ts: u64, size: Option<u64>) {
         let p = &mut *self.pairing;
         if self.side == Side::Request {
-            // Only requests that declare a body have a size to report.
+            // A declared length is known from the head (the response may even finish first);
+            // a chunked body's size only now.
             if let Some(r) = p.pending.back_mut()
-                && (r.head.content_length.is_some() || r.head.chunked)
+                && r.head.chunked
             {
                 r.request_body_size = size;
             }
