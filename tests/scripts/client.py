@@ -130,6 +130,13 @@ def main():
         sock.sendall(b"GET /not-http-any-more HTTP/1.1\r\n\r\n")
         sock.recv(4096)
         sock.close()
+    elif mode == "garbage_stream":
+        # A long-lived connection that is not HTTP: a few chunks, a pause, then many more.
+        sock = connect(host, port)
+        for i in range(204):
+            sock.sendall(bytes([0x16, 3, 1]) + bytes(range(97)))
+            time.sleep(0.5 if i == 4 else 0.002)
+        sock.close()
     elif mode == "head":
         conn = http.client.HTTPConnection(host, port)
         conn.request("HEAD", "/")

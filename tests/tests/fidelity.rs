@@ -328,3 +328,31 @@ fn continue_and_switching_protocols() {
     let ws = spans.iter().find(|s| path(s) == "/ws").unwrap();
     assert_eq!(status(ws), Some(101));
 }
+
+#[test]
+fn non_http_connections_stop_costing_after_their_first_bytes() {
+    let receiver = Receiver::start();
+    let server = python_framings(free_port());
+    let mut agent = agent(&receiver, &["--port", &server.port.to_string()]);
+    // 204 sends of binary bytes on one connection.
+    python_client("garbage_stream", server.port, None);
+    assert_eq!(
+        curl(&format!("http://127.0.0.1:{}/", server.port), &[]).status,
+        200
+    );
+    let spans = receiver.wait_spans(2, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 2, "only the valid request gives spans");
+    let stderr = agent.stderr().join("\n");
+    let events: u64 = stderr
+        .split("kernel: events=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no kernel event count in {stderr}"));
+    // Without muting, the client's 204 sends alone would be 204 events.
+    assert!(
+        events < 40,
+        "{events} events: the junk connection was muted after its first bytes"
+    );
+}

@@ -22,6 +22,41 @@ pub mod maps {
     pub const COMM_FILTER: &str = "COMM_FILTER";
     pub const PORT_FILTER: &str = "PORT_FILTER";
     pub const CONFIG: &str = "CONFIG";
+    pub const CONNS: &str = "CONNS";
+}
+
+/// A descriptor of a traced process: the key of the `CONNS` cache.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FdKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// [`ConnInfo::state`]: what the programs do with a descriptor's traffic.
+pub mod conn_state {
+    /// Not a TCP connection, or filtered out: nothing is captured.
+    pub const IGNORED: u32 = 0;
+    /// Captured.
+    pub const TRACED: u32 = 1;
+    /// A connection the agent found not to carry HTTP/1.x (or that switched protocols): its
+    /// bytes are no longer captured, but its close still is.
+    pub const MUTED: u32 = 2;
+}
+
+/// What a descriptor is, resolved once by the programs and cached until it is closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// Address of the kernel `struct sock`.
+    pub sock: u64,
+    /// Start time of the process that cached the entry: a later process that reuses the pid
+    /// finds a different one and resolves its descriptor afresh.
+    pub owner: u64,
+    pub tuple: ConnTuple,
+    /// One of [`conn_state`].
+    pub state: u32,
+    pub _pad: u32,
 }
 
 /// Tracepoint category of the syscall programs.
@@ -221,6 +256,8 @@ pub mod counter {
 }
 
 const _: () = assert!(core::mem::size_of::<ConnTuple>() == 40);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 64);
+const _: () = assert!(core::mem::size_of::<FdKey>() == 8);
 const _: () = assert!(EVENT_HEADER_LEN == 112);
 const _: () = assert!(EVENT_HEADER_LEN.is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
@@ -234,4 +271,6 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::ConnTuple {}
     unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::FdKey {}
+    unsafe impl aya::Pod for super::ConnInfo {}
 }

@@ -2,12 +2,12 @@
 //! cache the socket and 4-tuple until the descriptor is closed.
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use tracer_common::{ConnTuple, counter};
+use tracer_common::{ConnTuple, conn_state, counter};
 
 use crate::{
     config,
     filter::{ports_pass, process_start_time},
-    maps::{CONNS, ConnInfo, FdKey, count},
+    maps::{CONNS, ConnInfo, FdKey, PROCS, count},
 };
 
 const S_IFMT: u16 = 0o170000;
@@ -32,7 +32,11 @@ pub fn lookup(tgid: u32, fd: i32) -> Option<ConnInfo> {
         Some(info) => *info,
         None => resolve(key)?,
     };
-    if info.traced == 1 { Some(info) } else { None }
+    if info.state == conn_state::TRACED {
+        Some(info)
+    } else {
+        None
+    }
 }
 
 /// Walk the file table for `key` and cache what is found (negative answers too, so that reads
@@ -43,7 +47,7 @@ pub fn resolve(key: FdKey) -> Option<ConnInfo> {
         sock: 0,
         owner: process_start_time(),
         tuple: ConnTuple::default(),
-        traced: 0,
+        state: conn_state::IGNORED,
         _pad: 0,
     };
     match walk(key.fd, &mut info) {
@@ -55,7 +59,10 @@ pub fn resolve(key: FdKey) -> Option<ConnInfo> {
         Err(Walk::NotTcp) => {}
     }
     if info.sock != 0 {
-        info.traced = ports_pass(info.tuple.local_port, info.tuple.remote_port) as u32;
+        if ports_pass(info.tuple.local_port, info.tuple.remote_port) {
+            info.state = conn_state::TRACED;
+            let _ = PROCS.insert(key.tgid, 1, 0);
+        }
     }
     if CONNS.insert(key, info, 0).is_err() {
         count(counter::CONN_TABLE_FULL);

@@ -17,7 +17,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tracer_common::{direction, kind, syscall};
+use tracer_common::{conn_state, direction, kind, syscall};
 
 use crate::maps::{INFLIGHT, Inflight, MODE_IOV, MODE_NONE, MODE_PLAIN, count};
 
@@ -100,7 +100,7 @@ fn opened(fd: i32, role: u8, syscall: u8) -> Result<u32, u32> {
         fd: fd as u32,
     })
     .ok_or(0u32)?;
-    if info.traced != 1 {
+    if info.state != conn_state::TRACED {
         return Ok(0);
     }
     let buf = emit::start(kind::OPEN, role, syscall, fd, &info).ok_or(0u32)?;
@@ -268,7 +268,8 @@ fn close_enter(ctx: &TracePointContext) -> Result<u32, u32> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let fd: i64 = arg(ctx, 0)?;
     let info = conn::forget((pid_tgid >> 32) as u32, fd as i32).ok_or(0u32)?;
-    if info.traced != 1 {
+    // Muted connections still report their close, so the agent can forget them.
+    if info.state == conn_state::IGNORED {
         return Ok(0);
     }
     let buf = emit::start(kind::CLOSE, 0, syscall::CLOSE, fd as i32, &info).ok_or(0u32)?;
@@ -287,15 +288,17 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn process_exit() -> Result<u32, u32> {
     let pid_tgid = filter::traced_task().ok_or(0u32)?;
-    // Once per process: when its main thread exits.
-    if pid_tgid as u32 != (pid_tgid >> 32) as u32 {
+    // Once per process: when its main thread exits, and only if it had traced connections.
+    let tgid = (pid_tgid >> 32) as u32;
+    if pid_tgid as u32 != tgid || unsafe { maps::PROCS.get(tgid) }.is_none() {
         return Ok(0);
     }
+    let _ = maps::PROCS.remove(tgid);
     let none = maps::ConnInfo {
         sock: 0,
         owner: 0,
         tuple: tracer_common::ConnTuple::default(),
-        traced: 0,
+        state: conn_state::IGNORED,
         _pad: 0,
     };
     let buf = emit::start(kind::EXIT, 0, 0, -1, &none).ok_or(0u32)?;

@@ -4,7 +4,8 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{COMM_LEN, Config, ConnTuple, EventHeader, MAX_CAPTURE, PORT_BITMAP_WORDS};
+use tracer_common::{COMM_LEN, Config, EventHeader, MAX_CAPTURE, PORT_BITMAP_WORDS};
+pub use tracer_common::{ConnInfo, FdKey};
 
 /// Written by the agent before load (see `tracer_common::Config`). Read field by field through
 /// [`config!`]: copying the whole struct would cost stack on every use.
@@ -36,30 +37,12 @@ pub static COMM_FILTER: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(
 #[map(name = "PORT_FILTER")]
 pub static PORT_FILTER: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
 
-/// A descriptor of a traced process, the key of the connection cache.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct FdKey {
-    pub tgid: u32,
-    pub fd: u32,
-}
-
-/// What a descriptor is, resolved once and cached until it is closed.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ConnInfo {
-    pub sock: u64,
-    /// Start time of the process that cached this entry: a later process that reuses the pid
-    /// finds a different one and resolves its descriptor afresh.
-    pub owner: u64,
-    pub tuple: ConnTuple,
-    /// 1: a TCP connection that passes the filters; 0: anything else (skipped cheaply).
-    pub traced: u32,
-    pub _pad: u32,
-}
-
-#[map]
+#[map(name = "CONNS")]
 pub static CONNS: LruHashMap<FdKey, ConnInfo> = LruHashMap::with_max_entries(65536, 0);
+
+/// Processes with at least one traced connection: only their exits are reported.
+#[map]
+pub static PROCS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
 
 /// How the payload of an in-flight syscall is laid out in user memory.
 pub const MODE_PLAIN: u8 = 0;

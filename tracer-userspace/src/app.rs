@@ -197,8 +197,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 guard.clear_ready();
                 flow.drain(ring.get_mut())?;
+                flow.apply_mutes(&mut probes);
             }
-            _ = poll.tick() => flow.drain(ring.get_mut())?,
+            _ = poll.tick() => {
+                flow.drain(ring.get_mut())?;
+                flow.apply_mutes(&mut probes);
+            }
             _ = housekeeping.tick() => flow.housekeeping(),
             _ = report.tick() => log_report(&probes, &flow, &stats_rx),
         }
@@ -312,6 +316,15 @@ impl Flow {
             }
         }
         Ok(())
+    }
+
+    /// Stop the kernel copying bytes of connections the pipeline has no use for.
+    fn apply_mutes(&mut self, probes: &mut Probes) {
+        for m in self.pipeline.take_mutes() {
+            if let Err(e) = probes.mute(m.tgid, m.fd, m.sock) {
+                log::debug!("muting a connection failed: {e}");
+            }
+        }
     }
 
     fn housekeeping(&mut self) {

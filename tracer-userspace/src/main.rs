@@ -1,18 +1,8 @@
 //! tracer: zero-instrumentation HTTP tracing for Linux. Parse the command line into a
 //! [`app::Config`] and run the agent.
 
-mod app;
-mod capture;
-mod cli;
-mod conn;
-mod correlate;
-mod export;
-mod filter;
-#[cfg(test)]
-mod golden;
-mod protocol;
-
 use clap::Parser as _;
+use tracer_userspace::{app, cli, export, filter};
 
 fn sink_config(cli: &cli::Cli) -> anyhow::Result<app::SinkConfig> {
     let otlp = export::otlp::resolve(cli.otlp_endpoint.as_deref(), cli.otlp_protocol, |k| {

@@ -11,8 +11,8 @@ use aya::{
     programs::TracePoint,
 };
 use tracer_common::{
-    COMM_LEN, Config, FILTER_COMM, FILTER_PID, FILTER_PORT, KernelOffsets, PROCESS_EXIT, SYSCALLS,
-    TRACEPOINTS, counter, maps,
+    COMM_LEN, Config, ConnInfo, FILTER_COMM, FILTER_PID, FILTER_PORT, FdKey, KernelOffsets,
+    PROCESS_EXIT, SYSCALLS, TRACEPOINTS, conn_state, counter, maps,
 };
 
 use crate::filter::Filter;
@@ -107,6 +107,30 @@ impl Probes {
             .take_map(maps::EVENTS)
             .ok_or(CaptureError::Missing(maps::EVENTS))?;
         RingBuf::try_from(map).map_err(map_err(maps::EVENTS))
+    }
+
+    /// Stop capturing the bytes of a connection the agent has no use for (not HTTP/1.x, or
+    /// switched protocols); its close is still reported. A descriptor that meanwhile names
+    /// another socket is left alone.
+    pub fn mute(&mut self, tgid: u32, fd: i32, sock: u64) -> Result<(), CaptureError> {
+        let map = self
+            .ebpf
+            .map_mut(maps::CONNS)
+            .ok_or(CaptureError::Missing(maps::CONNS))?;
+        let mut conns: HashMap<_, FdKey, ConnInfo> =
+            HashMap::try_from(map).map_err(map_err(maps::CONNS))?;
+        let key = FdKey {
+            tgid,
+            fd: fd as u32,
+        };
+        if let Ok(mut info) = conns.get(&key, 0)
+            && info.sock == sock
+            && info.state == conn_state::TRACED
+        {
+            info.state = conn_state::MUTED;
+            conns.insert(key, info, 0).map_err(map_err(maps::CONNS))?;
+        }
+        Ok(())
     }
 
     /// The kernel-side counters, summed over CPUs, indexed as `tracer_common::counter`.

@@ -59,6 +59,10 @@ impl<S> Table<S> {
         self.entries.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// When `key` is new and the table is full, evict the least recently seen connection to
     /// make room for it, and return that connection.
     pub fn make_room_for(&mut self, key: &ConnKey) -> Option<(ConnKey, S)> {

@@ -60,6 +60,8 @@ struct Pairing {
     switched: bool,
     finished: Vec<Finished>,
     losses: Losses,
+    /// Message heads seen on the connection, both directions.
+    heads: u64,
 }
 
 /// Per-feed context: the pairing plus what the chunk's event says.
@@ -75,6 +77,9 @@ struct Feed<'a> {
 impl Sink for Feed<'_> {
     fn message(&mut self, message: Message) {
         let p = &mut *self.pairing;
+        if !matches!(message, Message::End { .. }) {
+            p.heads += 1;
+        }
         match message {
             Message::Request { head, ts } => {
                 // Server spans continue an incoming trace context; the rest start new traces.
@@ -241,14 +246,25 @@ impl Connection {
             tid,
             side,
         };
-        match side {
-            Side::Request => self.requests.feed(chunk, &mut feed),
-            Side::Response => self.responses.feed(chunk, &mut feed),
+        let reader = match side {
+            Side::Request => &mut self.requests,
+            Side::Response => &mut self.responses,
+        };
+        reader.feed(chunk, &mut feed);
+        // A connection whose first chunks are all junk is not HTTP/1.x.
+        if self.pairing.heads == 0 && reader.is_desynced() {
+            self.probes = self.probes.saturating_add(1);
         }
         if self.pairing.switched {
             self.requests.stop();
             self.responses.stop();
         }
+    }
+
+    /// Whether nothing more can be learnt from this connection's bytes: it does not carry
+    /// HTTP/1.x, or it switched protocols.
+    pub fn is_done(&self) -> bool {
+        (self.pairing.heads == 0 && self.probes >= MAX_PROBES) || self.pairing.switched
     }
 
     /// The connection ended at `ts`: close-delimited bodies end, and requests still waiting

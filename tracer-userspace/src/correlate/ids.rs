@@ -53,6 +53,12 @@ impl IdGen {
     }
 }
 
+impl Default for IdGen {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A parsed `traceparent` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceParent {

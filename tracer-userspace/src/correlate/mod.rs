@@ -41,6 +41,10 @@ pub struct Stats {
 /// A connection's state plus what the pipeline needs to name its spans.
 struct Conn {
     http: Connection,
+    /// The descriptor the process last used for it.
+    fd: i32,
+    /// Whether the capture of its bytes was asked to stop.
+    muted: bool,
     local: std::net::SocketAddr,
     remote: std::net::SocketAddr,
     comm: [u8; tracer_common::COMM_LEN],
@@ -59,6 +63,15 @@ struct ConnRef<'t> {
     conn: &'t mut Conn,
     ids: &'t mut IdGen,
     finished: &'t mut Vec<FinishedAt>,
+    mutes: &'t mut Vec<Mute>,
+}
+
+/// A connection whose bytes the kernel may stop capturing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mute {
+    pub tgid: u32,
+    pub fd: i32,
+    pub sock: u64,
 }
 
 /// The userspace pipeline. One owner (the capture task) feeds it events in ring-buffer order.
@@ -69,6 +82,8 @@ pub struct Pipeline {
     stats: Stats,
     /// Exchanges finished by the last call, waiting to become spans.
     finished: Vec<FinishedAt>,
+    /// Connections found to be of no further use, for the capture side to mute.
+    mutes: Vec<Mute>,
 }
 
 impl Pipeline {
@@ -79,6 +94,7 @@ impl Pipeline {
             ids,
             stats: Stats::default(),
             finished: Vec::new(),
+            mutes: Vec::new(),
         }
     }
 
@@ -115,7 +131,16 @@ impl Pipeline {
                     ts_last: h.ts_exit_ns,
                 };
                 let c = self.conn(key, ev, None);
+                c.conn.fd = h.fd;
                 c.conn.http.data(ingress, chunk, h.tid, c.ids);
+                if !c.conn.muted && c.conn.http.is_done() {
+                    c.conn.muted = true;
+                    c.mutes.push(Mute {
+                        tgid: key.tgid,
+                        fd: h.fd,
+                        sock: key.sock,
+                    });
+                }
                 let (local, remote, comm) = (c.conn.local, c.conn.remote, c.conn.comm);
                 for f in c.conn.http.take_finished() {
                     c.finished.push((key, local, remote, comm, f));
@@ -155,6 +180,11 @@ impl Pipeline {
         self.conns.drain(|_, _| {});
     }
 
+    /// Connections found since the last call to carry nothing more of use.
+    pub fn take_mutes(&mut self) -> Vec<Mute> {
+        std::mem::take(&mut self.mutes)
+    }
+
     /// Name a process, as a recording does.
     pub fn add_process(&mut self, p: process::Process) {
         self.processes.insert(p);
@@ -178,10 +208,13 @@ impl Pipeline {
         }
         let (local, remote) = endpoints(&ev.header.tuple);
         let comm = ev.header.comm;
+        let fd = ev.header.fd;
         let conn = self
             .conns
             .get_or_insert(key, ev.header.ts_exit_ns, || Conn {
                 http: Connection::new(role),
+                fd,
+                muted: false,
                 local,
                 remote,
                 comm,
@@ -190,6 +223,7 @@ impl Pipeline {
             conn,
             ids: &mut self.ids,
             finished: &mut self.finished,
+            mutes: &mut self.mutes,
         }
     }
 

@@ -52,6 +52,12 @@ pub struct Processes {
 
 const MAX_PROCESSES: usize = 8192;
 
+impl Default for Processes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Processes {
     pub fn new() -> Self {
         Processes {

@@ -106,6 +106,11 @@ impl Reader {
         }
     }
 
+    /// Whether the reader lost track and waits for something that looks like a message.
+    pub fn is_desynced(&self) -> bool {
+        self.state == State::Desync
+    }
+
     /// No more messages: switched protocols, or given up.
     pub fn stop(&mut self) {
         self.state = State::Stopped;
