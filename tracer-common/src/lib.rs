@@ -127,6 +127,11 @@ pub struct KernelOffsets {
     pub sk_v6_daddr: u32,
     /// `task_struct.start_time`: tells a process from a later one with the same pid.
     pub task_start_time: u32,
+    /// The path to the executable's name: task->mm->exe_file->f_path.dentry->d_name.name.
+    pub task_mm: u32,
+    pub mm_exe_file: u32,
+    pub file_f_path_dentry: u32,
+    pub dentry_d_name_name: u32,
 }
 
 /// Read-only configuration, written into the programs' `.rodata` before load.
@@ -164,7 +169,8 @@ pub struct ConnTuple {
 pub mod kind {
     /// Bytes moved by a read/write-family syscall.
     pub const DATA: u8 = 1;
-    /// A connection the process accepted or connected.
+    /// A connection the process accepted or connected. The payload is the base name of the
+    /// process's executable (read while the process surely exists).
     pub const OPEN: u8 = 2;
     /// The process closed the connection's descriptor.
     pub const CLOSE: u8 = 3;
@@ -260,8 +266,8 @@ const _: () = assert!(core::mem::size_of::<ConnInfo>() == 64);
 const _: () = assert!(core::mem::size_of::<FdKey>() == 8);
 const _: () = assert!(EVENT_HEADER_LEN == 112);
 const _: () = assert!(EVENT_HEADER_LEN.is_multiple_of(8));
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
-const _: () = assert!(core::mem::size_of::<Config>() == 96);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
+const _: () = assert!(core::mem::size_of::<Config>() == 112);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
 
 #[cfg(feature = "user")]

@@ -54,6 +54,40 @@ pub fn process_start_time() -> u64 {
     }
 }
 
+/// Copy the base name of the current process's executable into `dst` (NUL-terminated);
+/// returns its length, 0 when it cannot be read.
+#[inline(always)]
+pub fn exe_name(dst: *mut u8, cap: u32) -> u32 {
+    let mm_off = config!(offsets.task_mm) as usize;
+    let exe_off = config!(offsets.mm_exe_file) as usize;
+    let dentry_off = config!(offsets.file_f_path_dentry) as usize;
+    let name_off = config!(offsets.dentry_d_name_name) as usize;
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    unsafe {
+        let Ok(mm) = bpf_probe_read_kernel::<*const u8>(task.add(mm_off).cast()) else {
+            return 0;
+        };
+        if mm.is_null() {
+            return 0;
+        }
+        let Ok(exe) = bpf_probe_read_kernel::<*const u8>(mm.add(exe_off).cast()) else {
+            return 0;
+        };
+        if exe.is_null() {
+            return 0;
+        }
+        let Ok(dentry) = bpf_probe_read_kernel::<*const u8>(exe.add(dentry_off).cast()) else {
+            return 0;
+        };
+        let Ok(name) = bpf_probe_read_kernel::<*const u8>(dentry.add(name_off).cast()) else {
+            return 0;
+        };
+        let n =
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel_str(dst.cast(), cap, name.cast());
+        if n > 1 { (n - 1) as u32 } else { 0 }
+    }
+}
+
 /// Whether a connection with these ports passes the port filter (local or remote port).
 #[inline(always)]
 pub fn ports_pass(local: u16, remote: u16) -> bool {

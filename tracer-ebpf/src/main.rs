@@ -26,6 +26,8 @@ use crate::maps::{INFLIGHT, Inflight, MODE_IOV, MODE_NONE, MODE_PLAIN, count};
 const ARG0: usize = 16;
 const RET: usize = 16;
 const EINPROGRESS: i64 = 115;
+/// Room for an executable's base name (a file name is at most 255 bytes).
+const EXE_NAME_MAX: u32 = 256;
 
 #[inline(always)]
 fn arg<T>(ctx: &TracePointContext, n: usize) -> Result<T, u32> {
@@ -104,7 +106,8 @@ fn opened(fd: i32, role: u8, syscall: u8) -> Result<u32, u32> {
         return Ok(0);
     }
     let buf = emit::start(kind::OPEN, role, syscall, fd, &info).ok_or(0u32)?;
-    emit::submit(buf, 0);
+    let name_len = filter::exe_name(unsafe { (*buf).data.as_mut_ptr() }, EXE_NAME_MAX);
+    emit::submit(buf, name_len as u64);
     Ok(0)
 }
 

@@ -12,7 +12,7 @@ mod tests;
 use tracer_common::{direction, kind};
 
 use crate::{
-    capture::event::{Event, endpoints},
+    capture::event::{Event, comm_str, endpoints},
     conn::{ConnKey, Limits, Table},
     protocol::http1::stream::Chunk,
 };
@@ -117,6 +117,8 @@ impl Pipeline {
                 } else {
                     Kind::Client
                 };
+                let exe = String::from_utf8_lossy(ev.payload);
+                self.processes.learn(h.tgid, comm_str(&h.comm), &exe);
                 self.conn(key, ev, Some(role));
             }
             kind::DATA => {
@@ -242,9 +244,7 @@ impl Pipeline {
 
     fn emit(&mut self, out: &mut impl FnMut(HttpSpan)) {
         for (key, local, remote, comm, f) in self.finished.drain(..) {
-            let process = self
-                .processes
-                .get(key.tgid, crate::capture::event::comm_str(&comm));
+            let process = self.processes.get(key.tgid, comm_str(&comm));
             let r = f.request;
             if f.response.is_none() {
                 self.stats.spans_without_response += 1;

@@ -99,8 +99,63 @@ impl Processes {
         p
     }
 
+    /// What the kernel said the executable of `pid` is called (when it opened a connection,
+    /// so surely while it existed). It wins over `/proc`, which may be gone by the time a
+    /// span of a short-lived process is assembled.
+    pub fn learn(&mut self, pid: u32, comm: &str, executable_name: &str) {
+        if executable_name.is_empty() {
+            return;
+        }
+        if let Some(p) = self.known.get(&pid)
+            && p.comm == comm
+            && p.executable_name == executable_name
+        {
+            return;
+        }
+        let mut p = if self.read_proc {
+            Process::read(pid, comm)
+        } else {
+            Process {
+                pid,
+                comm: comm.to_string(),
+                executable_name: comm.to_string(),
+                executable_path: None,
+            }
+        };
+        if p.executable_name != executable_name {
+            p.executable_name = executable_name.to_string();
+            p.executable_path = None;
+        }
+        if self.known.len() >= MAX_PROCESSES {
+            self.known.clear();
+        }
+        self.known.insert(pid, Arc::new(p));
+    }
+
     /// Put a known process in the cache (from a recording).
     pub fn insert(&mut self, p: Process) {
         self.known.insert(p.pid, Arc::new(p));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_name_outlives_the_process() {
+        // A pid that does not exist: /proc has nothing to say.
+        let pid = u32::MAX - 7;
+        let mut ps = Processes::new();
+        assert_eq!(
+            ps.get(pid, "python3").executable_name,
+            "python3",
+            "falls back to comm"
+        );
+        ps.learn(pid, "python3", "python3.11");
+        assert_eq!(ps.get(pid, "python3").executable_name, "python3.11");
+        // A new program under the same pid (exec, or reuse) is named afresh.
+        ps.learn(pid, "node", "node");
+        assert_eq!(ps.get(pid, "node").executable_name, "node");
     }
 }
