@@ -137,6 +137,41 @@ def main():
             sock.sendall(bytes([0x16, 3, 1]) + bytes(range(97)))
             time.sleep(0.5 if i == 4 else 0.002)
         sock.close()
+    elif mode == "longline":
+        # A request line of ARG bytes.
+        sock = connect(host, port)
+        sock.sendall(f"GET /{'l' * int(arg)} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        statuses = read_responses(sock, 1)
+        sock.close()
+    elif mode == "slowloris":
+        # A head that never ends: a header line every 10 ms for ARG seconds, then hang up.
+        sock = connect(host, port)
+        sock.sendall(b"GET /never HTTP/1.1\r\nHost: x\r\n")
+        end = time.time() + float(arg)
+        i = 0
+        while time.time() < end:
+            sock.sendall(f"X-Slow-{i}: {'v' * 50}\r\n".encode())
+            i += 1
+            time.sleep(0.01)
+        sock.close()
+    elif mode == "halfclose":
+        # The request, then shut down the sending side, then read the answer.
+        sock = connect(host, port)
+        sock.sendall(f"GET /half HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        sock.shutdown(socket.SHUT_WR)
+        statuses = read_responses(sock, 1)
+        sock.close()
+    elif mode == "churn":
+        # ARG connections opened and closed as fast as possible.
+        for _ in range(int(arg)):
+            socket.create_connection((host, port)).close()
+    elif mode == "flood":
+        # ARG pipelined requests in one write.
+        n = int(arg)
+        sock = connect(host, port)
+        sock.sendall(b"".join(b"GET /flood HTTP/1.1\r\nHost: x\r\n\r\n" for _ in range(n)))
+        statuses = read_responses(sock, n)
+        sock.close()
     elif mode == "head":
         conn = http.client.HTTPConnection(host, port)
         conn.request("HEAD", "/")

@@ -3,6 +3,7 @@
 usage: server.py PORT
 GET /chunked      200, chunked body "hello world" in three chunks and several writes
 GET /close        200, HTTP/1.0 body delimited by closing the connection
+GET /cookie       200 with a Set-Cookie header
 GET /nocontent    204
 GET /slow         sleeps 30 s before answering (for killing mid-request)
 anything else     200, Content-Length body "ok"
@@ -33,6 +34,9 @@ def handle(conn):
                 conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n")
                 conn.sendall(b"until the connection closes")
                 return
+            elif path.startswith("/cookie"):
+                conn.sendall(b"HTTP/1.1 200 OK\r\nSet-Cookie: session=SECRET-SETCOOKIE-7\r\n"
+                             b"X-Trace-Me: visible\r\nContent-Length: 2\r\n\r\nok")
             elif path == "/nocontent":
                 conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
             elif path == "/slow":

@@ -33,6 +33,7 @@ pub struct Received {
 pub enum Value {
     Str(String),
     Int(i64),
+    List(Vec<String>),
     Other(String),
 }
 
@@ -58,6 +59,15 @@ fn flatten(kvs: &[KeyValue]) -> HashMap<String, Value> {
             let v = match kv.value.as_ref().and_then(|v: &AnyValue| v.value.as_ref()) {
                 Some(any_value::Value::StringValue(s)) => Value::Str(s.clone()),
                 Some(any_value::Value::IntValue(i)) => Value::Int(*i),
+                Some(any_value::Value::ArrayValue(a)) => Value::List(
+                    a.values
+                        .iter()
+                        .map(|v| match &v.value {
+                            Some(any_value::Value::StringValue(s)) => s.clone(),
+                            other => format!("{other:?}"),
+                        })
+                        .collect(),
+                ),
                 other => Value::Other(format!("{other:?}")),
             };
             (kv.key.clone(), v)
@@ -95,6 +105,8 @@ impl Received {
 #[derive(Default)]
 struct Store {
     spans: Vec<Received>,
+    /// Every export request, protobuf-encoded (uncompressed).
+    raw: Vec<Vec<u8>>,
     http_headers: Vec<HashMap<String, String>>,
     grpc_metadata: Vec<HashMap<String, String>>,
 }
@@ -103,6 +115,7 @@ type Shared = Arc<Mutex<Store>>;
 
 fn record(store: &Shared, req: ExportTraceServiceRequest, transport: &'static str) {
     let mut s = store.lock().unwrap();
+    s.raw.push(req.encode_to_vec());
     for rs in req.resource_spans {
         let resource = flatten(&rs.resource.map(|r| r.attributes).unwrap_or_default());
         for ss in rs.scope_spans {
@@ -199,6 +212,11 @@ impl Receiver {
 
     pub fn spans(&self) -> Vec<Received> {
         self.store.lock().unwrap().spans.clone()
+    }
+
+    /// Every export request received, as protobuf bytes.
+    pub fn raw_exports(&self) -> Vec<Vec<u8>> {
+        self.store.lock().unwrap().raw.clone()
     }
 
     /// Headers of every http/protobuf export request received.

@@ -38,10 +38,11 @@ use crate::{
     filter::Filter,
 };
 
-/// Where spans go, resolved from flags and environment.
+/// Where spans go and what they carry, resolved from flags and environment.
 pub struct SinkConfig {
     pub otlp: Option<otlp::OtlpConfig>,
     pub output: Output,
+    pub capture: crate::correlate::Capture,
 }
 
 /// Everything the agent needs to run, resolved from flags and environment.
@@ -76,6 +77,7 @@ fn sinks(config: &SinkConfig) -> anyhow::Result<Sinks> {
 /// and the pipeline's counts.
 pub fn replay_recording(
     input: impl std::io::Read,
+    capture: crate::correlate::Capture,
     mut out: impl FnMut(HttpSpan),
 ) -> anyhow::Result<(Clock, Stats)> {
     let mut replay = Replay::new(input)?;
@@ -84,7 +86,8 @@ pub fn replay_recording(
         Limits::default(),
         IdGen::seeded(REPLAY_SEED),
         Processes::offline(),
-    );
+    )
+    .capturing(capture);
     while let Some(item) = replay.next_item()? {
         match item {
             Item::Process(p) => pipeline.add_process(p),
@@ -112,8 +115,9 @@ pub async fn replay(path: &Path, config: SinkConfig) -> anyhow::Result<()> {
         Clock::fixed(offset),
         false,
     ));
+    let capture = config.capture.clone();
     let worker = tokio::task::spawn_blocking(move || {
-        replay_recording(input, |span| {
+        replay_recording(input, capture, |span| {
             // The export side drains until the sender is dropped: waiting here loses nothing.
             let _ = tx.blocking_send(span);
         })
@@ -165,7 +169,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let mut flow = Flow {
-        pipeline: Pipeline::new(Limits::default(), IdGen::new(), Processes::new()),
+        pipeline: Pipeline::new(Limits::default(), IdGen::new(), Processes::new())
+            .capturing(config.sinks.capture.clone()),
         tx,
         dropped: 0,
         decode_errors: 0,

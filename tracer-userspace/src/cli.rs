@@ -78,6 +78,22 @@ pub struct Cli {
     #[arg(long, value_name = "FORMAT", env = "TRACER_OUTPUT", global = true)]
     pub output: Option<Output>,
 
+    /// Export the values of this request/response header as http.request.header.NAME and
+    /// http.response.header.NAME (repeat for more). Off by default: header values such as
+    /// Authorization and Cookie are secrets.
+    #[arg(
+        long = "capture-header",
+        value_name = "NAME",
+        env = "TRACER_CAPTURE_HEADER",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub capture_headers: Vec<String>,
+
+    /// Export url.query with every value replaced by REDACTED (keys kept). Off by default.
+    #[arg(long, env = "TRACER_CAPTURE_QUERY", global = true)]
+    pub capture_query: bool,
+
     /// Payload bytes copied from each syscall (enough for HTTP heads), 64 to 8192.
     #[arg(
         long,

@@ -13,7 +13,10 @@ fn golden_dir() -> PathBuf {
 fn replay_json(rec: &Path) -> String {
     let file = std::fs::File::open(rec).unwrap();
     let mut spans = Vec::new();
-    let (clock, _) = replay_recording(std::io::BufReader::new(file), |s| spans.push(s)).unwrap();
+    let (clock, _) = replay_recording(std::io::BufReader::new(file), Default::default(), |s| {
+        spans.push(s)
+    })
+    .unwrap();
     spans
         .iter()
         .map(|s| json_value(s, &clock).to_string() + "\n")

@@ -31,7 +31,21 @@ fn sink_config(cli: &cli::Cli) -> anyhow::Result<app::SinkConfig> {
     } else {
         cli::Output::Text
     });
-    Ok(app::SinkConfig { otlp, output })
+    let capture = tracer_userspace::correlate::Capture {
+        headers: cli
+            .capture_headers
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect::<Vec<_>>()
+            .into(),
+        query: cli.capture_query,
+    };
+    Ok(app::SinkConfig {
+        otlp,
+        output,
+        capture,
+    })
 }
 
 fn run(cli: cli::Cli) -> anyhow::Result<()> {

@@ -59,6 +59,16 @@ enum Cmd {
     /// Set up, then run the whole suite: formatting, lints, unit tests and the root
     /// end-to-end tests against real servers.
     Test,
+    /// Run the agent for a long time under steady load and report its memory and open
+    /// descriptors over time (needs root; not part of CI).
+    Soak {
+        /// How long, in minutes.
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+        /// Requests per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -89,6 +99,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Test => test(),
+        Cmd::Soak { minutes, rate } => soak(minutes, rate),
     }
 }
 
@@ -270,4 +281,142 @@ fn test() -> anyhow::Result<()> {
         "--",
         "--test-threads=1",
     ])
+}
+
+/// Stop a child when dropped: SIGTERM (nginx then stops its workers), SIGKILL after 5 s.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn proc_status(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+fn wait_port(port: u16) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    bail!("nothing listens on port {port}")
+}
+
+/// nginx, an OTLP/HTTP sink, the agent tracing nginx and exporting to the sink, and a steady
+/// load; the agent's RSS and descriptors are sampled every 30 s.
+fn soak(minutes: u64, rate: u64) -> anyhow::Result<()> {
+    require_root("the soak test loads eBPF programs")?;
+    setup(true)?;
+    cargo(&["build", "--release", "-p", "tracer-userspace"])?;
+    let ws = workspace();
+    let dir = std::env::temp_dir().join(format!("tracer-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (web, sink_port) = (18_680u16, 18_681u16);
+    let conf = format!(
+        "daemon off; worker_processes 2; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p;\n\
+         fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
+         server {{ listen 127.0.0.1:{web}; location / {{ return 200 \"soak\\n\"; }} }} }}\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("nginx.conf"), conf)?;
+    // Its own process name, so that only this nginx is traced.
+    let nginx_bin = dir.join("soak-nginx");
+    std::fs::copy(
+        if Path::new("/usr/sbin/nginx").exists() {
+            "/usr/sbin/nginx"
+        } else {
+            "nginx"
+        },
+        &nginx_bin,
+    )
+    .context("copying nginx")?;
+    let _nginx = Guard(
+        Command::new(&nginx_bin)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(&dir)
+            .spawn()
+            .context("starting nginx")?,
+    );
+    let _sink = Guard(
+        Command::new("python3")
+            .arg(ws.join("tests/scripts/sink.py"))
+            .arg(sink_port.to_string())
+            .spawn()
+            .context("starting the OTLP sink")?,
+    );
+    wait_port(web)?;
+    wait_port(sink_port)?;
+    let agent = Guard(
+        Command::new(ws.join("target/release/tracer"))
+            .args(["--comm", "soak-nginx", "--otlp-endpoint"])
+            .arg(format!("http://127.0.0.1:{sink_port}"))
+            .spawn()
+            .context("starting tracer")?,
+    );
+    let pid = agent.0.id();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let seconds = minutes * 60;
+    let mut load = Command::new("python3")
+        .arg(ws.join("tests/scripts/load.py"))
+        .args([web.to_string(), rate.to_string(), seconds.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting the load")?;
+    println!("minute  rss_kib  fds");
+    let start = std::time::Instant::now();
+    let mut samples = Vec::new();
+    while load.try_wait()?.is_none() {
+        let sample = (
+            start.elapsed().as_secs_f64() / 60.0,
+            proc_status(pid, "VmRSS:"),
+            open_fds(pid),
+        );
+        println!("{:6.1}  {:7}  {:3}", sample.0, sample.1, sample.2);
+        samples.push(sample);
+        for _ in 0..30 {
+            if load.try_wait()?.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+    let out = load.wait_with_output()?;
+    let sent = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    let after_warmup: Vec<_> = samples.iter().filter(|s| s.0 >= 1.0).collect();
+    if let (Some(first), Some(last)) = (after_warmup.first(), after_warmup.last()) {
+        let max = after_warmup.iter().map(|s| s.1).max().unwrap_or(0);
+        println!(
+            "requests sent: {sent}; RSS after 1 min {} KiB, at the end {} KiB, peak {max} KiB; fds {} -> {}",
+            first.1, last.1, first.2, last.2
+        );
+    }
+    Ok(())
 }

@@ -177,6 +177,7 @@ impl Feed<'_> {
             response: Some(Response {
                 status: head.status,
                 body_size: size,
+                headers: head.captured,
             }),
             end_ns: ts,
         });
@@ -198,12 +199,12 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(role: Option<Kind>) -> Self {
+    pub fn new(role: Option<Kind>, capture_headers: &std::sync::Arc<[String]>) -> Self {
         Connection {
             role,
             probes: 0,
-            requests: Reader::new(Side::Request),
-            responses: Reader::new(Side::Response),
+            requests: Reader::capturing(Side::Request, capture_headers.clone()),
+            responses: Reader::capturing(Side::Response, capture_headers.clone()),
             pairing: Pairing::default(),
             last_ns: 0,
         }

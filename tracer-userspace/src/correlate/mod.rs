@@ -74,6 +74,15 @@ pub struct Mute {
     pub sock: u64,
 }
 
+/// What spans carry beyond the defaults, as the user opted in.
+#[derive(Debug, Clone, Default)]
+pub struct Capture {
+    /// Header names (lower case) whose values are exported.
+    pub headers: std::sync::Arc<[String]>,
+    /// Export `url.query` with its values redacted.
+    pub query: bool,
+}
+
 /// The userspace pipeline. One owner (the capture task) feeds it events in ring-buffer order.
 pub struct Pipeline {
     conns: Table<Conn>,
@@ -84,6 +93,7 @@ pub struct Pipeline {
     finished: Vec<FinishedAt>,
     /// Connections found to be of no further use, for the capture side to mute.
     mutes: Vec<Mute>,
+    capture: Capture,
 }
 
 impl Pipeline {
@@ -95,7 +105,14 @@ impl Pipeline {
             stats: Stats::default(),
             finished: Vec::new(),
             mutes: Vec::new(),
+            capture: Capture::default(),
         }
+    }
+
+    /// Opt-in content: headers and redacted queries.
+    pub fn capturing(mut self, capture: Capture) -> Self {
+        self.capture = capture;
+        self
     }
 
     /// Feed one event; spans it completes are passed to `out`.
@@ -211,10 +228,11 @@ impl Pipeline {
         let (local, remote) = endpoints(&ev.header.tuple);
         let comm = ev.header.comm;
         let fd = ev.header.fd;
+        let headers = self.capture.headers.clone();
         let conn = self
             .conns
             .get_or_insert(key, ev.header.ts_exit_ns, || Conn {
-                http: Connection::new(role),
+                http: Connection::new(role, &headers),
                 fd,
                 muted: false,
                 local,
@@ -271,6 +289,8 @@ impl Pipeline {
                 local,
                 remote,
                 head_truncated: r.head.truncated,
+                request_headers: r.head.captured,
+                capture_query: self.capture.query,
             });
         }
     }

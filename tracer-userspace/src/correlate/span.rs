@@ -1,7 +1,7 @@
 //! The spans the pipeline produces, and their OpenTelemetry HTTP semantic-convention
 //! attributes (one definition shared by every exporter).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{borrow::Cow, net::SocketAddr, sync::Arc};
 
 use super::process::Process;
 
@@ -21,11 +21,16 @@ impl Kind {
     }
 }
 
+/// An attribute key: mostly the conventions' fixed names, or a captured header's.
+pub type Key = Cow<'static, str>;
+
 /// An attribute value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Str(String),
     Int(i64),
+    /// Header values: a header may appear several times.
+    StrList(Vec<String>),
 }
 
 /// The response side of an exchange, when one was seen.
@@ -33,6 +38,8 @@ pub enum Value {
 pub struct Response {
     pub status: u16,
     pub body_size: Option<u64>,
+    /// Response headers the user asked to capture.
+    pub headers: Vec<(String, String)>,
 }
 
 /// One HTTP request and its response, seen from one process.
@@ -64,6 +71,10 @@ pub struct HttpSpan {
     pub remote: SocketAddr,
     /// The request head was longer than the capture window: headers past it are unknown.
     pub head_truncated: bool,
+    /// Request headers the user asked to capture.
+    pub request_headers: Vec<(String, String)>,
+    /// Export `url.query`, with every value replaced by `REDACTED`.
+    pub capture_query: bool,
 }
 
 const KNOWN_METHODS: &[&str] = &[
@@ -99,6 +110,23 @@ impl HttpSpan {
         }
         let end = t.find(['?', '#']).unwrap_or(t.len());
         &t[..end]
+    }
+
+    /// The query string with every value replaced by `REDACTED` (keys kept), if any.
+    pub fn redacted_query(&self) -> Option<String> {
+        let query = self.target.split_once('?')?.1;
+        let query = query.split('#').next().unwrap_or("");
+        if query.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) => format!("{k}=REDACTED"),
+                None => pair.to_string(),
+            })
+            .collect();
+        Some(parts.join("&"))
     }
 
     /// Whether the span's status is ERROR: 5xx on servers, 4xx and 5xx on clients, and any
@@ -154,73 +182,108 @@ impl HttpSpan {
     }
 
     /// The conventions' attributes, in a stable order.
-    pub fn attributes(&self) -> Vec<(&'static str, Value)> {
+    pub fn attributes(&self) -> Vec<(Key, Value)> {
         use Value::{Int, Str};
         let mut a = Vec::with_capacity(20);
         if self.known_method() {
-            a.push(("http.request.method", Str(self.method.clone())));
+            a.push(("http.request.method".into(), Str(self.method.clone())));
         } else {
-            a.push(("http.request.method", Str("_OTHER".into())));
-            a.push(("http.request.method_original", Str(self.method.clone())));
+            a.push(("http.request.method".into(), Str("_OTHER".into())));
+            a.push((
+                "http.request.method_original".into(),
+                Str(self.method.clone()),
+            ));
         }
         let (server_address, server_port) = self.server();
-        a.push(("url.path", Str(self.path().to_string())));
-        a.push(("url.scheme", Str("http".into())));
+        a.push(("url.path".into(), Str(self.path().to_string())));
+        a.push(("url.scheme".into(), Str("http".into())));
         if self.kind == Kind::Client {
             let authority = match self.host_header() {
                 Some(_) => self.host.clone().unwrap_or_default(),
                 None => self.remote.to_string(),
             };
             a.push((
-                "url.full",
+                "url.full".into(),
                 Str(format!("http://{authority}{}", self.path())),
             ));
         }
         if let Some(r) = &self.response {
-            a.push(("http.response.status_code", Int(r.status as i64)));
+            a.push(("http.response.status_code".into(), Int(r.status as i64)));
         }
-        a.push(("server.address", Str(server_address)));
-        a.push(("server.port", Int(server_port as i64)));
+        a.push(("server.address".into(), Str(server_address)));
+        a.push(("server.port".into(), Int(server_port as i64)));
         if self.kind == Kind::Server {
-            a.push(("client.address", Str(self.remote.ip().to_string())));
-            a.push(("client.port", Int(self.remote.port() as i64)));
+            a.push(("client.address".into(), Str(self.remote.ip().to_string())));
+            a.push(("client.port".into(), Int(self.remote.port() as i64)));
         }
-        a.push(("network.peer.address", Str(self.remote.ip().to_string())));
-        a.push(("network.peer.port", Int(self.remote.port() as i64)));
-        a.push(("network.local.address", Str(self.local.ip().to_string())));
-        a.push(("network.local.port", Int(self.local.port() as i64)));
-        a.push(("network.transport", Str("tcp".into())));
+        a.push((
+            "network.peer.address".into(),
+            Str(self.remote.ip().to_string()),
+        ));
+        a.push(("network.peer.port".into(), Int(self.remote.port() as i64)));
+        a.push((
+            "network.local.address".into(),
+            Str(self.local.ip().to_string()),
+        ));
+        a.push(("network.local.port".into(), Int(self.local.port() as i64)));
+        a.push(("network.transport".into(), Str("tcp".into())));
         let net_type = if self.remote.is_ipv4() {
             "ipv4"
         } else {
             "ipv6"
         };
-        a.push(("network.type", Str(net_type.into())));
+        a.push(("network.type".into(), Str(net_type.into())));
         a.push((
-            "network.protocol.version",
+            "network.protocol.version".into(),
             Str(format!("1.{}", self.minor_version)),
         ));
         if let Some(ua) = &self.user_agent {
-            a.push(("user_agent.original", Str(ua.clone())));
+            a.push(("user_agent.original".into(), Str(ua.clone())));
         }
         if let Some(n) = self.request_body_size {
-            a.push(("http.request.body.size", Int(n as i64)));
+            a.push(("http.request.body.size".into(), Int(n as i64)));
         }
         if let Some(n) = self.response.as_ref().and_then(|r| r.body_size) {
-            a.push(("http.response.body.size", Int(n as i64)));
+            a.push(("http.response.body.size".into(), Int(n as i64)));
         }
-        a.push(("thread.id", Int(self.tid as i64)));
+        a.push(("thread.id".into(), Int(self.tid as i64)));
         if self.is_error() {
             let error = match &self.response {
                 Some(r) => r.status.to_string(),
                 None => NO_RESPONSE.to_string(),
             };
-            a.push(("error.type", Str(error)));
+            a.push(("error.type".into(), Str(error)));
+        }
+        if self.capture_query
+            && let Some(q) = self.redacted_query()
+        {
+            a.push(("url.query".into(), Str(q)));
+        }
+        push_headers(&mut a, "http.request.header.", &self.request_headers);
+        if let Some(r) = &self.response {
+            push_headers(&mut a, "http.response.header.", &r.headers);
         }
         if self.head_truncated {
-            a.push(("tracer.request.head_truncated", Str("true".into())));
+            a.push(("tracer.request.head_truncated".into(), Str("true".into())));
         }
         a
+    }
+}
+
+/// Captured headers as `{prefix}{name}` attributes, each a list of the values in order.
+fn push_headers(a: &mut Vec<(Key, Value)>, prefix: &str, headers: &[(String, String)]) {
+    let mut names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+    names.dedup();
+    for name in names {
+        let values = headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect();
+        a.push((
+            Cow::Owned(format!("{prefix}{name}")),
+            Value::StrList(values),
+        ));
     }
 }
 
@@ -254,14 +317,17 @@ mod tests {
             response: Some(Response {
                 status: 404,
                 body_size: Some(10),
+                headers: vec![("set-cookie".into(), "a=1".into())],
             }),
             local: "127.0.0.1:8080".parse().unwrap(),
             remote: "127.0.0.1:50000".parse().unwrap(),
             head_truncated: false,
+            request_headers: vec![],
+            capture_query: false,
         }
     }
 
-    fn get<'a>(a: &'a [(&'static str, Value)], k: &str) -> Option<&'a Value> {
+    fn get<'a>(a: &'a [(Key, Value)], k: &str) -> Option<&'a Value> {
         a.iter().find(|(key, _)| *key == k).map(|(_, v)| v)
     }
 
@@ -310,6 +376,24 @@ mod tests {
         assert!(s.is_error());
         assert!(get(&a, "http.response.status_code").is_none());
         assert_eq!(get(&a, "error.type"), Some(&Value::Str(NO_RESPONSE.into())));
+    }
+
+    #[test]
+    fn query_and_headers_only_when_asked() {
+        let mut s = sample(Kind::Server);
+        s.response.as_mut().unwrap().headers.clear();
+        assert!(get(&s.attributes(), "url.query").is_none());
+        s.capture_query = true;
+        s.target = "/p?token=s3cret&flag&b=2#frag".into();
+        assert_eq!(
+            get(&s.attributes(), "url.query"),
+            Some(&Value::Str("token=REDACTED&flag&b=REDACTED".into()))
+        );
+        s.request_headers = vec![("x-id".into(), "1".into()), ("x-id".into(), "2".into())];
+        assert_eq!(
+            get(&s.attributes(), "http.request.header.x-id"),
+            Some(&Value::StrList(vec!["1".into(), "2".into()]))
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use opentelemetry::{
     InstrumentationScope, KeyValue,
     trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
 };
-use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::{
     Resource,
     trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks},
@@ -123,11 +123,13 @@ impl Otlp {
                 .with_endpoint(config.endpoint.clone())
                 .with_timeout(EXPORT_TIMEOUT)
                 .with_compression(opentelemetry_otlp::Compression::Gzip)
+                .with_retry_policy(opentelemetry_otlp::RetryPolicy::recommended())
                 .build()?,
             Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_endpoint(config.endpoint.clone())
                 .with_timeout(EXPORT_TIMEOUT)
+                .with_retry_policy(opentelemetry_otlp::RetryPolicy::recommended())
                 .build()?,
         };
         Ok(Otlp {
@@ -244,6 +246,12 @@ pub fn span_data(span: &HttpSpan, clock: &Clock, scope: &InstrumentationScope) -
             .map(|(k, v)| match v {
                 Value::Str(s) => KeyValue::new(k, s),
                 Value::Int(i) => KeyValue::new(k, i),
+                Value::StrList(list) => KeyValue::new(
+                    k,
+                    opentelemetry::Value::Array(opentelemetry::Array::String(
+                        list.into_iter().map(Into::into).collect(),
+                    )),
+                ),
             })
             .collect(),
         dropped_attributes_count: 0,

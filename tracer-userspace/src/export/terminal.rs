@@ -85,6 +85,7 @@ pub fn json_value(span: &HttpSpan, clock: &Clock) -> Json {
         let v = match v {
             Value::Str(s) => Json::String(s),
             Value::Int(i) => Json::from(i),
+            Value::StrList(list) => Json::from(list),
         };
         attributes.insert(k.to_string(), v);
     }

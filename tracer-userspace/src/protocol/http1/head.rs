@@ -43,6 +43,8 @@ pub struct RequestHead {
     pub chunked: bool,
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
+    /// Headers the user asked to capture, as (lower-case name, value), in order.
+    pub captured: Vec<(String, String)>,
     /// True when the head did not fit in what was captured: the fields above are what could be
     /// read from its first bytes.
     pub truncated: bool,
@@ -56,6 +58,8 @@ pub struct ResponseHead {
     pub content_length: Option<u64>,
     pub chunked: bool,
     pub connection_close: bool,
+    /// Headers the user asked to capture, as (lower-case name, value), in order.
+    pub captured: Vec<(String, String)>,
 }
 
 /// Headers shared by requests and responses.
@@ -110,6 +114,23 @@ pub fn starts_like_response(buf: &[u8]) -> bool {
 /// (the capture window cut it), and a head whose request line is whole is returned as
 /// `truncated` rather than `Partial`.
 pub fn parse_request(buf: &[u8], final_bytes: bool) -> Parsed<RequestHead> {
+    parse_request_capturing(buf, final_bytes, &[])
+}
+
+/// The value of a header named in `wanted` (lower-case names), if it is one.
+fn capture(name: &str, value: &[u8], wanted: &[String]) -> Option<(String, String)> {
+    wanted
+        .iter()
+        .find(|w| w.eq_ignore_ascii_case(name))
+        .map(|w| (w.clone(), text(value)))
+}
+
+/// [`parse_request`], also keeping the values of the headers named in `wanted`.
+pub fn parse_request_capturing(
+    buf: &[u8],
+    final_bytes: bool,
+    wanted: &[String],
+) -> Parsed<RequestHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let status = match req.parse(buf) {
@@ -134,6 +155,9 @@ pub fn parse_request(buf: &[u8], final_bytes: bool) -> Parsed<RequestHead> {
     };
     let mut c = Common::default();
     for h in req.headers.iter().take_while(|h| !h.name.is_empty()) {
+        if let Some(kept) = capture(h.name, h.value, wanted) {
+            head.captured.push(kept);
+        }
         if common(h.name, h.value, &mut c) {
             continue;
         }
@@ -154,6 +178,11 @@ pub fn parse_request(buf: &[u8], final_bytes: bool) -> Parsed<RequestHead> {
 
 /// Parse a response head.
 pub fn parse_response(buf: &[u8]) -> Parsed<ResponseHead> {
+    parse_response_capturing(buf, &[])
+}
+
+/// [`parse_response`], also keeping the values of the headers named in `wanted`.
+pub fn parse_response_capturing(buf: &[u8], wanted: &[String]) -> Parsed<ResponseHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(buf) {
@@ -167,7 +196,11 @@ pub fn parse_response(buf: &[u8]) -> Parsed<ResponseHead> {
         return Parsed::Invalid;
     };
     let mut c = Common::default();
+    let mut captured = Vec::new();
     for h in resp.headers.iter() {
+        if let Some(kept) = capture(h.name, h.value, wanted) {
+            captured.push(kept);
+        }
         common(h.name, h.value, &mut c);
     }
     Parsed::Complete {
@@ -177,6 +210,7 @@ pub fn parse_response(buf: &[u8]) -> Parsed<ResponseHead> {
             content_length: c.content_length,
             chunked: c.chunked,
             connection_close: c.connection_close || version == 0,
+            captured,
         },
         len,
     }
@@ -242,6 +276,26 @@ mod tests {
             panic!("expected a complete head");
         };
         assert!(head.connection_close, "HTTP/1.0 closes by default");
+    }
+
+    #[test]
+    fn only_wanted_headers_are_kept() {
+        let raw = b"GET / HTTP/1.1\r\nAuthorization: Bearer s3cret\r\nX-Request-Id: abc\r\nx-request-id: def\r\n\r\n";
+        let wanted = vec!["x-request-id".to_string()];
+        let Parsed::Complete { head, .. } = parse_request_capturing(raw, false, &wanted) else {
+            panic!("expected a complete head");
+        };
+        assert_eq!(
+            head.captured,
+            vec![
+                ("x-request-id".into(), "abc".into()),
+                ("x-request-id".into(), "def".into())
+            ]
+        );
+        let Parsed::Complete { head, .. } = parse_request(raw, false) else {
+            panic!("expected a complete head");
+        };
+        assert!(head.captured.is_empty(), "nothing is kept unless asked for");
     }
 
     #[test]

@@ -76,6 +76,8 @@ enum State {
 #[derive(Debug)]
 pub struct Reader {
     side: Side,
+    /// Header names (lower case) whose values are kept.
+    wanted: std::sync::Arc<[String]>,
     state: State,
     head: Vec<u8>,
     /// Times the reader lost track of message boundaries.
@@ -84,8 +86,14 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(side: Side) -> Self {
+        Self::capturing(side, std::sync::Arc::from(Vec::new()))
+    }
+
+    /// A reader that keeps the values of the headers named in `wanted` (lower case).
+    pub fn capturing(side: Side, wanted: std::sync::Arc<[String]>) -> Self {
         Reader {
             side,
+            wanted,
             state: State::Idle,
             head: Vec::new(),
             desyncs: 0,
@@ -274,12 +282,12 @@ impl Reader {
 
     fn parse_head(&self, buf: &[u8], final_bytes: bool) -> HeadParse {
         match self.side {
-            Side::Request => match head::parse_request(buf, final_bytes) {
+            Side::Request => match head::parse_request_capturing(buf, final_bytes, &self.wanted) {
                 Parsed::Complete { head, len } => HeadParse::Request(head, len),
                 Parsed::Partial => HeadParse::Partial,
                 Parsed::Invalid => HeadParse::Invalid,
             },
-            Side::Response => match head::parse_response(buf) {
+            Side::Response => match head::parse_response_capturing(buf, &self.wanted) {
                 Parsed::Complete { head, len } => HeadParse::Response(head, len),
                 Parsed::Partial => HeadParse::Partial,
                 Parsed::Invalid => HeadParse::Invalid,

@@ -1,0 +1,141 @@
+//! Hostile and odd traffic on traced ports: the agent keeps running with bounded memory, and
+//! the valid requests that follow are traced exactly.
+
+use tracer_e2e::{
+    agent::Agent,
+    free_port,
+    receiver::Receiver,
+    servers::{Server, curl, nginx, python_client, python_framings},
+};
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Run `hostile` against a server under a tracing agent, then five valid requests: they must
+/// give exactly ten correct spans (both sides), and the agent must stay small.
+fn survive(server: Server, hostile: impl FnOnce(u16)) {
+    let receiver = Receiver::start();
+    let port = server.port;
+    let mut agent = Agent::start(
+        &[
+            "--port",
+            &port.to_string(),
+            "--otlp-endpoint",
+            &receiver.grpc_url(),
+            "--otlp-protocol",
+            "grpc",
+        ],
+        &[],
+    );
+    hostile(port);
+    let mut pids = Vec::new();
+    for i in 0..5 {
+        let run = curl(&format!("http://127.0.0.1:{port}/valid{i}"), &[]);
+        assert!(
+            run.status == 200 || run.status == 404,
+            "status {}",
+            run.status
+        );
+        pids.push(run.pid);
+    }
+    let valid = receiver.wait_spans(10, |s| s.attr("url.path").str().starts_with("/valid"));
+    let rss = rss_kib(agent.pid());
+    agent.stop();
+    assert_eq!(
+        valid.len(),
+        10,
+        "the five valid requests after the hostile traffic"
+    );
+    for (i, pid) in pids.iter().enumerate() {
+        let path = format!("/valid{i}");
+        let client = valid
+            .iter()
+            .find(|s| s.is_client() && s.attr("url.path").str() == path);
+        let server_span = valid
+            .iter()
+            .find(|s| s.is_server() && s.attr("url.path").str() == path);
+        let (client, server_span) = (
+            client.expect("client span"),
+            server_span.expect("server span"),
+        );
+        assert_eq!(client.pid(), *pid);
+        assert_eq!(
+            client.attr("http.response.status_code").int(),
+            server_span.attr("http.response.status_code").int()
+        );
+    }
+    assert!(rss < 128 * 1024, "agent RSS {rss} KiB stays bounded");
+}
+
+#[test]
+fn request_line_of_100_kb() {
+    survive(python_framings(free_port()), |port| {
+        assert_eq!(
+            python_client("longline", port, Some("100000")).statuses,
+            vec![200]
+        );
+    });
+}
+
+#[test]
+fn slowloris_head_that_never_ends() {
+    survive(python_framings(free_port()), |port| {
+        python_client("slowloris", port, Some("3"));
+    });
+}
+
+#[test]
+fn half_closed_connections() {
+    let receiver = Receiver::start();
+    let server = python_framings(free_port());
+    let mut agent = Agent::start(
+        &[
+            "--port",
+            &server.port.to_string(),
+            "--otlp-endpoint",
+            &receiver.grpc_url(),
+            "--otlp-protocol",
+            "grpc",
+        ],
+        &[],
+    );
+    assert_eq!(
+        python_client("halfclose", server.port, None).statuses,
+        vec![200]
+    );
+    let spans = receiver.wait_spans(2, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 2);
+    assert!(spans.iter().all(|s| s.attr("url.path").str() == "/half"));
+}
+
+#[test]
+fn ten_thousand_connections_opened_and_closed() {
+    survive(nginx(free_port()), |port| {
+        python_client("churn", port, Some("10000"));
+    });
+}
+
+#[test]
+fn flood_of_pipelined_requests() {
+    survive(nginx(free_port()), |port| {
+        // nginx answers up to 1000 requests per connection by default.
+        let statuses = python_client("flood", port, Some("900")).statuses;
+        assert_eq!(statuses.len(), 900);
+    });
+}
+
+#[test]
+fn binary_garbage_and_tls_bytes() {
+    survive(python_framings(free_port()), |port| {
+        python_client("garbage", port, None);
+        python_client("garbage_stream", port, None);
+    });
+}
