@@ -90,6 +90,11 @@ impl Agent {
         self.child.as_ref().unwrap().id()
     }
 
+    /// Ids of the eBPF programs the agent holds, from its descriptors' fdinfo.
+    pub fn program_ids(&self) -> Vec<u64> {
+        program_ids_of(self.pid())
+    }
+
     pub fn stderr(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
     }
@@ -137,4 +142,35 @@ impl Drop for Agent {
             let _ = c.wait();
         }
     }
+}
+
+/// Ids of the eBPF programs process `pid` holds descriptors of.
+pub fn program_ids_of(pid: u32) -> Vec<u64> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<u64> = fds
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Ids of every eBPF program loaded in the kernel (bpftool).
+pub fn loaded_program_ids() -> Vec<u64> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("running bpftool");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').next()?.trim().parse().ok())
+        .collect()
 }

@@ -166,6 +166,11 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start() -> Receiver {
+        Self::start_on(0)
+    }
+
+    /// A receiver whose http/protobuf endpoint listens on `http_port` (0: any free port).
+    pub fn start_on(http_port: u16) -> Receiver {
         let store: Shared = Arc::default();
         let grpc_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let grpc = grpc_listener.local_addr().unwrap();
@@ -190,7 +195,7 @@ impl Receiver {
                     .unwrap();
             });
         });
-        let http_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let http_listener = TcpListener::bind(("127.0.0.1", http_port)).unwrap();
         let http = http_listener.local_addr().unwrap();
         let s = store.clone();
         std::thread::spawn(move || {

@@ -7,33 +7,25 @@ use std::{
 };
 
 use tracer_e2e::{
-    agent::{Agent, binary},
+    agent::{Agent, binary, loaded_program_ids},
     free_port,
     servers::{curl, python_http},
     wait_for,
 };
 
-/// Names of our programs that bpftool can see loaded.
-fn our_programs_loaded() -> Vec<String> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .expect("running bpftool");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    text.lines()
-        .filter(|l| l.contains("sys_enter_") || l.contains("sys_exit_"))
-        .map(str::to_string)
-        .collect()
+/// Whether any of `ids` is still loaded in the kernel.
+fn any_loaded(ids: &[u64]) -> bool {
+    let loaded = loaded_program_ids();
+    ids.iter().any(|id| loaded.contains(id))
 }
 
 #[test]
 fn terminal_output_without_a_backend_and_clean_sigterm() {
     let server = python_http(free_port());
     let mut agent = Agent::start(&["--port", &server.port.to_string()], &[]);
-    assert!(
-        !our_programs_loaded().is_empty(),
-        "programs are loaded while running"
-    );
+    let ids = agent.program_ids();
+    assert!(ids.len() >= 20, "the agent holds its programs: {ids:?}");
+    assert!(any_loaded(&ids), "programs are loaded while running");
     let run = curl(&format!("http://127.0.0.1:{}/index.html", server.port), &[]);
     let lines = wait_for(Duration::from_secs(10), || {
         let out = agent.stdout();
@@ -60,10 +52,7 @@ fn terminal_output_without_a_backend_and_clean_sigterm() {
 
     let status = agent.stop_within(Duration::from_secs(5));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
-    assert!(
-        our_programs_loaded().is_empty(),
-        "nothing left attached after exit"
-    );
+    assert!(!any_loaded(&ids), "nothing left loaded after exit");
     assert!(
         agent
             .stderr()
@@ -267,4 +256,72 @@ fn record_then_replay_without_root_gives_the_live_spans() {
         got, want,
         "the replay gives the spans seen live, to the nanosecond"
     );
+}
+
+#[test]
+fn export_recovers_when_the_backend_comes_back() {
+    let server = python_http(free_port());
+    let otlp_port = free_port();
+    let endpoint = format!("http://127.0.0.1:{otlp_port}");
+    let mut agent = Agent::start(
+        &[
+            "--port",
+            &server.port.to_string(),
+            "--otlp-endpoint",
+            &endpoint,
+        ],
+        &[],
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            curl(&format!("http://127.0.0.1:{}/down", server.port), &[]).status,
+            404
+        );
+    }
+    // Retries with backoff end in a reported failure; capture goes on meanwhile.
+    let failed = wait_for(Duration::from_secs(20), || {
+        agent
+            .stderr()
+            .iter()
+            .any(|l| l.contains("export of"))
+            .then_some(())
+    });
+    assert!(failed.is_some(), "{:?}", agent.stderr());
+    let receiver = tracer_e2e::receiver::Receiver::start_on(otlp_port);
+    for _ in 0..2 {
+        assert_eq!(
+            curl(&format!("http://127.0.0.1:{}/up", server.port), &[]).status,
+            404
+        );
+    }
+    let up = receiver.wait_spans(4, |s| s.attr("url.path").str() == "/up");
+    agent.stop();
+    assert_eq!(up.len(), 4, "spans flow again once the backend is back");
+    let last = agent.stderr().join("\n");
+    assert!(last.contains("stopped: 10 spans"), "{last}");
+    assert!(
+        !last.contains(" 0 failed to export"),
+        "the outage is counted: {last}"
+    );
+}
+
+#[test]
+fn sigkill_leaves_nothing_attached() {
+    let server = python_http(free_port());
+    let agent = Agent::start(&["--port", &server.port.to_string()], &[]);
+    let ids = agent.program_ids();
+    assert!(any_loaded(&ids));
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGKILL) };
+    let gone = wait_for(Duration::from_secs(10), || {
+        (!any_loaded(&ids)).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the kernel drops the programs with the agent's descriptors"
+    );
+    assert_eq!(
+        curl(&format!("http://127.0.0.1:{}/", server.port), &[]).status,
+        200
+    );
+    drop(agent);
 }

@@ -258,10 +258,11 @@ fn log_report(probes: &Probes, flow: &Flow, export: &watch::Receiver<ExportStats
         .counters()
         .map(|c| kernel_report(&c))
         .unwrap_or_else(|err| format!("unreadable ({err})"));
+    let queue_depth = export::QUEUE_CAPACITY - flow.tx.capacity();
     log::info!(
-        "stats: spans={} exported={} export_failed={} queue_dropped={} no_response={} \
-         connections={} unmatched_responses={} desyncs={} evicted_idle={} evicted_full={} \
-         pending_overflow={} decode_errors={} kernel: {kernel}",
+        "stats: spans={} exported={} export_failed={} queue_depth={queue_depth} queue_dropped={} \
+         no_response={} connections={} unmatched_responses={} desyncs={} evicted_idle={} \
+         evicted_full={} pending_overflow={} decode_errors={} kernel: {kernel}",
         s.spans,
         e.exported,
         e.failed,
