@@ -325,3 +325,55 @@ fn sigkill_leaves_nothing_attached() {
     );
     drop(agent);
 }
+
+#[test]
+fn check_reports_each_feature() {
+    let out = Command::new(binary())
+        .arg("check")
+        .output()
+        .expect("running tracer check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for name in [
+        "kernel",
+        "privileges",
+        "btf",
+        "tracefs",
+        "cgroup v2",
+        "lockdown",
+        "kprobe",
+        "fentry",
+        "uprobe",
+        "sock_ops",
+        "sk_msg",
+    ] {
+        assert!(
+            text.lines().any(|l| l.contains(&format!("  {name} "))),
+            "no {name} line: {text}"
+        );
+    }
+    let tp = text
+        .lines()
+        .find(|l| l.contains(" tracepoint "))
+        .expect("a tracepoint line");
+    assert!(tp.starts_with("pass"), "{tp}");
+    // Not root: a clear failure naming the fix, and exit 1.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(binary())
+        .arg("check")
+        .output()
+        .expect("running tracer check unprivileged");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("run as root")),
+        "{text}"
+    );
+}

@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod check;
 mod conn;
 mod emit;
 mod filter;

@@ -115,6 +115,9 @@ pub enum Command {
         /// Where to write the recording.
         file: PathBuf,
     },
+    /// Report what this machine offers tracer: kernel, BTF, tracefs, cgroup v2, lockdown,
+    /// privileges, and which eBPF hook types load here. Exits 1 if tracer cannot run.
+    Check,
     /// Turn a recording back into spans, offline and without root; printed or exported as
     /// the flags say. Span ids are reproducible from run to run.
     Replay {

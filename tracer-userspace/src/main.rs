@@ -48,7 +48,23 @@ fn sink_config(cli: &cli::Cli) -> anyhow::Result<app::SinkConfig> {
     })
 }
 
+fn check() -> ! {
+    let items = tracer_userspace::capture::check::run();
+    for item in &items {
+        println!("{item}");
+    }
+    if tracer_userspace::capture::check::can_run(&items) {
+        println!("tracer can run here.");
+        std::process::exit(0);
+    }
+    println!("tracer cannot run here: see the FAIL lines above.");
+    std::process::exit(1);
+}
+
 fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    if matches!(cli.command, Some(cli::Command::Check)) {
+        check();
+    }
     let sinks = sink_config(&cli)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -57,7 +73,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
     let record = match cli.command {
         Some(cli::Command::Replay { file }) => return runtime.block_on(app::replay(&file, sinks)),
         Some(cli::Command::Record { file }) => Some(file),
-        None => None,
+        Some(cli::Command::Check) | None => None,
     };
     let config = app::Config {
         filter: filter::Filter {

@@ -1,6 +1,7 @@
 //! Loading and attaching the eBPF programs, reading their ring buffer and their loss counters.
 
 pub mod btf;
+pub mod check;
 pub mod event;
 pub mod record;
 mod tracefs;
@@ -18,7 +19,8 @@ use tracer_common::{
 use crate::filter::Filter;
 
 /// The compiled eBPF object, embedded at build time.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
 /// Pending ring-buffer bytes at which a program wakes the agent at once; below it the agent
 /// finds events on its next poll.

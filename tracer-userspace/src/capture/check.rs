@@ -1,0 +1,366 @@
+//! `tracer check`: what this machine offers the agent, each item pass or fail, with the fix
+//! when something is missing. The hook types are tried for real: each do-nothing program of
+//! the embedded object is loaded, and attached where that cannot affect anyone.
+
+use std::fmt;
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    programs::{
+        CgroupSkb, FEntry, KProbe, RawTracePoint, SkMsg, SockOps, TracePoint, UProbe,
+        uprobe::UProbeScope,
+    },
+};
+
+use super::{EBPF_OBJECT, btf, tracefs};
+
+/// The verdict on one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail,
+    /// Not needed by the agent; reported for information.
+    Info,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub name: &'static str,
+    pub verdict: Verdict,
+    pub detail: String,
+    /// Whether the agent cannot run without it.
+    pub required: bool,
+}
+
+impl fmt::Display for Item {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = match self.verdict {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "FAIL",
+            Verdict::Info => "info",
+        };
+        let need = match (self.required, self.verdict) {
+            (false, Verdict::Pass | Verdict::Fail) => " (optional)",
+            _ => "",
+        };
+        write!(f, "{v:4}  {:<15} {}{need}", self.name, self.detail)
+    }
+}
+
+fn item(name: &'static str, ok: bool, detail: String, required: bool) -> Item {
+    Item {
+        name,
+        verdict: if ok { Verdict::Pass } else { Verdict::Fail },
+        detail,
+        required,
+    }
+}
+
+/// The gist of an error: its first line, without an empty verifier log.
+fn first_line(e: impl fmt::Display) -> String {
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.split(". Verifier output")
+        .next()
+        .unwrap_or(line)
+        .trim()
+        .to_string()
+}
+
+fn kernel() -> Item {
+    // SAFETY: uname fills the struct it is given.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::uname(&mut u) } == 0;
+    let field = |f: &[libc::c_char]| {
+        let bytes: Vec<u8> = f
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).to_string()
+    };
+    Item {
+        name: "kernel",
+        verdict: Verdict::Info,
+        detail: if ok {
+            format!("Linux {} ({})", field(&u.release), field(&u.machine))
+        } else {
+            "uname failed".into()
+        },
+        required: false,
+    }
+}
+
+fn privileges() -> Item {
+    if unsafe { libc::geteuid() } == 0 {
+        return item("privileges", true, "running as root".into(), true);
+    }
+    // CAP_SYS_ADMIN (21), CAP_PERFMON (38), CAP_BPF (39) in the effective set.
+    let caps = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let have = |bit: u32| caps & (1 << bit) != 0;
+    let ok = have(21) && have(38) && have(39);
+    item(
+        "privileges",
+        ok,
+        if ok {
+            "CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN".into()
+        } else {
+            "not root: run as root (or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)".into()
+        },
+        true,
+    )
+}
+
+fn kernel_btf() -> Item {
+    match btf::Btf::from_kernel().and_then(|b| btf::kernel_offsets(&b)) {
+        Ok(_) => item(
+            "btf",
+            true,
+            format!("{} (struct offsets resolved)", btf::VMLINUX_BTF),
+            true,
+        ),
+        Err(e) => item(
+            "btf",
+            false,
+            format!("{e}; tracer needs a kernel built with CONFIG_DEBUG_INFO_BTF"),
+            true,
+        ),
+    }
+}
+
+fn tracefs_item() -> Item {
+    match tracefs::ensure_mounted() {
+        Ok(()) => item(
+            "tracefs",
+            true,
+            "syscall tracepoints are listed".into(),
+            true,
+        ),
+        Err(e) => item("tracefs", false, e, true),
+    }
+}
+
+fn cgroup_v2() -> Item {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let at = mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&"cgroup2"))
+        .and_then(|f| f.get(1).map(|s| s.to_string()));
+    match at {
+        Some(path) => item("cgroup v2", true, format!("mounted at {path}"), false),
+        None => item("cgroup v2", false, "not mounted".into(), false),
+    }
+}
+
+fn lockdown() -> Item {
+    let text = std::fs::read_to_string("/sys/kernel/security/lockdown").unwrap_or_default();
+    let mode = text
+        .split_whitespace()
+        .find(|w| w.starts_with('['))
+        .map(|w| w.trim_matches(|c| c == '[' || c == ']').to_string())
+        .unwrap_or_else(|| "unknown (securityfs not mounted)".into());
+    Item {
+        name: "lockdown",
+        verdict: Verdict::Info,
+        detail: format!("{mode} (tracer only reads; it needs no bpf_probe_write_user)"),
+        required: false,
+    }
+}
+
+/// Attaches a loaded check program and detaches it again; says where, or why not.
+type Attach<'f, P> = &'f dyn Fn(&mut P) -> Result<String, String>;
+
+/// Load one check program and, where `attach` is given, attach and detach it again.
+fn hook<P>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    program: &'static str,
+    required: bool,
+    load: impl FnOnce(&mut P) -> Result<(), String>,
+    attach: Option<Attach<'_, P>>,
+) -> Item
+where
+    for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program>,
+{
+    let Some(p) = ebpf.program_mut(program) else {
+        return item(
+            name,
+            false,
+            format!("{program} is missing from the object"),
+            required,
+        );
+    };
+    let Ok(p): Result<&mut P, _> = p.try_into() else {
+        return item(
+            name,
+            false,
+            format!("{program} has an unexpected type"),
+            required,
+        );
+    };
+    if let Err(e) = load(p) {
+        return item(name, false, format!("does not load: {e}"), required);
+    }
+    match attach {
+        None => item(name, true, "loads (not attached by check)".into(), required),
+        Some(f) => match f(p) {
+            Ok(what) => item(name, true, format!("loads and attaches ({what})"), required),
+            Err(e) => item(
+                name,
+                false,
+                format!("loads, but does not attach: {e}"),
+                required,
+            ),
+        },
+    }
+}
+
+fn hooks() -> Vec<Item> {
+    let mut ebpf = match EbpfLoader::new().load(EBPF_OBJECT) {
+        Ok(e) => e,
+        Err(e) => {
+            return vec![item(
+                "ebpf",
+                false,
+                format!("the programs do not load: {}", first_line(e)),
+                true,
+            )];
+        }
+    };
+    let mut out = Vec::new();
+    out.push(hook::<TracePoint>(
+        &mut ebpf,
+        "tracepoint",
+        "check_tracepoint",
+        true,
+        |p| p.load().map_err(first_line),
+        Some(&|p: &mut TracePoint| {
+            let id = p
+                .attach("syscalls", "sys_enter_getpid")
+                .map_err(first_line)?;
+            p.detach(id).map_err(first_line)?;
+            Ok("syscalls/sys_enter_getpid".into())
+        }),
+    ));
+    out.push(hook::<RawTracePoint>(
+        &mut ebpf,
+        "raw_tracepoint",
+        "check_raw_tracepoint",
+        false,
+        |p| p.load().map_err(first_line),
+        Some(&|p: &mut RawTracePoint| {
+            let id = p.attach("sys_enter").map_err(first_line)?;
+            p.detach(id).map_err(first_line)?;
+            Ok("sys_enter".into())
+        }),
+    ));
+    out.push(hook::<KProbe>(
+        &mut ebpf,
+        "kprobe",
+        "check_kprobe",
+        false,
+        |p| p.load().map_err(first_line),
+        Some(&|p: &mut KProbe| {
+            let id = p.attach("do_sys_openat2", 0).map_err(|e| {
+                let e = first_line(e);
+                if e.contains("kprobe/type") {
+                    format!("no kprobe event source ({e}): the kernel lacks CONFIG_KPROBES")
+                } else {
+                    e
+                }
+            })?;
+            p.detach(id).map_err(first_line)?;
+            Ok("do_sys_openat2".into())
+        }),
+    ));
+    let btf = Btf::from_sys_fs().ok();
+    out.push(hook::<FEntry>(
+        &mut ebpf,
+        "fentry",
+        "check_fentry",
+        false,
+        |p| match &btf {
+            Some(btf) => p.load("do_sys_openat2", btf).map_err(first_line),
+            None => Err("no kernel BTF".into()),
+        },
+        Some(&|p: &mut FEntry| {
+            let id = p.attach().map_err(first_line)?;
+            p.detach(id).map_err(first_line)?;
+            Ok("do_sys_openat2".into())
+        }),
+    ));
+    out.push(hook::<UProbe>(
+        &mut ebpf,
+        "uprobe",
+        "check_uprobe",
+        false,
+        |p| p.load().map_err(first_line),
+        Some(&|p: &mut UProbe| {
+            let id = p
+                .attach("getpid", "libc", UProbeScope::CallingProcess)
+                .map_err(first_line)?;
+            p.detach(id).map_err(first_line)?;
+            Ok("libc getpid, this process only".into())
+        }),
+    ));
+    out.push(hook::<SockOps>(
+        &mut ebpf,
+        "sock_ops",
+        "check_sock_ops",
+        false,
+        |p| p.load().map_err(first_line),
+        None,
+    ));
+    out.push(hook::<SkMsg>(
+        &mut ebpf,
+        "sk_msg",
+        "check_sk_msg",
+        false,
+        |p| p.load().map_err(first_line),
+        None,
+    ));
+    out.push(hook::<CgroupSkb>(
+        &mut ebpf,
+        "cgroup_skb",
+        "check_cgroup_skb",
+        false,
+        |p| p.load().map_err(first_line),
+        None,
+    ));
+    out
+}
+
+/// Run every check. Hook types are tried only with the privileges to try them.
+pub fn run() -> Vec<Item> {
+    let mut items = vec![
+        kernel(),
+        privileges(),
+        kernel_btf(),
+        tracefs_item(),
+        cgroup_v2(),
+        lockdown(),
+    ];
+    if items[1].verdict == Verdict::Pass {
+        items.extend(hooks());
+    }
+    items
+}
+
+/// Whether the agent can run, given a report.
+pub fn can_run(items: &[Item]) -> bool {
+    items
+        .iter()
+        .all(|i| !i.required || i.verdict != Verdict::Fail)
+        && items
+            .iter()
+            .any(|i| i.name == "tracepoint" && i.verdict == Verdict::Pass)
+}
