@@ -32,6 +32,7 @@ use crate::{
         clock::{Clock, monotonic_now},
         ids::IdGen,
         process::{Process, Processes},
+        reorder::{self, Reorder},
         span::HttpSpan,
     },
     export::{self, ExportStats, Sinks, otlp, terminal::Terminal},
@@ -53,6 +54,9 @@ pub struct Config {
     /// Also write every captured event to this file.
     pub record: Option<PathBuf>,
 }
+
+/// How far back in a recording events may need reordering (a long syscall's first byte).
+const REPLAY_WINDOW_NS: u64 = 1_000_000_000;
 
 /// Ids in replays come from this seed, so that a replay prints the same spans every time.
 const REPLAY_SEED: u64 = 0x7261_6365_7265_6364;
@@ -88,12 +92,20 @@ pub fn replay_recording(
         Processes::offline(),
     )
     .capturing(capture);
+    // Recordings hold events in ring-buffer order: put them in time order as live does.
+    let mut reorder = Reorder::default();
     while let Some(item) = replay.next_item()? {
         match item {
             Item::Process(p) => pipeline.add_process(p),
-            Item::Event(raw) => pipeline.on_event(&Event::decode(&raw)?, &mut out),
+            Item::Event(raw) => {
+                let ev = Event::decode(&raw)?;
+                let watermark = ev.header.ts_exit_ns.saturating_sub(REPLAY_WINDOW_NS);
+                reorder.push(&ev);
+                reorder.release(watermark, |e| pipeline.on_event(e, &mut out));
+            }
         }
     }
+    reorder.release(u64::MAX, |e| pipeline.on_event(e, &mut out));
     pipeline.finish(&mut out);
     Ok((clock, pipeline.stats()))
 }
@@ -175,6 +187,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dropped: 0,
         decode_errors: 0,
         recorder,
+        reorder: Reorder::default(),
     };
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -286,6 +299,8 @@ struct Flow {
     dropped: u64,
     decode_errors: u64,
     recorder: Option<Recorder<BufWriter<File>>>,
+    /// Events held briefly so the pipeline sees them in time order.
+    reorder: Reorder,
 }
 
 impl Flow {
@@ -305,14 +320,13 @@ impl Flow {
 
     /// Read everything the ring buffer holds into the pipeline (and the recording).
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
-        let mut send = Self::sender(&self.tx, &mut self.dropped);
         while let Some(item) = ring.next() {
             if let Some(r) = &mut self.recorder {
                 r.event(&item, Process::read)
                     .context("writing the recording")?;
             }
             match Event::decode(&item) {
-                Ok(ev) => self.pipeline.on_event(&ev, &mut send),
+                Ok(ev) => self.reorder.push(&ev),
                 Err(e) => {
                     if self.decode_errors == 0 {
                         log::warn!("undecodable event: {e}");
@@ -321,7 +335,16 @@ impl Flow {
                 }
             }
         }
+        self.release(monotonic_now().saturating_sub(reorder::WINDOW_NS));
         Ok(())
+    }
+
+    /// Feed the pipeline every held event older than `watermark`.
+    fn release(&mut self, watermark: u64) {
+        let mut send = Self::sender(&self.tx, &mut self.dropped);
+        let pipeline = &mut self.pipeline;
+        self.reorder
+            .release(watermark, |ev| pipeline.on_event(ev, &mut send));
     }
 
     /// Stop the kernel copying bytes of connections the pipeline has no use for.
@@ -341,6 +364,7 @@ impl Flow {
     /// Finish the pipeline, the recording and the queue; returns the final stats and drop
     /// count.
     fn finish(mut self) -> anyhow::Result<(Stats, u64)> {
+        self.release(u64::MAX);
         {
             let mut send = Self::sender(&self.tx, &mut self.dropped);
             self.pipeline.finish(&mut send);

@@ -11,8 +11,18 @@ use crate::protocol::http1::{
 
 use super::{
     ids::{IdGen, TraceParent},
+    link::{Context, Linker},
     span::{Kind, Response},
 };
+
+/// What feeding a connection needs from the rest of the pipeline.
+pub struct Env<'a> {
+    pub ids: &'a mut IdGen,
+    pub links: &'a mut Linker,
+    pub tgid: u32,
+    pub local: std::net::SocketAddr,
+    pub remote: std::net::SocketAddr,
+}
 
 /// Requests awaiting responses on one connection; more are dropped (oldest first) and counted.
 const MAX_PENDING: usize = 256;
@@ -30,6 +40,9 @@ pub struct Pending {
     pub parent_span_id: Option<[u8; 8]>,
     pub trace_flags: u8,
     pub request_body_size: Option<u64>,
+    /// The request already carried a `traceparent` the program wrote itself: it is
+    /// instrumented, its own span stands for this request, and ours is not exported.
+    pub suppressed: bool,
     response: Option<ResponseHead>,
 }
 
@@ -65,16 +78,16 @@ struct Pairing {
 }
 
 /// Per-feed context: the pairing plus what the chunk's event says.
-struct Feed<'a> {
+struct Feed<'a, 'e> {
     pairing: &'a mut Pairing,
-    ids: &'a mut IdGen,
+    env: &'a mut Env<'e>,
     kind: Kind,
     tid: u32,
     /// Which reader is feeding: request ends and response ends mean different things.
     side: Side,
 }
 
-impl Sink for Feed<'_> {
+impl Sink for Feed<'_, '_> {
     fn message(&mut self, message: Message) {
         let p = &mut *self.pairing;
         if !matches!(message, Message::End { .. }) {
@@ -82,15 +95,56 @@ impl Sink for Feed<'_> {
         }
         match message {
             Message::Request { head, ts } => {
-                // Server spans continue an incoming trace context; the rest start new traces.
-                let incoming = match self.kind {
-                    Kind::Server => head.traceparent.as_deref().and_then(TraceParent::parse),
-                    Kind::Client => None,
+                let env = &mut *self.env;
+                let incoming = head.traceparent.as_deref().and_then(TraceParent::parse);
+                let mut suppressed = false;
+                let parent = match self.kind {
+                    // An incoming trace context wins; else the client end on this host.
+                    Kind::Server => incoming
+                        .map(|tp| Context {
+                            trace_id: tp.trace_id,
+                            span_id: tp.parent_id,
+                            flags: tp.flags,
+                        })
+                        .or_else(|| {
+                            env.links.server_parent(
+                                env.local,
+                                env.remote,
+                                &head.method,
+                                &head.target,
+                            )
+                        }),
+                    Kind::Client => {
+                        suppressed = head.traceparent.is_some();
+                        if suppressed {
+                            None
+                        } else {
+                            env.links.client_parent(env.tgid, self.tid)
+                        }
+                    }
                 };
-                let (trace_id, parent_span_id, trace_flags) = match incoming {
-                    Some(tp) => (tp.trace_id, Some(tp.parent_id), tp.flags),
-                    None => (self.ids.trace_id(), None, 1),
+                let span_id = env.ids.span_id();
+                let (trace_id, parent_span_id, trace_flags) = match parent {
+                    Some(p) => (p.trace_id, Some(p.span_id), p.flags),
+                    None => (env.ids.trace_id(), None, 1),
                 };
+                let ctx = Context {
+                    trace_id,
+                    span_id,
+                    flags: trace_flags,
+                };
+                match self.kind {
+                    Kind::Server => env.links.serving_started(env.tgid, self.tid, ctx),
+                    Kind::Client if !suppressed => env.links.client_sent(
+                        env.local,
+                        env.remote,
+                        ctx,
+                        &head.method,
+                        &head.target,
+                        ts,
+                    ),
+                    Kind::Client => {}
+                }
                 let declared_body = if head.chunked {
                     None
                 } else {
@@ -105,10 +159,11 @@ impl Sink for Feed<'_> {
                     start_ns: ts,
                     tid: self.tid,
                     trace_id,
-                    span_id: self.ids.span_id(),
+                    span_id,
                     parent_span_id,
                     trace_flags,
                     request_body_size: declared_body,
+                    suppressed,
                     response: None,
                 });
             }
@@ -122,6 +177,12 @@ impl Sink for Feed<'_> {
                     Some(r) => {
                         if head.status == 101 {
                             p.switched = true;
+                        }
+                        if self.kind == Kind::Server {
+                            // The server answers: its work for this request is done.
+                            self.env
+                                .links
+                                .serving_ended(self.env.tgid, r.tid, Some(self.tid));
                         }
                         r.response = Some(head);
                     }
@@ -146,7 +207,7 @@ impl Sink for Feed<'_> {
     }
 }
 
-impl Feed<'_> {
+impl Feed<'_, '_> {
     /// A body ended: a request's (its size is recorded) or a response's (the exchange is over).
     fn end(&mut self, ts: u64, size: Option<u64>) {
         let p = &mut *self.pairing;
@@ -211,7 +272,7 @@ impl Connection {
     }
 
     /// Bytes moved on the connection. `ingress` is true for bytes into the traced process.
-    pub fn data(&mut self, ingress: bool, chunk: Chunk<'_>, tid: u32, ids: &mut IdGen) {
+    pub fn data(&mut self, ingress: bool, chunk: Chunk<'_>, tid: u32, env: &mut Env<'_>) {
         self.last_ns = self.last_ns.max(chunk.ts_last);
         if self.pairing.switched {
             return;
@@ -242,7 +303,7 @@ impl Connection {
         };
         let mut feed = Feed {
             pairing: &mut self.pairing,
-            ids,
+            env,
             kind: role,
             tid,
             side,
@@ -270,12 +331,12 @@ impl Connection {
 
     /// The connection ended at `ts`: close-delimited bodies end, and requests still waiting
     /// are finished without a response (nothing is invented for them).
-    pub fn close(&mut self, ts: u64, ids: &mut IdGen) {
+    pub fn close(&mut self, ts: u64, env: &mut Env<'_>) {
         self.last_ns = self.last_ns.max(ts);
         if let Some(kind) = self.role {
             let mut feed = Feed {
                 pairing: &mut self.pairing,
-                ids,
+                env: &mut *env,
                 kind,
                 tid: 0,
                 side: Side::Response,
@@ -287,6 +348,9 @@ impl Connection {
         let end = self.last_ns;
         let kind = self.role.unwrap_or(Kind::Server);
         for request in self.pairing.pending.drain(..) {
+            if kind == Kind::Server && request.response.is_none() {
+                env.links.serving_ended(env.tgid, request.tid, None);
+            }
             self.pairing.finished.push(Finished {
                 kind,
                 request,

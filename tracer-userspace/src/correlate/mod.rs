@@ -4,7 +4,9 @@
 pub mod clock;
 pub mod exchange;
 pub mod ids;
+pub mod link;
 pub mod process;
+pub mod reorder;
 pub mod span;
 #[cfg(test)]
 mod tests;
@@ -18,8 +20,9 @@ use crate::{
 };
 
 use self::{
-    exchange::{Connection, Finished},
+    exchange::{Connection, Env, Finished},
     ids::IdGen,
+    link::{LinkStats, Linker},
     process::Processes,
     span::{HttpSpan, Kind},
 };
@@ -36,6 +39,9 @@ pub struct Stats {
     pub evicted_full: u64,
     pub evicted_idle: u64,
     pub connections: u64,
+    /// Client spans not exported: the program sent its own `traceparent` (instrumented).
+    pub suppressed_instrumented: u64,
+    pub links: LinkStats,
 }
 
 /// A connection's state plus what the pipeline needs to name its spans.
@@ -62,6 +68,7 @@ type FinishedAt = (
 struct ConnRef<'t> {
     conn: &'t mut Conn,
     ids: &'t mut IdGen,
+    links: &'t mut Linker,
     finished: &'t mut Vec<FinishedAt>,
     mutes: &'t mut Vec<Mute>,
 }
@@ -94,6 +101,7 @@ pub struct Pipeline {
     /// Connections found to be of no further use, for the capture side to mute.
     mutes: Vec<Mute>,
     capture: Capture,
+    links: Linker,
 }
 
 impl Pipeline {
@@ -106,6 +114,7 @@ impl Pipeline {
             finished: Vec::new(),
             mutes: Vec::new(),
             capture: Capture::default(),
+            links: Linker::default(),
         }
     }
 
@@ -151,7 +160,14 @@ impl Pipeline {
                 };
                 let c = self.conn(key, ev, None);
                 c.conn.fd = h.fd;
-                c.conn.http.data(ingress, chunk, h.tid, c.ids);
+                let mut env = Env {
+                    ids: c.ids,
+                    links: c.links,
+                    tgid: key.tgid,
+                    local: c.conn.local,
+                    remote: c.conn.remote,
+                };
+                c.conn.http.data(ingress, chunk, h.tid, &mut env);
                 if !c.conn.muted && c.conn.http.is_done() {
                     c.conn.muted = true;
                     c.mutes.push(Mute {
@@ -175,6 +191,7 @@ impl Pipeline {
                 for (k, conn) in self.conns.remove_process(h.tgid) {
                     self.retire(k, conn, h.ts_exit_ns);
                 }
+                self.links.forget_process(h.tgid);
             }
             _ => {}
         }
@@ -183,6 +200,7 @@ impl Pipeline {
 
     /// Periodic housekeeping at kernel time `now`: evict idle connections.
     pub fn tick(&mut self, now: u64, out: &mut impl FnMut(HttpSpan)) {
+        self.links.expire(now);
         let mut idle = Vec::new();
         self.conns.evict_idle(now, |k, c| idle.push((k, c)));
         for (k, c) in idle {
@@ -214,6 +232,7 @@ impl Pipeline {
             evicted_full: self.conns.evicted_full,
             evicted_idle: self.conns.evicted_idle,
             connections: self.conns.len() as u64,
+            links: self.links.stats,
             ..self.stats
         }
     }
@@ -242,6 +261,7 @@ impl Pipeline {
         ConnRef {
             conn,
             ids: &mut self.ids,
+            links: &mut self.links,
             finished: &mut self.finished,
             mutes: &mut self.mutes,
         }
@@ -249,7 +269,14 @@ impl Pipeline {
 
     /// A connection is gone (closed, evicted): finish its exchanges.
     fn retire(&mut self, key: ConnKey, mut conn: Conn, ts: u64) {
-        conn.http.close(ts, &mut self.ids);
+        let mut env = Env {
+            ids: &mut self.ids,
+            links: &mut self.links,
+            tgid: key.tgid,
+            local: conn.local,
+            remote: conn.remote,
+        };
+        conn.http.close(ts, &mut env);
         let losses = conn.http.take_losses();
         self.stats.unmatched_responses += losses.unmatched_responses;
         self.stats.pending_overflow += losses.pending_overflow;
@@ -264,6 +291,10 @@ impl Pipeline {
         for (key, local, remote, comm, f) in self.finished.drain(..) {
             let process = self.processes.get(key.tgid, comm_str(&comm));
             let r = f.request;
+            if r.suppressed {
+                self.stats.suppressed_instrumented += 1;
+                continue;
+            }
             if f.response.is_none() {
                 self.stats.spans_without_response += 1;
             }

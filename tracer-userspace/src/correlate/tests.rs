@@ -208,10 +208,11 @@ fn one_request_gives_one_server_and_one_client_span() {
     );
     assert_eq!(attr(client, "network.peer.port"), Some(Value::Int(8080)));
     assert!(!server.is_error() && !client.is_error());
-    assert_ne!(
-        server.trace_id, client.trace_id,
-        "no linking yet: separate traces"
-    );
+    // The two ends of one connection on one host: one trace, the server under the client.
+    assert_eq!(server.trace_id, client.trace_id);
+    assert_eq!(server.parent_span_id, Some(client.span_id));
+    assert_eq!(client.parent_span_id, None);
+    assert_eq!(stats.links.same_host, 1);
     assert_eq!(stats.spans, 2);
     assert_eq!(stats.connections, 0, "closed connections leave the table");
 }
@@ -463,4 +464,67 @@ fn large_bodies_are_counted_not_copied() {
         Some(5_000_000)
     );
     assert_eq!(spans[0].end_ns, 500);
+}
+
+#[test]
+fn a_request_sent_while_serving_one_is_its_child() {
+    // The server (pid 100) reads a request, calls out on another connection from the same
+    // thread, then answers.
+    const OUT_SOCK: u64 = 0xcccc;
+    let (spans, stats) = Recording::new()
+        .open(SERVER_PID, SERVER_SOCK, IN, 10)
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            IN,
+            (100, 110),
+            b"GET /front HTTP/1.1\r\n\r\n",
+        )
+        .open(SERVER_PID, OUT_SOCK, OUT, 120)
+        .all(
+            SERVER_PID,
+            OUT_SOCK,
+            OUT,
+            (130, 140),
+            b"GET /back HTTP/1.1\r\nHost: b\r\n\r\n",
+        )
+        .all(
+            SERVER_PID,
+            OUT_SOCK,
+            IN,
+            (150, 160),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        )
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            OUT,
+            (170, 180),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        )
+        .run();
+    assert_eq!(spans.len(), 2);
+    let front = spans.iter().find(|s| s.kind == Kind::Server).unwrap();
+    let back = spans.iter().find(|s| s.kind == Kind::Client).unwrap();
+    assert_eq!(back.trace_id, front.trace_id);
+    assert_eq!(back.parent_span_id, Some(front.span_id));
+    assert_eq!(stats.links.in_process, 1);
+}
+
+#[test]
+fn an_instrumented_client_keeps_its_own_span() {
+    let req = b"GET / HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
+    let (spans, stats) = Recording::new()
+        .open(CLIENT_PID, CLIENT_SOCK, OUT, 10)
+        .all(CLIENT_PID, CLIENT_SOCK, OUT, (100, 110), req)
+        .all(
+            CLIENT_PID,
+            CLIENT_SOCK,
+            IN,
+            (200, 210),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        )
+        .run();
+    assert!(spans.is_empty(), "the SDK's span stands for this request");
+    assert_eq!(stats.suppressed_instrumented, 1);
 }

@@ -1,0 +1,156 @@
+//! One request through several services in different languages on one host gives one trace
+//! with every parent right: curl -> Python -> Node -> Java, none of them instrumented.
+
+use std::process::Command;
+
+use tracer_e2e::{
+    agent::Agent,
+    free_port,
+    receiver::{Received, Receiver},
+    servers::{Server, curl, script, spawn_server},
+};
+
+struct Chain {
+    python: Server,
+    node: Server,
+    java: Server,
+}
+
+fn chain() -> Chain {
+    let (p, n, j) = (free_port(), free_port(), free_port());
+    let java = spawn_server(
+        Command::new("java")
+            .arg(script("Server.java"))
+            .arg(j.to_string()),
+        j,
+    );
+    let node = spawn_server(
+        Command::new("node")
+            .arg(script("server.js"))
+            .args([n.to_string(), j.to_string()]),
+        n,
+    );
+    let python = spawn_server(
+        Command::new("python3")
+            .arg(script("proxy.py"))
+            .args([p.to_string(), n.to_string()]),
+        p,
+    );
+    Chain { python, node, java }
+}
+
+fn agent(receiver: &Receiver, c: &Chain) -> Agent {
+    let ports: Vec<String> = [c.python.port, c.node.port, c.java.port]
+        .iter()
+        .map(u16::to_string)
+        .collect();
+    Agent::start(
+        &[
+            "--port",
+            &ports[0],
+            "--port",
+            &ports[1],
+            "--port",
+            &ports[2],
+            "--otlp-endpoint",
+            &receiver.grpc_url(),
+            "--otlp-protocol",
+            "grpc",
+        ],
+        &[],
+    )
+}
+
+/// The span of `pid` of the given kind.
+fn span(spans: &[Received], pid: u32, server: bool) -> &Received {
+    spans
+        .iter()
+        .find(|s| s.pid() == pid && s.is_server() == server)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {} span from pid {pid}",
+                if server { "SERVER" } else { "CLIENT" }
+            )
+        })
+}
+
+fn parent_of(child: &Received, parent: &Received) {
+    assert_eq!(
+        child.span.parent_span_id,
+        parent.span.span_id,
+        "{} {} should be the child of {} {}",
+        child.res("service.name").str(),
+        child.span.kind,
+        parent.res("service.name").str(),
+        parent.span.kind
+    );
+    assert_eq!(child.span.trace_id, parent.span.trace_id);
+}
+
+#[test]
+fn three_services_one_trace() {
+    let receiver = Receiver::start();
+    let c = chain();
+    let mut agent = agent(&receiver, &c);
+    let run = curl(&format!("http://127.0.0.1:{}/chain", c.python.port), &[]);
+    assert_eq!(run.status, 200);
+    let spans = receiver.wait_spans(6, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 6, "curl, python x2, node x2, java");
+    let curl_client = span(&spans, run.pid, false);
+    let py_server = span(&spans, c.python.pid(), true);
+    let py_client = span(&spans, c.python.pid(), false);
+    let node_server = span(&spans, c.node.pid(), true);
+    let node_client = span(&spans, c.node.pid(), false);
+    let java_server = span(&spans, c.java.pid(), true);
+    assert!(
+        curl_client.span.parent_span_id.is_empty(),
+        "curl's span is the root"
+    );
+    parent_of(py_server, curl_client); // same host, one connection
+    parent_of(py_client, py_server); // in process: the thread serving the request
+    parent_of(node_server, py_client);
+    parent_of(node_client, node_server); // in process: one request in the event loop
+    parent_of(java_server, node_client);
+    let traces: std::collections::HashSet<_> =
+        spans.iter().map(|s| s.span.trace_id.clone()).collect();
+    assert_eq!(traces.len(), 1, "exactly one trace");
+}
+
+#[test]
+fn an_incoming_traceparent_is_continued_through_the_chain() {
+    let receiver = Receiver::start();
+    let c = chain();
+    let mut agent = agent(&receiver, &c);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let header = format!("traceparent: 00-{trace}-00f067aa0ba902b7-01");
+    let run = curl(
+        &format!("http://127.0.0.1:{}/chain", c.python.port),
+        &["-H", &header],
+    );
+    assert_eq!(run.status, 200);
+    // curl wrote its own traceparent: it counts as instrumented, and its span is its own.
+    let spans = receiver.wait_spans(5, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 5, "python x2, node x2, java");
+    for s in &spans {
+        let hex: String = s.span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, trace, "every span continues the incoming trace");
+    }
+    let py_server = span(&spans, c.python.pid(), true);
+    let parent: String = py_server
+        .span
+        .parent_span_id
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(parent, "00f067aa0ba902b7");
+    parent_of(
+        span(&spans, c.node.pid(), true),
+        span(&spans, c.python.pid(), false),
+    );
+    parent_of(
+        span(&spans, c.java.pid(), true),
+        span(&spans, c.node.pid(), false),
+    );
+}

@@ -1,0 +1,106 @@
+//! Events in time order. The ring buffer orders events by when each syscall *ended*; linking
+//! needs them by when their first byte moved (a client's write begins before the server's read
+//! of it returns, but may end after it). Events are held for a short window and released
+//! sorted by that time; events of one connection keep their relative order.
+
+use tracer_common::{EventHeader, direction, kind};
+
+use crate::capture::event::Event;
+
+/// Longest an event is held before the pipeline sees it (kernel ns).
+pub const WINDOW_NS: u64 = 50_000_000;
+/// Events held at most; past this the oldest are released early.
+const MAX_HELD: usize = 200_000;
+
+/// The time an event's first byte moved.
+fn key(h: &EventHeader) -> u64 {
+    if h.kind == kind::DATA && h.direction == direction::EGRESS {
+        h.ts_enter_ns
+    } else {
+        h.ts_exit_ns
+    }
+}
+
+/// Held events, released in time order.
+#[derive(Default)]
+pub struct Reorder {
+    held: Vec<(u64, u64, EventHeader, Vec<u8>)>,
+    seq: u64,
+}
+
+impl Reorder {
+    pub fn push(&mut self, ev: &Event<'_>) {
+        self.seq += 1;
+        self.held
+            .push((key(&ev.header), self.seq, ev.header, ev.payload.to_vec()));
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Release, in order, every event whose first byte moved before `watermark` (all of them
+    /// with `u64::MAX`), and the oldest beyond the cap.
+    pub fn release(&mut self, watermark: u64, mut f: impl FnMut(&Event<'_>)) {
+        if self.held.is_empty() {
+            return;
+        }
+        self.held.sort_unstable_by_key(|(k, seq, _, _)| (*k, *seq));
+        let over = self.held.len().saturating_sub(MAX_HELD);
+        let n = self
+            .held
+            .iter()
+            .position(|(k, _, _, _)| *k >= watermark)
+            .unwrap_or(self.held.len())
+            .max(over);
+        for (_, _, header, payload) in self.held.drain(..n) {
+            f(&Event {
+                header,
+                payload: &payload,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: u8, dir: u8, enter: u64, exit: u64) -> EventHeader {
+        EventHeader {
+            kind,
+            direction: dir,
+            ts_enter_ns: enter,
+            ts_exit_ns: exit,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn releases_by_first_byte_time_up_to_the_watermark() {
+        let mut r = Reorder::default();
+        // The server's read returned (30) before the client's write returned (40), but the
+        // write began first (10).
+        for h in [
+            ev(kind::DATA, direction::INGRESS, 5, 30),
+            ev(kind::DATA, direction::EGRESS, 10, 40),
+            ev(kind::CLOSE, 0, 100, 100),
+        ] {
+            r.push(&Event {
+                header: h,
+                payload: b"",
+            });
+        }
+        let mut order = Vec::new();
+        r.release(50, |e| order.push(e.header.ts_exit_ns));
+        assert_eq!(order, vec![40, 30]);
+        assert_eq!(r.len(), 1, "the close waits for the watermark");
+        r.release(u64::MAX, |e| order.push(e.header.ts_exit_ns));
+        assert_eq!(order, vec![40, 30, 100]);
+        assert!(r.is_empty());
+    }
+}
