@@ -154,3 +154,59 @@ fn an_incoming_traceparent_is_continued_through_the_chain() {
         span(&spans, c.node.pid(), false),
     );
 }
+
+#[test]
+fn an_sdk_instrumented_program_gets_no_duplicate_spans() {
+    let receiver = Receiver::start();
+    let server = tracer_e2e::servers::python_framings(free_port());
+    let mut agent = Agent::start(
+        &[
+            "--port",
+            &server.port.to_string(),
+            "--otlp-endpoint",
+            &receiver.grpc_url(),
+            "--otlp-protocol",
+            "grpc",
+        ],
+        &[],
+    );
+    let out = Command::new("python3")
+        .arg(script("sdk_client.py"))
+        .args([server.port.to_string(), receiver.http_url()])
+        .output()
+        .expect("running sdk_client.py");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let (trace, sdk_span) = (fields[1], fields[2]);
+    let spans = receiver.wait_spans(2, |_| true);
+    agent.stop();
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    // The SDK's own CLIENT span, and tracer's SERVER span of the callee: nothing else.
+    assert_eq!(
+        spans.len(),
+        2,
+        "no second CLIENT span for the instrumented request"
+    );
+    let own = spans
+        .iter()
+        .find(|s| s.transport == "http")
+        .expect("the SDK's span");
+    assert_eq!(hex(&own.span.span_id), sdk_span);
+    let server_span = spans
+        .iter()
+        .find(|s| s.transport == "grpc")
+        .expect("tracer's span");
+    assert!(server_span.is_server());
+    assert_eq!(server_span.pid(), server.pid());
+    assert_eq!(
+        hex(&server_span.span.trace_id),
+        trace,
+        "the callee continues the SDK's trace"
+    );
+    assert_eq!(hex(&server_span.span.parent_span_id), sdk_span);
+}

@@ -31,6 +31,11 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("java", "openjdk-17-jdk-headless"),
     ("go", "golang-go"),
 ];
+/// Python packages the end-to-end tests use (an SDK-instrumented program), from PyPI.
+const TEST_PYTHON_PACKAGES: &[&str] = &[
+    "opentelemetry-sdk==1.39.1",
+    "opentelemetry-exporter-otlp-proto-http==1.39.1",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const EBPF_TOOLCHAIN: &str = "nightly";
@@ -179,6 +184,21 @@ fn setup(test: bool) -> anyhow::Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive")
                 .args(["install", "-y", "-q", "--no-install-recommends"])
                 .args(&missing),
+        )?;
+    }
+
+    if test
+        && output(Command::new("python3").args([
+            "-c",
+            "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http",
+        ]))
+        .is_none()
+    {
+        eprintln!("xtask: installing {}", TEST_PYTHON_PACKAGES.join(" "));
+        status(
+            Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet"])
+                .args(TEST_PYTHON_PACKAGES),
         )?;
     }
 
