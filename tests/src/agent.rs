@@ -86,6 +86,14 @@ impl Agent {
         agent
     }
 
+    /// Start the agent with `args`, exporting to `receiver` over gRPC.
+    pub fn exporting(receiver: &crate::receiver::Receiver, args: &[&str]) -> Agent {
+        let endpoint = receiver.grpc_url();
+        let mut full = args.to_vec();
+        full.extend(["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc"]);
+        Agent::start(&full, &[])
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }

@@ -217,21 +217,12 @@ pub fn script(name: &str) -> PathBuf {
 
 /// `scripts/server.py`: chunked, close-delimited, 204 and slow responses.
 pub fn python_framings(port: u16) -> Server {
-    let child = Command::new("python3")
-        .arg(script("server.py"))
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting scripts/server.py");
-    wait_listening(port);
-    let pid = child.id();
-    Server {
-        child,
+    spawn_server(
+        Command::new("python3")
+            .arg(script("server.py"))
+            .arg(port.to_string()),
         port,
-        pids: vec![pid],
-        _dir: None,
-    }
+    )
 }
 
 /// What one client run did: its pid and the statuses it printed.
@@ -242,20 +233,12 @@ pub struct ClientRun {
 
 /// Run `scripts/client.py MODE 127.0.0.1 PORT [ARG]`.
 pub fn python_client(mode: &str, port: u16, arg: Option<&str>) -> ClientRun {
-    let mut cmd = Command::new("python3");
-    cmd.arg(script("client.py"))
-        .args([mode, "127.0.0.1", &port.to_string()])
-        .args(arg)
-        .stdout(Stdio::piped());
-    let child = cmd.spawn().expect("starting scripts/client.py");
-    let pid = child.id();
-    let out = child.wait_with_output().expect("waiting for client.py");
-    assert!(out.status.success(), "client.py {mode} failed");
-    let statuses = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    ClientRun { pid, statuses }
+    run_client(
+        Command::new("python3")
+            .arg(script("client.py"))
+            .args([mode, "127.0.0.1", &port.to_string()])
+            .args(arg),
+    )
 }
 
 /// Start a server command that listens on `port`; spans come from the process itself.

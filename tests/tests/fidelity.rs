@@ -11,12 +11,8 @@ use tracer_e2e::{
     servers::{curl, nginx, python_client, python_framings, python_http},
 };
 
-/// An agent exporting over gRPC with extra arguments.
 fn agent(receiver: &Receiver, args: &[&str]) -> Agent {
-    let endpoint = receiver.grpc_url();
-    let mut full = args.to_vec();
-    full.extend(["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc"]);
-    Agent::start(&full, &[])
+    Agent::exporting(receiver, args)
 }
 
 fn status(s: &Received) -> Option<i64> {

@@ -24,10 +24,7 @@ fn setup() -> Setup {
 
 /// Start an agent with `args`, curl each server `n` times, and return every span received.
 fn traffic(s: &Setup, args: &[&str], n: usize, expected: usize) -> (Vec<Received>, Vec<u32>) {
-    let endpoint = s.receiver.grpc_url();
-    let mut full = args.to_vec();
-    full.extend(["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc"]);
-    let mut agent = Agent::start(&full, &[]);
+    let mut agent = Agent::exporting(&s.receiver, args);
     let mut curls = Vec::new();
     for _ in 0..n {
         for server in [&s.a, &s.b] {

@@ -23,17 +23,7 @@ fn rss_kib(pid: u32) -> u64 {
 fn survive(server: Server, hostile: impl FnOnce(u16)) {
     let receiver = Receiver::start();
     let port = server.port;
-    let mut agent = Agent::start(
-        &[
-            "--port",
-            &port.to_string(),
-            "--otlp-endpoint",
-            &receiver.grpc_url(),
-            "--otlp-protocol",
-            "grpc",
-        ],
-        &[],
-    );
+    let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
     hostile(port);
     let mut pids = Vec::new();
     for i in 0..5 {
@@ -95,17 +85,7 @@ fn slowloris_head_that_never_ends() {
 fn half_closed_connections() {
     let receiver = Receiver::start();
     let server = python_framings(free_port());
-    let mut agent = Agent::start(
-        &[
-            "--port",
-            &server.port.to_string(),
-            "--otlp-endpoint",
-            &receiver.grpc_url(),
-            "--otlp-protocol",
-            "grpc",
-        ],
-        &[],
-    );
+    let mut agent = Agent::exporting(&receiver, &["--port", &server.port.to_string()]);
     assert_eq!(
         python_client("halfclose", server.port, None).statuses,
         vec![200]

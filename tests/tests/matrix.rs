@@ -15,10 +15,7 @@ use tracer_e2e::{
 };
 
 fn agent(receiver: &Receiver, args: &[&str]) -> Agent {
-    let endpoint = receiver.grpc_url();
-    let mut full = args.to_vec();
-    full.extend(["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc"]);
-    Agent::start(&full, &[])
+    Agent::exporting(receiver, args)
 }
 
 fn status(s: &Received) -> i64 {

@@ -55,18 +55,9 @@ fn leaks(haystacks: &[Vec<u8>], secrets: &[&str]) -> Vec<String> {
 fn secrets_never_leave_the_agent_by_default() {
     let receiver = Receiver::start();
     let server = python_framings(free_port());
-    let mut agent = Agent::start(
-        &[
-            "--port",
-            &server.port.to_string(),
-            "--otlp-endpoint",
-            &receiver.grpc_url(),
-            "--otlp-protocol",
-            "grpc",
-            "--output",
-            "json",
-        ],
-        &[],
+    let mut agent = Agent::exporting(
+        &receiver,
+        &["--port", &server.port.to_string(), "--output", "json"],
     );
     send_secrets(server.port, &[]);
     let spans = receiver.wait_spans(2, |_| true);

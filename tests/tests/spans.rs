@@ -207,17 +207,7 @@ fn nginx_worker_spans() {
     let receiver = Receiver::start();
     let server = nginx(free_port());
     let port = server.port.to_string();
-    let mut agent = Agent::start(
-        &[
-            "--comm",
-            "nginx",
-            "--otlp-endpoint",
-            &receiver.grpc_url(),
-            "--otlp-protocol",
-            "grpc",
-        ],
-        &[],
-    );
+    let mut agent = Agent::exporting(&receiver, &["--comm", "nginx"]);
     // Keep-alive: three requests on one connection, then a static file.
     let base = format!("http://127.0.0.1:{port}");
     let (a, b) = (format!("{base}/"), format!("{base}/static/file.txt"));
@@ -256,17 +246,7 @@ fn nginx_worker_spans() {
 fn nginx_static_files_with_and_without_sendfile() {
     let receiver = Receiver::start();
     let server = nginx(free_port());
-    let mut agent = Agent::start(
-        &[
-            "--comm",
-            "nginx",
-            "--otlp-endpoint",
-            &receiver.grpc_url(),
-            "--otlp-protocol",
-            "grpc",
-        ],
-        &[],
-    );
+    let mut agent = Agent::exporting(&receiver, &["--comm", "nginx"]);
     let base = format!("http://127.0.0.1:{}", server.port);
     let (a, b) = (
         format!("{base}/static/big.bin"),

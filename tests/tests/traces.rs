@@ -44,20 +44,11 @@ fn agent(receiver: &Receiver, c: &Chain) -> Agent {
         .iter()
         .map(u16::to_string)
         .collect();
-    Agent::start(
+    Agent::exporting(
+        receiver,
         &[
-            "--port",
-            &ports[0],
-            "--port",
-            &ports[1],
-            "--port",
-            &ports[2],
-            "--otlp-endpoint",
-            &receiver.grpc_url(),
-            "--otlp-protocol",
-            "grpc",
+            "--port", &ports[0], "--port", &ports[1], "--port", &ports[2],
         ],
-        &[],
     )
 }
 
@@ -159,17 +150,7 @@ fn an_incoming_traceparent_is_continued_through_the_chain() {
 fn an_sdk_instrumented_program_gets_no_duplicate_spans() {
     let receiver = Receiver::start();
     let server = tracer_e2e::servers::python_framings(free_port());
-    let mut agent = Agent::start(
-        &[
-            "--port",
-            &server.port.to_string(),
-            "--otlp-endpoint",
-            &receiver.grpc_url(),
-            "--otlp-protocol",
-            "grpc",
-        ],
-        &[],
-    );
+    let mut agent = Agent::exporting(&receiver, &["--port", &server.port.to_string()]);
     let out = Command::new("python3")
         .arg(script("sdk_client.py"))
         .args([server.port.to_string(), receiver.http_url()])

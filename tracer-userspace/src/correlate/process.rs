@@ -85,7 +85,14 @@ impl Processes {
         if self.known.len() >= MAX_PROCESSES {
             self.known.clear();
         }
-        let p = Arc::new(if self.read_proc {
+        let p = Arc::new(self.describe(pid, comm));
+        self.known.insert(pid, p.clone());
+        p
+    }
+
+    /// `pid` as `/proc` describes it, or (offline) by its task name alone.
+    fn describe(&self, pid: u32, comm: &str) -> Process {
+        if self.read_proc {
             Process::read(pid, comm)
         } else {
             Process {
@@ -94,9 +101,7 @@ impl Processes {
                 executable_name: comm.to_string(),
                 executable_path: None,
             }
-        });
-        self.known.insert(pid, p.clone());
-        p
+        }
     }
 
     /// What the kernel said the executable of `pid` is called (when it opened a connection,
@@ -112,16 +117,7 @@ impl Processes {
         {
             return;
         }
-        let mut p = if self.read_proc {
-            Process::read(pid, comm)
-        } else {
-            Process {
-                pid,
-                comm: comm.to_string(),
-                executable_name: comm.to_string(),
-                executable_path: None,
-            }
-        };
+        let mut p = self.describe(pid, comm);
         if p.executable_name != executable_name {
             p.executable_name = executable_name.to_string();
             p.executable_path = None;
