@@ -10,7 +10,7 @@ use crate::capture::event::Event;
 /// Longest an event is held before the pipeline sees it (kernel ns).
 pub const WINDOW_NS: u64 = 50_000_000;
 /// Events held at most; past this the oldest are released early.
-const MAX_HELD: usize = 200_000;
+const MAX_HELD: usize = 50_000;
 
 /// The time an event's first byte moved.
 fn key(h: &EventHeader) -> u64 {
