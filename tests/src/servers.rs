@@ -72,28 +72,21 @@ fn wait_listening(port: u16) {
 pub fn python_http(port: u16) -> Server {
     let dir = TempDir::new("py");
     std::fs::write(dir.path().join("index.html"), "<p>hello from python</p>\n").unwrap();
-    let child = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "-d",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting python3 -m http.server");
-    wait_listening(port);
-    let pid = child.id();
-    Server {
-        child,
+    let mut server = spawn_server(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "-d",
+            ])
+            .arg(dir.path()),
         port,
-        pids: vec![pid],
-        _dir: Some(dir),
-    }
+    );
+    server._dir = Some(dir);
+    server
 }
 
 /// Size of the big static file nginx serves (`/static/big.bin`, `/sendfile/big.bin`).

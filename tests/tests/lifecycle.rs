@@ -13,6 +13,34 @@ use tracer_e2e::{
     wait_for,
 };
 
+/// Run the agent as `nobody`, with no capabilities.
+fn unprivileged(args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running tracer through setpriv")
+}
+
+/// Wait until the agent reports a failed export.
+fn wait_export_failure(agent: &Agent, limit: Duration) -> bool {
+    wait_for(limit, || {
+        agent
+            .stderr()
+            .iter()
+            .any(|l| l.contains("export of"))
+            .then_some(())
+    })
+    .is_some()
+}
+
 /// Whether any of `ids` is still loaded in the kernel.
 fn any_loaded(ids: &[u64]) -> bool {
     let loaded = loaded_program_ids();
@@ -100,18 +128,8 @@ fn unreachable_backend_loses_spans_not_the_agent() {
             200
         );
     }
-    let warned = wait_for(Duration::from_secs(15), || {
-        agent
-            .stderr()
-            .iter()
-            .any(|l| l.contains("export of"))
-            .then_some(())
-    });
-    assert!(
-        warned.is_some(),
-        "export failures are reported: {:?}",
-        agent.stderr()
-    );
+    let warned = wait_export_failure(&agent, Duration::from_secs(15));
+    assert!(warned, "export failures are reported: {:?}", agent.stderr());
     agent.stop();
     let last = agent.stderr().join("\n");
     assert!(last.contains("stopped: 6 spans"), "{last}");
@@ -151,17 +169,7 @@ fn malformed_flags_are_clear_errors() {
 
 #[test]
 fn not_root_is_a_one_line_error() {
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(binary())
-        .stdin(Stdio::null())
-        .output()
-        .expect("running setpriv");
+    let out = unprivileged(&[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -200,18 +208,7 @@ fn record_then_replay_without_root_gives_the_live_spans() {
     agent.stop();
     std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
 
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(binary())
-        .args(["replay", file.to_str().unwrap(), "--output", "json"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("running tracer replay");
+    let out = unprivileged(&["replay", file.to_str().unwrap(), "--output", "json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -279,14 +276,8 @@ fn export_recovers_when_the_backend_comes_back() {
         );
     }
     // Retries with backoff end in a reported failure; capture goes on meanwhile.
-    let failed = wait_for(Duration::from_secs(20), || {
-        agent
-            .stderr()
-            .iter()
-            .any(|l| l.contains("export of"))
-            .then_some(())
-    });
-    assert!(failed.is_some(), "{:?}", agent.stderr());
+    let failed = wait_export_failure(&agent, Duration::from_secs(20));
+    assert!(failed, "{:?}", agent.stderr());
     let receiver = tracer_e2e::receiver::Receiver::start_on(otlp_port);
     for _ in 0..2 {
         assert_eq!(
@@ -358,17 +349,7 @@ fn check_reports_each_feature() {
         .expect("a tracepoint line");
     assert!(tp.starts_with("pass"), "{tp}");
     // Not root: a clear failure naming the fix, and exit 1.
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(binary())
-        .arg("check")
-        .output()
-        .expect("running tracer check unprivileged");
+    let out = unprivileged(&["check"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
