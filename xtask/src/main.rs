@@ -1,8 +1,10 @@
-//! Project commands: `cargo xtask setup | run | test`.
+//! Project commands: `cargo xtask setup | run | test | soak | bench`.
 //!
 //! `setup` installs what a fresh Debian machine lacks to build the eBPF programs (LLVM 22,
 //! bpf-linker, the nightly's rust-src) and, for tests, the real servers they drive. It is
 //! idempotent and quick when everything is present.
+
+mod bench;
 
 use std::{
     path::{Path, PathBuf},
@@ -76,6 +78,22 @@ enum Cmd {
         #[arg(long, default_value_t = 200)]
         rate: u64,
     },
+    /// Measure what tracing costs (needs root; prints a table and writes
+    /// target/bench/latest.json).
+    Bench {
+        /// ABBA blocks of the saturation comparison.
+        #[arg(long, default_value_t = 2)]
+        pairs: usize,
+        /// Seconds per load leg.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Seconds of the completeness run at saturation.
+        #[arg(long, default_value_t = 60)]
+        saturation: u64,
+        /// Keep-alive connections held open for the memory figure.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -107,6 +125,17 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         Cmd::Test => test(),
         Cmd::Soak { minutes, rate } => soak(minutes, rate),
+        Cmd::Bench {
+            pairs,
+            seconds,
+            saturation,
+            connections,
+        } => bench::bench(bench::Opts {
+            pairs,
+            seconds,
+            saturation,
+            connections,
+        }),
     }
 }
 

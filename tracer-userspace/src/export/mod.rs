@@ -12,9 +12,9 @@ use crate::correlate::{clock::Clock, span::HttpSpan};
 
 /// Spans held between the pipeline and the exporters; when full, new spans are dropped and
 /// counted by the sender.
-pub const QUEUE_CAPACITY: usize = 16_384;
+pub const QUEUE_CAPACITY: usize = 65_536;
 /// Spans per export request.
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 4096;
 /// Longest a span waits in a partial batch.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
 
@@ -57,6 +57,12 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => {
+                if let Some(o) = &mut sinks.otlp {
+                    let settled = o.reap();
+                    counts.failed += settled.failed;
+                    counts.exported += settled.exported;
+                    stats.send_replace(counts);
+                }
                 // Re-reading the offset every time would make it jitter by tens of ns.
                 let now = Clock::now();
                 if follow_wall_clock && (now.offset_ns() - clock.offset_ns()).abs() > 1_000_000 {
@@ -71,9 +77,9 @@ pub async fn run(
             t.print(&batch, &clock);
         }
         if let Some(o) = &mut sinks.otlp {
-            let failed = o.export(&batch, &clock).await as u64;
-            counts.failed += failed;
-            counts.exported += batch.len() as u64 - failed;
+            let settled = o.export(&batch, &clock).await;
+            counts.failed += settled.failed;
+            counts.exported += settled.exported;
         } else {
             counts.exported += batch.len() as u64;
         }
@@ -81,7 +87,11 @@ pub async fn run(
         stats.send_replace(counts);
     }
     if let Some(o) = &mut sinks.otlp {
+        let settled = o.finish().await;
+        counts.failed += settled.failed;
+        counts.exported += settled.exported;
         o.shutdown();
+        stats.send_replace(counts);
     }
     counts
 }

@@ -102,12 +102,48 @@ pub fn resolve(
     Ok(Some(OtlpConfig { endpoint, protocol }))
 }
 
-/// Sends spans to an OTLP receiver, grouped by the process they came from.
+/// Sends spans to an OTLP receiver, grouped by the process they came from, with up to
+/// [`IN_FLIGHT`] export requests under way at once so that a receiver's round trip does not
+/// limit throughput.
 pub struct Otlp {
-    exporter: opentelemetry_otlp::SpanExporter,
+    /// Exporters not in use; each carries the resource of its current request.
+    idle: Vec<opentelemetry_otlp::SpanExporter>,
+    inflight: tokio::task::JoinSet<Done>,
     resources: HashMap<u32, (std::sync::Arc<Process>, Resource)>,
     scope: InstrumentationScope,
     host: String,
+}
+
+/// Most export requests under way at once.
+pub const IN_FLIGHT: usize = 4;
+
+/// A finished export request, with its exporter to reuse.
+struct Done {
+    exporter: opentelemetry_otlp::SpanExporter,
+    spans: u64,
+    failed: bool,
+}
+
+/// Spans whose export request has finished.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    pub exported: u64,
+    pub failed: u64,
+}
+
+impl Settled {
+    fn merge(&mut self, other: Settled) {
+        self.exported += other.exported;
+        self.failed += other.failed;
+    }
+
+    fn add(&mut self, done: &Done) {
+        if done.failed {
+            self.failed += done.spans;
+        } else {
+            self.exported += done.spans;
+        }
+    }
 }
 
 /// Longest wait for one export request.
@@ -117,7 +153,24 @@ impl Otlp {
     /// Build the exporter. Must run inside the tokio runtime. Headers come from
     /// `OTEL_EXPORTER_OTLP_HEADERS` / `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, read by the exporter.
     pub fn new(config: &OtlpConfig) -> Result<Self, opentelemetry_otlp::ExporterBuildError> {
-        let exporter = match config.protocol {
+        let idle = (0..IN_FLIGHT)
+            .map(|_| Self::exporter(config))
+            .collect::<Result<_, _>>()?;
+        Ok(Otlp {
+            idle,
+            inflight: tokio::task::JoinSet::new(),
+            resources: HashMap::new(),
+            scope: InstrumentationScope::builder("tracer")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+            host: hostname(),
+        })
+    }
+
+    fn exporter(
+        config: &OtlpConfig,
+    ) -> Result<opentelemetry_otlp::SpanExporter, opentelemetry_otlp::ExporterBuildError> {
+        Ok(match config.protocol {
             Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(config.endpoint.clone())
@@ -131,19 +184,12 @@ impl Otlp {
                 .with_timeout(EXPORT_TIMEOUT)
                 .with_retry_policy(opentelemetry_otlp::RetryPolicy::recommended())
                 .build()?,
-        };
-        Ok(Otlp {
-            exporter,
-            resources: HashMap::new(),
-            scope: InstrumentationScope::builder("tracer")
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build(),
-            host: hostname(),
         })
     }
 
-    /// Export a batch; returns how many spans the receiver did not take.
-    pub async fn export(&mut self, spans: &[HttpSpan], clock: &Clock) -> usize {
+    /// Start exporting a batch, one request per process. Waits only when [`IN_FLIGHT`]
+    /// requests are already under way; returns what finished meanwhile.
+    pub async fn export(&mut self, spans: &[HttpSpan], clock: &Clock) -> Settled {
         let mut by_pid: HashMap<u32, Vec<SpanData>> = HashMap::new();
         for span in spans {
             by_pid
@@ -151,7 +197,7 @@ impl Otlp {
                 .or_default()
                 .push(span_data(span, clock, &self.scope));
         }
-        let mut failed = 0;
+        let mut settled = Settled::default();
         for (pid, batch) in by_pid {
             let process = &spans
                 .iter()
@@ -159,18 +205,73 @@ impl Otlp {
                 .expect("grouped from these spans")
                 .process;
             let resource = self.resource(process);
-            self.exporter.set_resource(&resource);
-            let n = batch.len();
-            if let Err(e) = self.exporter.export(batch).await {
-                log::warn!("OTLP export of {n} spans failed: {e}");
-                failed += n;
-            }
+            let mut exporter = loop {
+                if let Some(e) = self.idle.pop() {
+                    break e;
+                }
+                match self.inflight.join_next().await {
+                    Some(done) => self.reuse(done, &mut settled),
+                    None => {
+                        log::error!("no OTLP exporter left; {} spans lost", batch.len());
+                        settled.failed += batch.len() as u64;
+                        return settled;
+                    }
+                }
+            };
+            self.inflight.spawn(async move {
+                exporter.set_resource(&resource);
+                let spans = batch.len() as u64;
+                let failed = match exporter.export(batch).await {
+                    Ok(()) => false,
+                    Err(e) => {
+                        log::warn!("OTLP export of {spans} spans failed: {e}");
+                        true
+                    }
+                };
+                Done {
+                    exporter,
+                    spans,
+                    failed,
+                }
+            });
         }
-        failed
+        settled.merge(self.reap());
+        settled
+    }
+
+    /// What finished since the last call, without waiting.
+    pub fn reap(&mut self) -> Settled {
+        let mut settled = Settled::default();
+        while let Some(done) = self.inflight.try_join_next() {
+            self.reuse(done, &mut settled);
+        }
+        settled
+    }
+
+    /// Wait for every request under way.
+    pub async fn finish(&mut self) -> Settled {
+        let mut settled = Settled::default();
+        while let Some(done) = self.inflight.join_next().await {
+            self.reuse(done, &mut settled);
+        }
+        settled
+    }
+
+    fn reuse(&mut self, done: Result<Done, tokio::task::JoinError>, settled: &mut Settled) {
+        match done {
+            Ok(done) => {
+                settled.add(&done);
+                self.idle.push(done.exporter);
+            }
+            // The exporter is lost with its task; the others carry on.
+            Err(e) => log::error!("an OTLP export task failed: {e}"),
+        }
     }
 
     pub fn shutdown(&mut self) {
-        let _ = self.exporter.shutdown();
+        for exporter in &mut self.idle {
+            let _ = exporter.shutdown();
+        }
     }
 
     fn resource(&mut self, process: &std::sync::Arc<Process>) -> Resource {

@@ -1,0 +1,786 @@
+//! `cargo xtask bench`: what tracing costs, measured side by side in one run on this machine.
+//!
+//! Costs are attributed directly where the kernel allows it: the run time of the agent's own
+//! eBPF programs (`bpf_stats`, read from the agent's program descriptors in
+//! `/proc/PID/fdinfo`) and the agent's own CPU time, divided by the spans a real OTLP receiver
+//! counted. Throughput and latency are compared untraced/traced in ABBA order and reported as
+//! medians, because this machine is shared and noisy.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::json;
+
+use crate::{Guard, cargo, require_root, setup, wait_port, workspace};
+
+const SINK_PORT: u16 = 18_690;
+const NGINX_PORT: u16 = 18_691;
+const APP_PORT: u16 = 18_692;
+/// Python packages of the comparison with OpenTelemetry's own auto-instrumentation.
+const BENCH_PYTHON_PACKAGES: &[&str] = &[
+    "flask==3.1.3",
+    "opentelemetry-distro==0.60b1",
+    "opentelemetry-instrumentation-flask==0.60b1",
+    "opentelemetry-exporter-otlp-proto-http==1.39.1",
+];
+
+pub struct Opts {
+    /// ABBA blocks (each: untraced, traced, traced, untraced).
+    pub pairs: usize,
+    /// Seconds per leg.
+    pub seconds: u64,
+    /// Seconds of the saturation (completeness) run.
+    pub saturation: u64,
+    /// Connections held open for the memory figure.
+    pub connections: usize,
+}
+
+pub fn bench(opts: Opts) -> anyhow::Result<()> {
+    require_root("the benchmark loads eBPF programs")?;
+    setup(true)?;
+    if crate::output(Command::new("python3").args([
+        "-c",
+        "import flask, opentelemetry.instrumentation.flask, opentelemetry.distro",
+    ]))
+    .is_none()
+    {
+        eprintln!("xtask: installing {}", BENCH_PYTHON_PACKAGES.join(" "));
+        crate::status(
+            Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet"])
+                .args(BENCH_PYTHON_PACKAGES),
+        )?;
+    }
+    if !crate::on_path("wrk") {
+        crate::status(Command::new("apt-get").args(["update", "-q"]))?;
+        crate::status(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-q", "--no-install-recommends", "wrk"]),
+        )?;
+    }
+    cargo(&["build", "--release", "-p", "tracer-userspace"])?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "tracer-e2e",
+        "--bin",
+        "otlp-sink",
+    ])?;
+    let ws = workspace();
+    let dir = std::env::temp_dir().join(format!("tracer-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let _stats = BpfStatsEnabled::enable()?;
+
+    let _sink = Guard(
+        Command::new(ws.join("target/release/otlp-sink"))
+            .arg(SINK_PORT.to_string())
+            .spawn()
+            .context("starting the OTLP sink")?,
+    );
+    let _nginx = start_nginx(&dir)?;
+    wait_port(SINK_PORT)?;
+    wait_port(NGINX_PORT)?;
+    let endpoint = format!("http://127.0.0.1:{SINK_PORT}");
+    let nginx_args = [
+        "--port".to_string(),
+        NGINX_PORT.to_string(),
+        "--otlp-endpoint".to_string(),
+        endpoint.clone(),
+        "--otlp-protocol".to_string(),
+        "http/protobuf".to_string(),
+    ];
+    let mut report = serde_json::Map::new();
+    report.insert("machine".into(), machine());
+
+    // Time from start to ready.
+    let mut ready = Vec::new();
+    for _ in 0..3 {
+        let agent = Agent::start(&nginx_args)?;
+        ready.push(agent.ready_after.as_secs_f64() * 1e3);
+        agent.stop();
+    }
+    let ready_ms = median(&ready);
+    println!("time to ready: {ready_ms:.0} ms (median of 3: {ready:.0?})");
+    report.insert("ready_ms".into(), json!(ready_ms));
+
+    // Saturation, untraced and traced (both ends: wrk's client spans and nginx's server spans).
+    let url = format!("http://127.0.0.1:{NGINX_PORT}/");
+    let (mut untraced, mut traced) = (Vec::new(), Vec::new());
+    for block in 0..opts.pairs {
+        for (i, with_agent) in [false, true, true, false].into_iter().enumerate() {
+            let leg = if with_agent {
+                traced_leg(&nginx_args, || wrk(&url, 32, opts.seconds))?
+            } else {
+                Leg::untraced(wrk(&url, 32, opts.seconds)?)
+            };
+            println!(
+                "  block {block} leg {i}: {:<8} {:>9.0} req/s{}",
+                if with_agent { "traced" } else { "untraced" },
+                leg.rps,
+                leg.cost_line()
+            );
+            if with_agent {
+                &mut traced
+            } else {
+                &mut untraced
+            }
+            .push(leg);
+        }
+    }
+    let u_rps = median(&untraced.iter().map(|l| l.rps).collect::<Vec<_>>());
+    let t_rps = median(&traced.iter().map(|l| l.rps).collect::<Vec<_>>());
+    let ebpf = median(&traced.iter().map(Leg::ebpf_ns_per_span).collect::<Vec<_>>());
+    let agent = median(
+        &traced
+            .iter()
+            .map(Leg::agent_ns_per_span)
+            .collect::<Vec<_>>(),
+    );
+    println!(
+        "nginx saturation (wrk -c32, {} s legs, medians of {}): untraced {u_rps:.0} req/s, \
+         traced {t_rps:.0} req/s; added CPU per span {:.2} us = eBPF {:.2} us + agent {:.2} us",
+        opts.seconds,
+        untraced.len(),
+        (ebpf + agent) / 1e3,
+        ebpf / 1e3,
+        agent / 1e3
+    );
+    report.insert(
+        "saturation".into(),
+        json!({
+            "untraced_rps": u_rps, "traced_rps": t_rps,
+            "cpu_per_span_us": (ebpf + agent) / 1e3,
+            "ebpf_per_span_us": ebpf / 1e3, "agent_per_span_us": agent / 1e3,
+            "legs": traced.iter().chain(&untraced).map(Leg::json).collect::<Vec<_>>(),
+        }),
+    );
+
+    // Completeness: one long traced run at saturation.
+    let long = traced_leg(&nginx_args, || wrk(&url, 32, opts.saturation))?;
+    println!(
+        "completeness ({} s at saturation): {} requests, {} spans = {:.4} of 2 per request; \
+         drops: {}",
+        opts.saturation,
+        long.requests,
+        long.spans,
+        long.spans as f64 / (2 * long.requests) as f64,
+        long.drops
+    );
+    report.insert("completeness".into(), long.json());
+
+    // Filter misses: the agent watches one idle process while nginx is under load.
+    let idle = Guard(Command::new("sleep").arg("3600").spawn()?);
+    let miss_args = ["--pid".to_string(), idle.0.id().to_string()];
+    let miss = traced_leg(&miss_args, || wrk(&url, 32, opts.seconds))?;
+    drop(idle);
+    let per_run = miss.bpf.run_ns as f64 / miss.bpf.runs.max(1) as f64;
+    println!(
+        "filter miss: {per_run:.0} ns per program run ({} runs in {} s; a read or write runs \
+         two: {:.0} ns per syscall); {:.0} req/s",
+        miss.bpf.runs,
+        opts.seconds,
+        2.0 * per_run,
+        miss.rps
+    );
+    report.insert(
+        "filter_miss".into(),
+        json!({"ns_per_run": per_run, "ns_per_syscall": 2.0 * per_run,
+               "runs": miss.bpf.runs, "rps": miss.rps}),
+    );
+
+    // Latency at a fixed moderate rate.
+    let (mut lu, mut lt) = (Vec::new(), Vec::new());
+    for with_agent in [false, true, true, false] {
+        let agent = if with_agent {
+            Some(Agent::start(&nginx_args)?)
+        } else {
+            None
+        };
+        let l = fixed_rate(NGINX_PORT, 1000, opts.seconds)?;
+        if let Some(a) = agent {
+            a.stop();
+        }
+        if with_agent { &mut lt } else { &mut lu }.push(l);
+    }
+    let p =
+        |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
+    let lat = json!({
+        "rate": 1000,
+        "untraced_p50_us": p(&lu, |l| l.0), "untraced_p99_us": p(&lu, |l| l.1),
+        "traced_p50_us": p(&lt, |l| l.0), "traced_p99_us": p(&lt, |l| l.1),
+    });
+    println!(
+        "latency at 1000 req/s: untraced p50 {:.0} us p99 {:.0} us; traced p50 {:.0} us p99 {:.0} us",
+        lat["untraced_p50_us"].as_f64().unwrap_or_default(),
+        lat["untraced_p99_us"].as_f64().unwrap_or_default(),
+        lat["traced_p50_us"].as_f64().unwrap_or_default(),
+        lat["traced_p99_us"].as_f64().unwrap_or_default()
+    );
+    report.insert("latency".into(), lat);
+
+    // Memory with many open keep-alive connections (both ends traced).
+    let agent = Agent::start(&nginx_args)?;
+    let mut hold = Command::new("python3")
+        .arg(ws.join("xtask/scripts/hold.py"))
+        .args([NGINX_PORT.to_string(), opts.connections.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting hold.py")?;
+    let mut line = String::new();
+    BufReader::new(hold.stdout.take().expect("piped")).read_line(&mut line)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_kib = crate::proc_status(agent.pid(), "VmHWM:");
+    drop(hold.stdin.take());
+    let _ = hold.wait();
+    agent.stop();
+    println!(
+        "agent peak RSS with {} open keep-alive connections traced at both ends: {:.1} MiB ({})",
+        opts.connections,
+        rss_kib as f64 / 1024.0,
+        line.trim()
+    );
+    report.insert(
+        "memory".into(),
+        json!({"connections": opts.connections, "peak_rss_mib": rss_kib as f64 / 1024.0}),
+    );
+
+    report.insert(
+        "python_app".into(),
+        python_app(&ws, &endpoint, opts.seconds)?,
+    );
+
+    let out = ws.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let file = out.join("latest.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&report)?)?;
+    println!("figures as JSON: {}", file.display());
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The same small Flask app untraced, traced by us (its server spans) and instrumented by
+/// `opentelemetry-instrument`, both exporting to the same receiver; ABCCBA order.
+fn python_app(ws: &Path, endpoint: &str, seconds: u64) -> anyhow::Result<serde_json::Value> {
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Mode {
+        Untraced,
+        Tracer,
+        OtelInstrument,
+    }
+    let url = format!("http://127.0.0.1:{APP_PORT}/items/7");
+    let mut results: HashMap<&str, Vec<(f64, f64, f64)>> = HashMap::new();
+    use Mode::*;
+    for mode in [
+        Untraced,
+        Tracer,
+        OtelInstrument,
+        OtelInstrument,
+        Tracer,
+        Untraced,
+    ] {
+        let mut cmd = if mode == OtelInstrument {
+            let mut c = Command::new("opentelemetry-instrument");
+            c.arg("python3");
+            c.env("OTEL_SERVICE_NAME", "bench-app")
+                .env("OTEL_TRACES_EXPORTER", "otlp")
+                .env("OTEL_METRICS_EXPORTER", "none")
+                .env("OTEL_LOGS_EXPORTER", "none")
+                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
+            c
+        } else {
+            Command::new("python3")
+        };
+        cmd.arg(ws.join("xtask/scripts/app.py"))
+            .arg(APP_PORT.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let app = Guard(cmd.spawn().context("starting the Flask app")?);
+        wait_port(APP_PORT)?;
+        // The app's pid: opentelemetry-instrument execs python in place.
+        let pid = app.0.id();
+        let _ = wrk(&url, 4, 1)?; // warm up
+        let agent = if mode == Tracer {
+            Some(Agent::start(&[
+                "--pid".to_string(),
+                pid.to_string(),
+                "--otlp-endpoint".to_string(),
+                endpoint.to_string(),
+                "--otlp-protocol".to_string(),
+                "http/protobuf".to_string(),
+            ])?)
+        } else {
+            None
+        };
+        let spans0 = sink_count()?;
+        let app0 = cpu_ns(pid);
+        let (a0, b0) = agent
+            .as_ref()
+            .map(|a| (cpu_ns(a.pid()), bpf_stats(a.pid())))
+            .unwrap_or_default();
+        let (requests, rps) = wrk(&url, 4, seconds)?;
+        let spans = settle(spans0)? - spans0;
+        let app_cpu = cpu_ns(pid) - app0;
+        let tracer_cpu = agent
+            .as_ref()
+            .map(|a| cpu_ns(a.pid()) - a0 + bpf_stats(a.pid()).run_ns - b0.run_ns)
+            .unwrap_or(0);
+        if let Some(a) = agent {
+            a.stop();
+        }
+        drop(app);
+        let per_request = (app_cpu + tracer_cpu) as f64 / requests.max(1) as f64 / 1e3;
+        println!(
+            "  python app {mode:?}: {rps:.0} req/s, {per_request:.0} us CPU per request \
+             (app {:.0} + tracer {:.0}), {spans} spans for {requests} requests",
+            app_cpu as f64 / requests.max(1) as f64 / 1e3,
+            tracer_cpu as f64 / requests.max(1) as f64 / 1e3,
+        );
+        let key = match mode {
+            Untraced => "untraced",
+            Tracer => "tracer",
+            OtelInstrument => "opentelemetry_instrument",
+        };
+        results.entry(key).or_default().push((
+            rps,
+            per_request,
+            spans as f64 / requests.max(1) as f64,
+        ));
+    }
+    let mut out = serde_json::Map::new();
+    for (key, runs) in &results {
+        let rps = median(&runs.iter().map(|r| r.0).collect::<Vec<_>>());
+        let cpu = median(&runs.iter().map(|r| r.1).collect::<Vec<_>>());
+        let spans = median(&runs.iter().map(|r| r.2).collect::<Vec<_>>());
+        println!(
+            "python app, {key}: {rps:.0} req/s, {cpu:.0} us CPU per request, {spans:.3} spans per request"
+        );
+        out.insert(
+            key.to_string(),
+            json!({"rps": rps, "cpu_per_request_us": cpu, "spans_per_request": spans}),
+        );
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
+/// nginx with two workers answering a tiny response, under its own process name.
+fn start_nginx(dir: &Path) -> anyhow::Result<Guard> {
+    let conf = format!(
+        "daemon off; worker_processes 2; worker_rlimit_nofile 20000; pid {d}/nginx.pid;\n\
+         error_log {d}/error.log;\n\
+         events {{ worker_connections 12000; }}\n\
+         http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;\n\
+         client_body_temp_path {d}/b; proxy_temp_path {d}/p;\n\
+         fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
+         server {{ listen 127.0.0.1:{NGINX_PORT}; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("nginx.conf"), conf)?;
+    let bin = dir.join("bench-nginx");
+    std::fs::copy(
+        if Path::new("/usr/sbin/nginx").exists() {
+            "/usr/sbin/nginx"
+        } else {
+            "nginx"
+        },
+        &bin,
+    )
+    .context("copying nginx")?;
+    Ok(Guard(
+        Command::new(&bin)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(dir)
+            .spawn()
+            .context("starting nginx")?,
+    ))
+}
+
+/// `kernel.bpf_stats_enabled` on for the run, restored after.
+struct BpfStatsEnabled(String);
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStatsEnabled {
+    fn enable() -> anyhow::Result<Self> {
+        let before = std::fs::read_to_string(BPF_STATS).context("reading bpf_stats_enabled")?;
+        std::fs::write(BPF_STATS, "1").context("enabling bpf_stats")?;
+        Ok(BpfStatsEnabled(before.trim().to_string()))
+    }
+}
+
+impl Drop for BpfStatsEnabled {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, &self.0);
+    }
+}
+
+/// The agent as a child process.
+struct Agent {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+    ready_after: Duration,
+}
+
+impl Agent {
+    fn start(args: &[String]) -> anyhow::Result<Agent> {
+        let start = Instant::now();
+        let mut child = Command::new(workspace().join("target/release/tracer"))
+            .args(args)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting tracer")?;
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines = stderr.clone();
+        let pipe = child.stderr.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if line.contains("ready:") {
+                    let _ = tx.send(());
+                }
+                lines.lock().expect("not poisoned").push(line);
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = child.kill();
+            bail!(
+                "tracer did not become ready: {:?}",
+                stderr.lock().expect("not poisoned")
+            );
+        }
+        let ready_after = start.elapsed();
+        Ok(Agent {
+            child,
+            stderr,
+            ready_after,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, wait, and return the final report line.
+    fn stop(mut self) -> String {
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        let lines = self.stderr.lock().expect("not poisoned");
+        lines
+            .iter()
+            .rev()
+            .find(|l| l.contains("stopped:"))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// CPU time (user + system) of a process, all its threads, in nanoseconds.
+fn cpu_ns(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // After the command: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1_000_000_000 / hz
+}
+
+#[derive(Default, Clone, Copy, Debug)]
+struct BpfStats {
+    run_ns: u64,
+    runs: u64,
+}
+
+/// Run time and run count of the eBPF programs a process holds, from its fdinfo.
+fn bpf_stats(pid: u32) -> BpfStats {
+    let mut by_id: HashMap<u64, (u64, u64)> = HashMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return BpfStats::default();
+    };
+    for entry in dir.flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let (Some(id), Some(ns), Some(cnt)) =
+            (field("prog_id:"), field("run_time_ns:"), field("run_cnt:"))
+        {
+            by_id.insert(id, (ns, cnt));
+        }
+    }
+    by_id
+        .values()
+        .fold(BpfStats::default(), |acc, (ns, cnt)| BpfStats {
+            run_ns: acc.run_ns + ns,
+            runs: acc.runs + cnt,
+        })
+}
+
+/// Spans the sink has counted.
+fn sink_count() -> anyhow::Result<u64> {
+    let mut s = TcpStream::connect(("127.0.0.1", SINK_PORT)).context("asking the sink")?;
+    s.write_all(b"GET /count HTTP/1.1\r\nHost: sink\r\n\r\n")?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    reply
+        .rsplit("\r\n\r\n")
+        .next()
+        .and_then(|b| b.trim().parse().ok())
+        .context("the sink's count")
+}
+
+/// Wait until the sink's count stops growing (the agent has flushed); returns it.
+fn settle(from: u64) -> anyhow::Result<u64> {
+    let mut last = from;
+    let mut still = 0;
+    for _ in 0..60 {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = sink_count()?;
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+        if still >= 3 {
+            break;
+        }
+    }
+    Ok(last)
+}
+
+/// wrk with one thread and `conns` keep-alive connections: (requests, requests per second).
+fn wrk(url: &str, conns: u32, seconds: u64) -> anyhow::Result<(u64, f64)> {
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{conns}"), &format!("-d{seconds}s"), url])
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || text.contains("Non-2xx") {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .context("wrk's request count")?;
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("wrk's rate")?;
+    Ok((requests, rps))
+}
+
+/// One load run, with the agent's attributed costs when it ran.
+struct Leg {
+    requests: u64,
+    rps: f64,
+    spans: u64,
+    bpf: BpfStats,
+    agent_cpu_ns: u64,
+    drops: String,
+}
+
+impl Leg {
+    fn untraced((requests, rps): (u64, f64)) -> Leg {
+        Leg {
+            requests,
+            rps,
+            spans: 0,
+            bpf: BpfStats::default(),
+            agent_cpu_ns: 0,
+            drops: String::new(),
+        }
+    }
+
+    fn ebpf_ns_per_span(&self) -> f64 {
+        self.bpf.run_ns as f64 / self.spans.max(1) as f64
+    }
+
+    fn agent_ns_per_span(&self) -> f64 {
+        self.agent_cpu_ns as f64 / self.spans.max(1) as f64
+    }
+
+    fn cost_line(&self) -> String {
+        if self.spans == 0 {
+            return String::new();
+        }
+        format!(
+            ", {} spans / {} requests, eBPF {:.2} us + agent {:.2} us per span",
+            self.spans,
+            self.requests,
+            self.ebpf_ns_per_span() / 1e3,
+            self.agent_ns_per_span() / 1e3
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "requests": self.requests, "rps": self.rps, "spans": self.spans,
+            "ebpf_run_ns": self.bpf.run_ns, "ebpf_runs": self.bpf.runs,
+            "agent_cpu_ns": self.agent_cpu_ns,
+            "ebpf_per_span_us": self.ebpf_ns_per_span() / 1e3,
+            "agent_per_span_us": self.agent_ns_per_span() / 1e3,
+            "agent_final_report": self.drops,
+        })
+    }
+}
+
+/// Start the agent, run the load, wait for every span to reach the sink, stop the agent.
+fn traced_leg(
+    args: &[String],
+    load: impl FnOnce() -> anyhow::Result<(u64, f64)>,
+) -> anyhow::Result<Leg> {
+    let agent = Agent::start(args)?;
+    let pid = agent.pid();
+    let spans0 = sink_count()?;
+    let (cpu0, bpf0) = (cpu_ns(pid), bpf_stats(pid));
+    let (requests, rps) = load()?;
+    let spans = settle(spans0)? - spans0;
+    let (cpu1, bpf1) = (cpu_ns(pid), bpf_stats(pid));
+    let report = agent.stop();
+    let drops = report
+        .split_once("stopped: ")
+        .map(|(_, r)| r.to_string())
+        .unwrap_or(report);
+    Ok(Leg {
+        requests,
+        rps,
+        spans,
+        bpf: BpfStats {
+            run_ns: bpf1.run_ns - bpf0.run_ns,
+            runs: bpf1.runs - bpf0.runs,
+        },
+        agent_cpu_ns: cpu1 - cpu0,
+        drops,
+    })
+}
+
+/// One keep-alive connection sending `rate` requests per second for `seconds`; latency from
+/// each request's scheduled time (so a stall counts against every request it delays):
+/// (p50, p99) in microseconds.
+fn fixed_rate(port: u16, rate: u64, seconds: u64) -> anyhow::Result<(f64, f64)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_nodelay(true)?;
+    let start = Instant::now();
+    let total = rate * seconds;
+    let mut latencies = Vec::with_capacity(total as usize);
+    let mut buf = vec![0u8; 4096];
+    for i in 0..total {
+        let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        s.write_all(b"GET /latency HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+        let mut got = Vec::new();
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                bail!("the server closed the connection");
+            }
+            got.extend_from_slice(&buf[..n]);
+            if response_complete(&got) {
+                break;
+            }
+        }
+        latencies.push(due.elapsed().as_secs_f64() * 1e6);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    Ok((at(0.5), at(0.99)))
+}
+
+/// Whether `got` holds a whole response with a Content-Length body.
+fn response_complete(got: &[u8]) -> bool {
+    let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&got[..end]);
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    got.len() >= end + 4 + length
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+/// Where the figures came from.
+fn machine() -> serde_json::Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    json!({
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
+
+    #[test]
+    fn complete_responses() {
+        assert!(response_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
+        ));
+        assert!(!response_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok"
+        ));
+        assert!(!response_complete(b"HTTP/1.1 200 OK\r\nContent-Len"));
+    }
+}
