@@ -147,6 +147,10 @@ pub struct Config {
     /// Pending ring-buffer bytes above which a writer wakes the reader at once.
     pub wakeup_bytes: u32,
     pub offsets: KernelOffsets,
+    /// Non-zero with `--propagate`: server requests get their trace context in the kernel, and
+    /// the sk_msg program injects `traceparent` into outgoing requests.
+    pub propagate: u32,
+    pub _pad: u32,
 }
 
 /// A TCP connection's endpoints, as seen from the traced process.
@@ -176,7 +180,31 @@ pub mod kind {
     pub const CLOSE: u8 = 3;
     /// The process exited (its connections closed without close calls).
     pub const EXIT: u8 = 4;
+    /// With `--propagate`: the trace context the kernel gave the request that the next `DATA`
+    /// event of the connection starts (a server request). Payload: [`super::TraceIds`]. Sent
+    /// just before that event, with the same time.
+    pub const CONTEXT: u8 = 5;
+    /// With `--propagate`: a `traceparent` the kernel wrote into the request that the next
+    /// `DATA` event of the connection starts (a client request). Payload: [`super::TraceIds`].
+    /// Its `ts_exit_ns` is the send's entry time, so that it sorts just before that event.
+    pub const INJECT: u8 = 6;
 }
+
+/// The W3C trace context of one request, as the kernel chose or read it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceIds {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// W3C trace flags.
+    pub flags: u8,
+    /// For `CONTEXT`: 1 when the trace id came from the request's own `traceparent`.
+    pub from_header: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Bytes of the header line the kernel injects: `traceparent: 00-<32>-<16>-<2>\r\n`.
+pub const TRACEPARENT_LINE_LEN: usize = 70;
 
 /// [`EventHeader::direction`]: which way the bytes went, for `DATA`; the role, for `OPEN`.
 pub mod direction {
@@ -267,7 +295,8 @@ const _: () = assert!(core::mem::size_of::<FdKey>() == 8);
 const _: () = assert!(EVENT_HEADER_LEN == 112);
 const _: () = assert!(EVENT_HEADER_LEN.is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
-const _: () = assert!(core::mem::size_of::<Config>() == 112);
+const _: () = assert!(core::mem::size_of::<Config>() == 120);
+const _: () = assert!(core::mem::size_of::<TraceIds>() == 32);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
 
 #[cfg(feature = "user")]
@@ -276,6 +305,7 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::ConnTuple {}
+    unsafe impl aya::Pod for super::TraceIds {}
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::FdKey {}
     unsafe impl aya::Pod for super::ConnInfo {}

@@ -12,6 +12,7 @@ mod conn;
 mod emit;
 mod filter;
 mod maps;
+mod propagate;
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
@@ -90,7 +91,16 @@ fn exit_data(ctx: &TracePointContext, dir: u8) -> Result<u32, u32> {
         (*buf).header.total_len = ret as u64;
     }
     let copied = emit::copy_payload(buf, &call, ret as u64);
-    emit::submit(buf, copied);
+    if config!(propagate) != 0 {
+        // Through the event buffer, not registers: every path arrives in the same state, so
+        // the verifier checks the (looping) scan once rather than once per path.
+        unsafe { (*buf).header.captured_len = copied as u32 };
+        propagate::after_copy();
+        let copied = unsafe { (*buf).header.captured_len } as u64;
+        emit::submit(buf, copied);
+    } else {
+        emit::submit(buf, copied);
+    }
     Ok(0)
 }
 

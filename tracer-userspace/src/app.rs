@@ -50,6 +50,8 @@ pub struct SinkConfig {
 pub struct Config {
     pub filter: Filter,
     pub capture_bytes: u32,
+    /// Inject `traceparent` into outgoing requests (`--propagate`).
+    pub propagate: bool,
     pub sinks: SinkConfig,
     /// Also write every captured event to this file.
     pub record: Option<PathBuf>,
@@ -153,7 +155,7 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let mut probes = Probes::attach(&config.filter, config.capture_bytes)?;
+    let mut probes = Probes::attach(&config.filter, config.capture_bytes, config.propagate)?;
     let ring = probes.take_events()?;
     // SAFETY: the ring buffer owns its map fd, which stays open until the AsyncFd drops it.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }

@@ -104,6 +104,12 @@ pub struct Cli {
         value_parser = clap::value_parser!(u32).range(64..=tracer_common::MAX_CAPTURE as i64)
     )]
     pub capture_bytes: u32,
+
+    /// Add a W3C `traceparent` header to outgoing plaintext HTTP/1.x requests of traced
+    /// processes that carry none, so that the agent on the receiving host continues the trace.
+    /// This changes the traced programs' traffic; off by default.
+    #[arg(long, env = "TRACER_PROPAGATE", global = true)]
+    pub propagate: bool,
 }
 
 /// What to do instead of tracing live.

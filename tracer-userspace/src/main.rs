@@ -82,6 +82,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             ports: cli.ports,
         },
         capture_bytes: cli.capture_bytes,
+        propagate: cli.propagate,
         sinks,
         record,
     };

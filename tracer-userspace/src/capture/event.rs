@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use tracer_common::{ConnTuple, EVENT_HEADER_LEN, EventHeader, direction, kind};
+use tracer_common::{ConnTuple, EVENT_HEADER_LEN, EventHeader, TraceIds, direction, kind};
 
 /// One captured event: a header and the payload bytes that were copied (a prefix of what the
 /// syscall moved).
@@ -35,7 +35,7 @@ impl<'a> Event<'a> {
             unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<EventHeader>()) };
         if !matches!(
             header.kind,
-            kind::DATA | kind::OPEN | kind::CLOSE | kind::EXIT
+            kind::DATA | kind::OPEN | kind::CLOSE | kind::EXIT | kind::CONTEXT | kind::INJECT
         ) {
             return Err(DecodeError::Kind(header.kind));
         }
@@ -53,6 +53,17 @@ impl<'a> Event<'a> {
     pub fn is_ingress(&self) -> bool {
         self.header.direction == direction::INGRESS
     }
+}
+
+/// The ids a `CONTEXT` or `INJECT` event carries; `None` for a short or invalid payload.
+pub fn trace_ids(payload: &[u8]) -> Option<TraceIds> {
+    if payload.len() < std::mem::size_of::<TraceIds>() {
+        return None;
+    }
+    // SAFETY: TraceIds is plain #[repr(C)] bytes, valid for any bit pattern; the payload holds
+    // at least its size.
+    let ids: TraceIds = unsafe { std::ptr::read_unaligned(payload.as_ptr().cast()) };
+    (ids.trace_id != [0; 16] && ids.span_id != [0; 8]).then_some(ids)
 }
 
 /// A NUL-padded kernel task name as text.

@@ -8,8 +8,8 @@ mod tracefs;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, SockHash},
+    programs::{CgroupAttachMode, SkMsg, SockOps, TracePoint},
 };
 use tracer_common::{
     COMM_LEN, Config, ConnInfo, FILTER_COMM, FILTER_PID, FILTER_PORT, FdKey, KernelOffsets,
@@ -50,6 +50,8 @@ pub enum CaptureError {
     },
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
+    #[error("--propagate cannot work here: {0}")]
+    Propagation(String),
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> CaptureError {
@@ -65,15 +67,22 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Load the programs with `filter` and `capture_bytes`, then attach every tracepoint.
-    pub fn attach(filter: &Filter, capture_bytes: u32) -> Result<Self, CaptureError> {
+    /// Load the programs with `filter` and `capture_bytes`, then attach every tracepoint;
+    /// with `propagate`, also the sock_ops program (to the cgroup v2 root) and the sk_msg
+    /// program that injects `traceparent`.
+    pub fn attach(
+        filter: &Filter,
+        capture_bytes: u32,
+        propagate: bool,
+    ) -> Result<Self, CaptureError> {
         if unsafe { libc::geteuid() } != 0 {
             return Err(CaptureError::NotRoot);
         }
         tracefs::ensure_mounted().map_err(CaptureError::Tracefs)?;
         let offsets = btf::kernel_offsets(&btf::Btf::from_kernel()?)?;
         raise_memlock();
-        let config = kernel_config(filter, capture_bytes, offsets);
+        let mut config = kernel_config(filter, capture_bytes, offsets);
+        config.propagate = propagate as u32;
         let mut ebpf = EbpfLoader::new()
             .override_global(maps::CONFIG, &config, true)
             .load(EBPF_OBJECT)
@@ -98,6 +107,9 @@ impl Probes {
             };
             program.load().map_err(wrap)?;
             program.attach(category, name).map_err(wrap)?;
+        }
+        if propagate {
+            attach_propagation(&mut ebpf)?;
         }
         Ok(Probes { ebpf })
     }
@@ -152,6 +164,64 @@ impl Probes {
     }
 }
 
+/// Where cgroup v2 is mounted (its root), from /proc/mounts.
+fn cgroup_v2_root() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&"cgroup2"))
+        .and_then(|f| f.get(1).map(std::path::PathBuf::from))
+}
+
+/// sock_ops on the cgroup v2 root puts traced processes' outgoing connections in the sock
+/// hash; sk_msg on that hash sees (and may extend) what they send.
+fn attach_propagation(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
+    const SOCK_OPS: &str = "tracer_sock_ops";
+    const SK_MSG: &str = "tracer_sk_msg";
+    const SOCKHASH: &str = "PROPAGATED";
+    let root = cgroup_v2_root().ok_or(CaptureError::Propagation(
+        "cgroup v2 is not mounted (mount -t cgroup2 none /sys/fs/cgroup)".into(),
+    ))?;
+    let cgroup = std::fs::File::open(&root).map_err(|e| {
+        CaptureError::Propagation(format!("opening the cgroup root {}: {e}", root.display()))
+    })?;
+    let wrap = |name: &'static str| {
+        move |e| CaptureError::Program {
+            name,
+            source: Box::new(e),
+        }
+    };
+    let map = ebpf
+        .map(SOCKHASH)
+        .ok_or(CaptureError::Missing(SOCKHASH))?;
+    let hash: SockHash<_, u64> = SockHash::try_from(map).map_err(map_err(SOCKHASH))?;
+    let map_fd = hash.fd().try_clone().map_err(|e| {
+        CaptureError::Propagation(format!("duplicating the sock hash descriptor: {e}"))
+    })?;
+    let msg: &mut SkMsg = ebpf
+        .program_mut(SK_MSG)
+        .ok_or(CaptureError::Missing(SK_MSG))?
+        .try_into()
+        .map_err(wrap(SK_MSG))?;
+    msg.load().map_err(wrap(SK_MSG))?;
+    msg.attach(&map_fd).map_err(wrap(SK_MSG))?;
+    let ops: &mut SockOps = ebpf
+        .program_mut(SOCK_OPS)
+        .ok_or(CaptureError::Missing(SOCK_OPS))?
+        .try_into()
+        .map_err(wrap(SOCK_OPS))?;
+    ops.load().map_err(wrap(SOCK_OPS))?;
+    ops.attach(cgroup, CgroupAttachMode::Single)
+        .map_err(wrap(SOCK_OPS))?;
+    log::info!(
+        "propagating trace context: traceparent is added to outgoing HTTP/1.x requests \
+         (sock_ops on {})",
+        root.display()
+    );
+    Ok(())
+}
+
 fn kernel_config(filter: &Filter, capture_bytes: u32, offsets: KernelOffsets) -> Config {
     let mut flags = 0;
     if !filter.pids.is_empty() {
@@ -169,6 +239,8 @@ fn kernel_config(filter: &Filter, capture_bytes: u32, offsets: KernelOffsets) ->
         filter_flags: flags,
         wakeup_bytes: WAKEUP_BYTES,
         offsets,
+        propagate: 0,
+        _pad: 0,
     }
 }
 

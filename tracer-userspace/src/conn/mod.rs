@@ -90,6 +90,11 @@ impl<S> Table<S> {
         &mut entry.state
     }
 
+    /// The connection `key`, if known (not counted as activity).
+    pub fn get_mut(&mut self, key: &ConnKey) -> Option<&mut S> {
+        self.entries.get_mut(key).map(|e| &mut e.state)
+    }
+
     /// Remove a connection (it was closed).
     pub fn remove(&mut self, key: &ConnKey) -> Option<S> {
         let e = self.entries.remove(key)?;

@@ -9,6 +9,8 @@ use crate::protocol::http1::{
     stream::{self, Chunk, Message, Reader, Side, Sink},
 };
 
+use tracer_common::TraceIds;
+
 use super::{
     ids::{IdGen, TraceParent},
     link::{Context, Linker},
@@ -80,6 +82,8 @@ struct Pairing {
 /// Per-feed context: the pairing plus what the chunk's event says.
 struct Feed<'a, 'e> {
     pairing: &'a mut Pairing,
+    /// Ids the kernel gave the next request (`--propagate`).
+    kernel_ids: &'a mut Option<TraceIds>,
     env: &'a mut Env<'e>,
     kind: Kind,
     tid: u32,
@@ -97,6 +101,9 @@ impl Sink for Feed<'_, '_> {
             Message::Request { head, ts } => {
                 let env = &mut *self.env;
                 let incoming = head.traceparent.as_deref().and_then(TraceParent::parse);
+                // With --propagate the kernel chose this request's ids (and, for a client
+                // request, wrote them into it): they are the ones the next hop sees.
+                let kernel = self.kernel_ids.take();
                 let mut suppressed = false;
                 let parent = match self.kind {
                     // An incoming trace context wins; else the client end on this host.
@@ -119,14 +126,24 @@ impl Sink for Feed<'_, '_> {
                         if suppressed {
                             None
                         } else {
-                            env.links.client_parent(env.tgid, self.tid)
+                            let parent = env.links.client_parent(env.tgid, self.tid);
+                            match &kernel {
+                                // The injected trace is the one the callee continues: a
+                                // parent in another trace would split the span from it.
+                                Some(k) => parent.filter(|p| p.trace_id == k.trace_id),
+                                None => parent,
+                            }
                         }
                     }
                 };
-                let span_id = env.ids.span_id();
-                let (trace_id, parent_span_id, trace_flags) = match parent {
-                    Some(p) => (p.trace_id, Some(p.span_id), p.flags),
-                    None => (env.ids.trace_id(), None, 1),
+                let span_id = match &kernel {
+                    Some(k) => k.span_id,
+                    None => env.ids.span_id(),
+                };
+                let (trace_id, parent_span_id, trace_flags) = match (parent, &kernel) {
+                    (Some(p), _) => (p.trace_id, Some(p.span_id), p.flags),
+                    (None, Some(k)) => (k.trace_id, None, k.flags),
+                    (None, None) => (env.ids.trace_id(), None, 1),
                 };
                 let ctx = Context {
                     trace_id,
@@ -255,6 +272,8 @@ pub struct Connection {
     requests: Reader,
     responses: Reader,
     pairing: Pairing,
+    /// Ids the kernel gave the next request to start here (`--propagate`).
+    kernel_ids: Option<TraceIds>,
     /// Kernel time of the last event seen.
     pub last_ns: u64,
 }
@@ -267,8 +286,15 @@ impl Connection {
             requests: Reader::capturing(Side::Request, capture_headers.clone()),
             responses: Reader::capturing(Side::Response, capture_headers.clone()),
             pairing: Pairing::default(),
+            kernel_ids: None,
             last_ns: 0,
         }
+    }
+
+    /// The kernel chose the ids of the next request to start on this connection: a server
+    /// request it read, or a client request it wrote a `traceparent` into.
+    pub fn expect_kernel_ids(&mut self, ids: TraceIds) {
+        self.kernel_ids = Some(ids);
     }
 
     /// Bytes moved on the connection. `ingress` is true for bytes into the traced process.
@@ -303,6 +329,7 @@ impl Connection {
         };
         let mut feed = Feed {
             pairing: &mut self.pairing,
+            kernel_ids: &mut self.kernel_ids,
             env,
             kind: role,
             tid,
@@ -336,6 +363,7 @@ impl Connection {
         if let Some(kind) = self.role {
             let mut feed = Feed {
                 pairing: &mut self.pairing,
+                kernel_ids: &mut self.kernel_ids,
                 env: &mut *env,
                 kind,
                 tid: 0,

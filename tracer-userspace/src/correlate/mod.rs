@@ -14,7 +14,7 @@ mod tests;
 use tracer_common::{direction, kind};
 
 use crate::{
-    capture::event::{Event, comm_str, endpoints},
+    capture::event::{Event, comm_str, endpoints, trace_ids},
     conn::{ConnKey, Limits, Table},
     protocol::http1::stream::Chunk,
 };
@@ -179,6 +179,19 @@ impl Pipeline {
                 let (local, remote, comm) = (c.conn.local, c.conn.remote, c.conn.comm);
                 for f in c.conn.http.take_finished() {
                     c.finished.push((key, local, remote, comm, f));
+                }
+            }
+            kind::CONTEXT | kind::INJECT => {
+                if let Some(ids) = trace_ids(ev.payload) {
+                    match self.conns.get_mut(&key) {
+                        Some(c) => c.http.expect_kernel_ids(ids),
+                        // A server read carries the connection's endpoints; an injection
+                        // does not, and its send's own event will not be far behind.
+                        None if h.kind == kind::CONTEXT => {
+                            self.conn(key, ev, None).conn.http.expect_kernel_ids(ids)
+                        }
+                        None => {}
+                    }
                 }
             }
             kind::CLOSE => {

@@ -1,0 +1,600 @@
+//! `--propagate`: W3C trace context carried across hosts by the kernel.
+//!
+//! - A traced thread that reads the start of an HTTP request gets a trace context: the trace
+//!   id of the request's own `traceparent` when it has one, else a new one, and a new span id
+//!   for the server span. The agent is told (a `CONTEXT` event), and uses these ids.
+//! - A traced process's outgoing TCP connections are put in a sock hash (sock_ops), so that
+//!   the sk_msg program sees what they send. When a send starts a plaintext HTTP/1.x request
+//!   without a `traceparent`, the program inserts one after the request line, with the
+//!   sending thread's trace id (or a new one) and a new span id, and tells the agent (an
+//!   `INJECT` event): the syscall capture sees only the program's own buffer.
+//!
+//! The sk_msg program changes a request only when it can see the request whole: the send must
+//! start at a request boundary and hold the complete head. It follows body lengths across
+//! sends and stops for good on a connection at anything it cannot follow (chunked bodies,
+//! pipelined requests, heads larger than it scans, bytes that are not HTTP): a missed
+//! injection loses a link, a wrong one would corrupt a request.
+
+use aya_ebpf::{
+    bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB, sk_action},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
+        generated::{bpf_get_socket_cookie, bpf_loop, bpf_msg_pull_data},
+    },
+    macros::{map, sk_msg, sock_ops},
+    maps::{LruHashMap, PerCpuArray, SockHash},
+    programs::{SkMsgContext, SockOpsContext},
+};
+use tracer_common::{EventHeader, TRACEPARENT_LINE_LEN, TraceIds, direction, kind};
+
+use crate::{
+    config,
+    filter::{ports_pass, process_comm, traced_task},
+    maps::{EVENTS, INFLIGHT, SCRATCH, count},
+};
+
+/// Bytes of a head scanned for its end and its headers.
+pub const SCAN_MAX: usize = 2048;
+const SCAN_MASK: usize = SCAN_MAX * 2 - 1;
+/// Header lines examined per head.
+const MAX_LINES: usize = 32;
+
+/// Outgoing connections of traced processes (keyed by socket cookie).
+#[map]
+pub static PROPAGATED: SockHash<u64> = SockHash::with_max_entries(65536, 0);
+
+/// Connections between connect() (where the caller is known) and establishment (where the
+/// sock hash may be updated).
+#[map]
+static CONNECTING: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// The trace context of the request each thread is serving, keyed by pid_tgid.
+#[map]
+static THREAD_CTX: LruHashMap<u64, TraceIds> = LruHashMap::with_max_entries(65536, 0);
+
+/// Where each propagated connection stands in its request stream, keyed by `struct sock`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Sending {
+    /// Body bytes of the current request still to come.
+    remaining: u64,
+    /// Set for good at anything the program cannot follow.
+    lost: u64,
+}
+
+#[map]
+static SENDING: LruHashMap<u64, Sending> = LruHashMap::with_max_entries(65536, 0);
+
+/// What a head scan found. Kept in map memory with the bytes, so the verifier does not track
+/// its values through the loops.
+#[repr(C)]
+pub struct Scan {
+    /// Offset just after the request line's CRLF.
+    pub line_end: u32,
+    /// Offset just after the empty line; 0 when the head does not end within the scan.
+    pub head_end: u32,
+    pub lines: u32,
+    pub has_traceparent: u32,
+    /// Offset of the `traceparent` value.
+    pub traceparent_at: u32,
+    pub chunked: u32,
+    pub content_length: u64,
+    pub line_starts: [u32; MAX_LINES],
+    /// Where the line scan starts (after the method), where it ends, and the current line.
+    pub from: u32,
+    pub n: u32,
+    pub last_start: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+pub struct ScanBuf {
+    pub data: [u8; SCAN_MAX * 2],
+    pub scan: Scan,
+    pub ids: TraceIds,
+    pub line: [u8; TRACEPARENT_LINE_LEN + 2],
+}
+
+#[map]
+static SCAN_BUF: PerCpuArray<ScanBuf> = PerCpuArray::with_max_entries(1, 0);
+
+/// An event with its trace ids.
+#[repr(C)]
+struct IdsEvent {
+    header: EventHeader,
+    ids: TraceIds,
+}
+
+#[inline(always)]
+fn lower(c: u8) -> u8 {
+    if c.is_ascii_uppercase() { c | 0x20 } else { c }
+}
+
+/// `d[i]`, masked so the verifier sees it in bounds. The index goes through a volatile read:
+/// otherwise the compiler proves the mask redundant from checks the verifier cannot relate.
+#[inline(always)]
+fn at(d: &[u8; SCAN_MAX * 2], i: u32) -> u8 {
+    let i = unsafe { core::ptr::read_volatile(&i) };
+    d[i as usize & SCAN_MASK]
+}
+
+/// Whether the line at `start` begins with `name` (lower case, with the colon).
+#[inline(always)]
+fn header_is(d: &[u8; SCAN_MAX * 2], start: u32, n: u32, name: &[u8]) -> bool {
+    if start + name.len() as u32 > n {
+        return false;
+    }
+    let mut k = 0;
+    while k < name.len() {
+        if lower(at(d, start + k as u32)) != name[k] {
+            return false;
+        }
+        k += 1;
+    }
+    true
+}
+
+/// Offset of a header's value: after the name and any spaces.
+#[inline(always)]
+fn value_at(d: &[u8; SCAN_MAX * 2], mut i: u32, n: u32) -> u32 {
+    let mut k = 0;
+    while k < 8 {
+        if i >= n || (at(d, i) != b' ' && at(d, i) != b'\t') {
+            break;
+        }
+        i += 1;
+        k += 1;
+    }
+    i
+}
+
+/// One byte of the line scan: `i` counts from `Scan::from`. Returns 1 to stop.
+extern "C" fn line_step(i: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+    let Some(b) = SCAN_BUF.get_ptr_mut(0) else {
+        return 1;
+    };
+    let b = unsafe { &mut *b };
+    let i = (i as u32).wrapping_add(b.scan.from);
+    if i + 1 >= b.scan.n || i as usize >= SCAN_MAX {
+        return 1;
+    }
+    if at(&b.data, i) != b'\r' || at(&b.data, i + 1) != b'\n' {
+        return 0;
+    }
+    let s = &mut b.scan;
+    if i == s.last_start && s.last_start != 0 {
+        s.head_end = i + 2;
+        return 1;
+    }
+    if s.line_end == 0 {
+        s.line_end = i + 2;
+    } else if (s.lines as usize) < MAX_LINES {
+        s.line_starts[s.lines as usize & (MAX_LINES - 1)] = s.last_start;
+        s.lines += 1;
+    }
+    s.last_start = i + 2;
+    0
+}
+
+/// Scan the first `n` bytes of `b.data` as the start of an HTTP/1.x request. Returns false
+/// when they do not start one.
+#[inline(always)]
+pub fn scan_request(b: &mut ScanBuf, n: u32) -> bool {
+    let n = if n as usize > SCAN_MAX {
+        SCAN_MAX as u32
+    } else {
+        n
+    };
+    // A method: 1 to 15 upper-case letters, then a space.
+    let mut m = 0u32;
+    while m < 16 {
+        if m >= n {
+            return false;
+        }
+        let c = at(&b.data, m);
+        if c == b' ' {
+            break;
+        }
+        if !c.is_ascii_uppercase() {
+            return false;
+        }
+        m += 1;
+    }
+    if m == 0 || m == 16 {
+        return false;
+    }
+    let s = &mut b.scan;
+    s.line_end = 0;
+    s.head_end = 0;
+    s.lines = 0;
+    s.has_traceparent = 0;
+    s.traceparent_at = 0;
+    s.chunked = 0;
+    s.content_length = 0;
+    s.from = m;
+    s.n = n;
+    s.last_start = 0;
+    // Line ends, through bpf_loop: the verifier checks the step once, not once per byte.
+    unsafe {
+        bpf_loop(
+            n - m,
+            line_step as *mut core::ffi::c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    let s = &mut b.scan;
+    if s.line_end == 0 {
+        return true;
+    }
+    // The request line must end in an HTTP/1.x version.
+    if s.line_end < 12 {
+        s.line_end = 0;
+        return true;
+    }
+    let v = s.line_end - 10;
+    if at(&b.data, v) != b'H'
+        || at(&b.data, v + 1) != b'T'
+        || at(&b.data, v + 5) != b'/'
+        || at(&b.data, v + 6) != b'1'
+    {
+        s.line_end = 0;
+        return true;
+    }
+    let mut l = 0usize;
+    while l < MAX_LINES {
+        if l as u32 >= s.lines {
+            break;
+        }
+        let start = s.line_starts[l & (MAX_LINES - 1)];
+        if header_is(&b.data, start, n, b"traceparent:") {
+            s.has_traceparent = 1;
+            s.traceparent_at = value_at(&b.data, start + 12, n);
+        } else if header_is(&b.data, start, n, b"transfer-encoding:") {
+            s.chunked = 1;
+        } else if header_is(&b.data, start, n, b"content-length:") {
+            let mut i = value_at(&b.data, start + 15, n);
+            let mut value = 0u64;
+            let mut k = 0;
+            while k < 19 {
+                if i >= n {
+                    break;
+                }
+                let c = at(&b.data, i);
+                if !c.is_ascii_digit() {
+                    break;
+                }
+                value = value * 10 + (c - b'0') as u64;
+                i += 1;
+                k += 1;
+            }
+            s.content_length = value;
+        }
+        l += 1;
+    }
+    true
+}
+
+/// A hex digit's value; 16 for anything else (no `Option`: its undefined payload becomes a
+/// read of an uninitialised register, which the verifier refuses).
+#[inline(always)]
+fn hex_value(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        b'A'..=b'F' => c - b'A' + 10,
+        _ => 16,
+    }
+}
+
+/// Parse `00-<trace>-<span>-<flags>` at `i`: the trace id and flags into `ids`.
+#[inline(always)]
+fn parse_traceparent(d: &[u8; SCAN_MAX * 2], i: u32, n: u32, ids: &mut TraceIds) -> bool {
+    if i + 55 > n || at(d, i + 2) != b'-' || at(d, i + 35) != b'-' || at(d, i + 52) != b'-' {
+        return false;
+    }
+    let mut k = 0u32;
+    let mut any = 0u8;
+    while k < 16 {
+        let hi = hex_value(at(d, i + 3 + 2 * k));
+        let lo = hex_value(at(d, i + 4 + 2 * k));
+        if hi > 15 || lo > 15 {
+            return false;
+        }
+        ids.trace_id[k as usize & 15] = hi << 4 | lo;
+        any |= hi << 4 | lo;
+        k += 1;
+    }
+    let hi = hex_value(at(d, i + 53));
+    let lo = hex_value(at(d, i + 54));
+    if hi > 15 || lo > 15 {
+        return false;
+    }
+    ids.flags = hi << 4 | lo;
+    any != 0
+}
+
+#[inline(always)]
+fn random_bytes(dst: &mut [u8]) {
+    let mut k = 0;
+    while k + 4 <= dst.len() {
+        let r = unsafe { bpf_get_prandom_u32() }.to_le_bytes();
+        dst[k] = r[0];
+        dst[k + 1] = r[1];
+        dst[k + 2] = r[2];
+        dst[k + 3] = r[3];
+        k += 4;
+    }
+    // An all-zero id is invalid.
+    dst[0] |= 1;
+}
+
+/// After a data event's payload is in the scratch buffer (its `captured_len` set): a read
+/// that starts a request gives the thread a trace context, announced to the agent just
+/// before the event; a write that starts a response ends it. Not inlined, and reading
+/// everything from maps: the verifier checks it once for all callers.
+#[inline(never)]
+pub fn after_copy() {
+    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let header = unsafe { &(*buf).header };
+    let n = core::cmp::min(header.captured_len, SCAN_MAX as u32);
+    if n < 5 {
+        return;
+    }
+    let data = unsafe { (*buf).data.as_ptr() };
+    if header.direction != direction::INGRESS {
+        let Ok(start) =
+            (unsafe { aya_ebpf::helpers::bpf_probe_read_kernel::<[u8; 5]>(data.cast()) })
+        else {
+            return;
+        };
+        if &start == b"HTTP/" {
+            let _ = THREAD_CTX.remove(bpf_get_current_pid_tgid());
+        }
+        return;
+    }
+    let Some(b) = SCAN_BUF.get_ptr_mut(0) else {
+        return;
+    };
+    let b = unsafe { &mut *b };
+    if unsafe { bpf_probe_read_kernel_buf(data, &mut b.data[..n as usize & (SCAN_MAX * 2 - 1)]) }
+        .is_err()
+    {
+        return;
+    }
+    if !scan_request(b, n) {
+        return;
+    }
+    let ids = &mut b.ids;
+    *ids = TraceIds::default();
+    let found = b.scan.has_traceparent != 0
+        && parse_traceparent(&b.data, b.scan.traceparent_at, n, ids);
+    if found {
+        ids.from_header = 1;
+    } else {
+        random_bytes(&mut ids.trace_id);
+        ids.flags = 1;
+    }
+    random_bytes(&mut ids.span_id);
+    let _ = THREAD_CTX.insert(bpf_get_current_pid_tgid(), *ids, 0);
+    emit_ids(header, kind::CONTEXT, header.ts_exit_ns, ids);
+}
+
+/// Send an event with `ids` for the connection of `header` (copied), of kind `k`, stamped `ts`.
+#[inline(always)]
+pub fn emit_ids(header: &EventHeader, k: u8, ts: u64, ids: &TraceIds) {
+    let Some(mut entry) = EVENTS.reserve::<IdsEvent>(0) else {
+        count(tracer_common::counter::RINGBUF_FULL);
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    unsafe {
+        (*e).header = *header;
+        (*e).header.kind = k;
+        (*e).header.ts_exit_ns = ts;
+        (*e).header.total_len = 0;
+        (*e).header.captured_len = core::mem::size_of::<TraceIds>() as u32;
+        (*e).ids = *ids;
+    }
+    entry.submit(aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64);
+    count(tracer_common::counter::EVENTS);
+}
+
+#[sock_ops]
+pub fn tracer_sock_ops(ctx: SockOpsContext) -> u32 {
+    if config!(propagate) != 0 {
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+        match ctx.op() {
+            // In the connecting task: the filters apply.
+            BPF_SOCK_OPS_TCP_CONNECT_CB => {
+                let remote = u32::from_be(ctx.remote_port()) as u16;
+                if traced_task().is_some() && ports_pass(ctx.local_port() as u16, remote) {
+                    let _ = CONNECTING.insert(cookie, 1, 0);
+                }
+            }
+            BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+                if unsafe { CONNECTING.get(cookie) }.is_some() {
+                    let _ = CONNECTING.remove(cookie);
+                    let mut key = cookie;
+                    let _ = PROPAGATED.update(&mut key, unsafe { &mut *ctx.ops }, 0);
+                }
+            }
+            _ => {}
+        }
+    }
+    1
+}
+
+#[sk_msg]
+pub fn tracer_sk_msg(ctx: SkMsgContext) -> u32 {
+    let _ = inject(&ctx);
+    sk_action::SK_PASS
+}
+
+#[inline(always)]
+fn lose(sk: u64) {
+    let _ = SENDING.insert(
+        sk,
+        Sending {
+            remaining: 0,
+            lost: 1,
+        },
+        0,
+    );
+}
+
+#[inline(always)]
+fn inject(ctx: &SkMsgContext) -> Option<()> {
+    let pid_tgid = traced_task()?;
+    let sk = unsafe { (*ctx.msg).__bindgen_anon_3.sk } as u64;
+    let size = ctx.size() as u64;
+    let mut st = unsafe { SENDING.get(sk) }.copied().unwrap_or(Sending {
+        remaining: 0,
+        lost: 0,
+    });
+    if st.lost != 0 {
+        return None;
+    }
+    if st.remaining > 0 {
+        if size <= st.remaining {
+            st.remaining -= size;
+            let _ = SENDING.insert(sk, st, 0);
+        } else {
+            // The next request starts inside this send: not followed.
+            lose(sk);
+        }
+        return None;
+    }
+    // A request should start here.
+    let n = core::cmp::min(size, SCAN_MAX as u64) as u32;
+    if unsafe { bpf_msg_pull_data(ctx.msg, 0, n, 0) } != 0 {
+        lose(sk);
+        return None;
+    }
+    let b = SCAN_BUF.get_ptr_mut(0)?;
+    let b = unsafe { &mut *b };
+    let avail = (ctx.data_end() - ctx.data()) as u32;
+    let n = core::cmp::min(n, avail);
+    if unsafe {
+        bpf_probe_read_kernel_buf(
+            ctx.data() as *const u8,
+            &mut b.data[..n as usize & (SCAN_MAX * 2 - 1)],
+        )
+    }
+    .is_err()
+    {
+        lose(sk);
+        return None;
+    }
+    if !scan_request(b, n) || b.scan.line_end == 0 || b.scan.head_end == 0 {
+        lose(sk);
+        return None;
+    }
+    let total = b.scan.head_end as u64 + b.scan.content_length;
+    if b.scan.chunked != 0 || size > total {
+        // Chunked bodies and pipelined requests are not followed past this request.
+        lose(sk);
+    } else {
+        st.remaining = total - size;
+        let _ = SENDING.insert(sk, st, 0);
+    }
+    if b.scan.has_traceparent != 0 {
+        // The program propagates context itself.
+        return None;
+    }
+    let ids = &mut b.ids;
+    *ids = TraceIds::default();
+    match unsafe { THREAD_CTX.get(pid_tgid) } {
+        Some(serving) => {
+            ids.trace_id = serving.trace_id;
+            ids.flags = serving.flags;
+        }
+        None => {
+            random_bytes(&mut ids.trace_id);
+            ids.flags = 1;
+        }
+    }
+    random_bytes(&mut ids.span_id);
+    write_line(&mut b.line, &b.ids);
+    let at = b.scan.line_end;
+    if ctx
+        .push_data(at, TRACEPARENT_LINE_LEN as u32, 0)
+        .is_err()
+    {
+        return None;
+    }
+    if unsafe { bpf_msg_pull_data(ctx.msg, at, at + TRACEPARENT_LINE_LEN as u32, 0) } != 0 {
+        return None;
+    }
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + TRACEPARENT_LINE_LEN > end {
+        return None;
+    }
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            b.line.as_ptr(),
+            data as *mut u8,
+            TRACEPARENT_LINE_LEN,
+        )
+    };
+    // The agent's view: sorted with the send's own event, just before it.
+    let ts = match unsafe { INFLIGHT.get(pid_tgid) } {
+        Some(call) => call.ts_enter,
+        None => unsafe { bpf_ktime_get_ns() },
+    };
+    let header = EventHeader {
+        ts_enter_ns: ts,
+        ts_exit_ns: ts,
+        sock: sk,
+        total_len: 0,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        fd: -1,
+        captured_len: 0,
+        kind: kind::INJECT,
+        direction: direction::EGRESS,
+        syscall: 0,
+        _pad: [0; 5],
+        tuple: Default::default(),
+        comm: process_comm().unwrap_or_default(),
+    };
+    emit_ids(&header, kind::INJECT, ts, &b.ids);
+    Some(())
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `traceparent: 00-<trace>-<span>-<flags>\r\n`
+#[inline(always)]
+fn write_line(line: &mut [u8; TRACEPARENT_LINE_LEN + 2], ids: &TraceIds) {
+    let prefix = b"traceparent: 00-";
+    let mut k = 0;
+    while k < prefix.len() {
+        line[k] = prefix[k];
+        k += 1;
+    }
+    let mut o = prefix.len();
+    k = 0;
+    while k < 16 {
+        line[o] = HEX[(ids.trace_id[k] >> 4) as usize];
+        line[o + 1] = HEX[(ids.trace_id[k] & 15) as usize];
+        o += 2;
+        k += 1;
+    }
+    line[o] = b'-';
+    o += 1;
+    k = 0;
+    while k < 8 {
+        line[o] = HEX[(ids.span_id[k] >> 4) as usize];
+        line[o + 1] = HEX[(ids.span_id[k] & 15) as usize];
+        o += 2;
+        k += 1;
+    }
+    line[o] = b'-';
+    line[o + 1] = HEX[(ids.flags >> 4) as usize];
+    line[o + 2] = HEX[(ids.flags & 15) as usize];
+    line[o + 3] = b'\r';
+    line[o + 4] = b'\n';
+}
