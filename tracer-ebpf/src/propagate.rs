@@ -176,10 +176,49 @@ extern "C" fn line_step(i: u64, _ctx: *mut core::ffi::c_void) -> i64 {
     0
 }
 
+/// One header line of the scan: line `l` of `Scan::line_starts`. Returns 1 to stop.
+extern "C" fn header_step(l: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+    let Some(b) = SCAN_BUF.get_ptr_mut(0) else {
+        return 1;
+    };
+    let b = unsafe { &mut *b };
+    let n = core::cmp::min(b.scan.n, SCAN_MAX as u32);
+    let start = b.scan.line_starts[l as usize & (MAX_LINES - 1)];
+    if header_is(&b.data, start, n, b"traceparent:") {
+        b.scan.has_traceparent = 1;
+        b.scan.traceparent_at = value_at(&b.data, start + 12, n);
+    } else if header_is(&b.data, start, n, b"transfer-encoding:") {
+        b.scan.chunked = 1;
+    } else if header_is(&b.data, start, n, b"content-length:") {
+        let mut i = value_at(&b.data, start + 15, n);
+        let mut value = 0u64;
+        let mut k = 0;
+        while k < 19 {
+            if i >= n {
+                break;
+            }
+            let c = at(&b.data, i);
+            if !c.is_ascii_digit() {
+                break;
+            }
+            value = value * 10 + (c - b'0') as u64;
+            i += 1;
+            k += 1;
+        }
+        b.scan.content_length = value;
+    }
+    0
+}
+
 /// Scan the first `n` bytes of `b.data` as the start of an HTTP/1.x request. Returns false
 /// when they do not start one.
+///
+/// Takes a raw pointer: the bpf_loop step writes the scan through its own pointer to the same
+/// map value, so no reference may stay live across that call (the compiler would keep the
+/// values it wrote before it).
 #[inline(always)]
-pub fn scan_request(b: &mut ScanBuf, n: u32) -> bool {
+pub fn scan_request(ptr: *mut ScanBuf, n: u32) -> bool {
+    let b = unsafe { &mut *ptr };
     let n = if n as usize > SCAN_MAX {
         SCAN_MAX as u32
     } else {
@@ -223,6 +262,7 @@ pub fn scan_request(b: &mut ScanBuf, n: u32) -> bool {
             0,
         )
     };
+    let b = unsafe { &mut *ptr };
     let s = &mut b.scan;
     if s.line_end == 0 {
         return true;
@@ -235,43 +275,22 @@ pub fn scan_request(b: &mut ScanBuf, n: u32) -> bool {
     let v = s.line_end - 10;
     if at(&b.data, v) != b'H'
         || at(&b.data, v + 1) != b'T'
-        || at(&b.data, v + 5) != b'/'
-        || at(&b.data, v + 6) != b'1'
+        || at(&b.data, v + 4) != b'/'
+        || at(&b.data, v + 5) != b'1'
     {
         s.line_end = 0;
         return true;
     }
-    let mut l = 0usize;
-    while l < MAX_LINES {
-        if l as u32 >= s.lines {
-            break;
-        }
-        let start = s.line_starts[l & (MAX_LINES - 1)];
-        if header_is(&b.data, start, n, b"traceparent:") {
-            s.has_traceparent = 1;
-            s.traceparent_at = value_at(&b.data, start + 12, n);
-        } else if header_is(&b.data, start, n, b"transfer-encoding:") {
-            s.chunked = 1;
-        } else if header_is(&b.data, start, n, b"content-length:") {
-            let mut i = value_at(&b.data, start + 15, n);
-            let mut value = 0u64;
-            let mut k = 0;
-            while k < 19 {
-                if i >= n {
-                    break;
-                }
-                let c = at(&b.data, i);
-                if !c.is_ascii_digit() {
-                    break;
-                }
-                value = value * 10 + (c - b'0') as u64;
-                i += 1;
-                k += 1;
-            }
-            s.content_length = value;
-        }
-        l += 1;
-    }
+    let lines = s.lines;
+    // Header lines, one bpf_loop step each.
+    unsafe {
+        bpf_loop(
+            lines,
+            header_step as *mut core::ffi::c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
     true
 }
 
@@ -358,19 +377,21 @@ pub fn after_copy() {
     let Some(b) = SCAN_BUF.get_ptr_mut(0) else {
         return;
     };
-    let b = unsafe { &mut *b };
+    let ptr = b;
+    let b = unsafe { &mut *ptr };
     if unsafe { bpf_probe_read_kernel_buf(data, &mut b.data[..n as usize & (SCAN_MAX * 2 - 1)]) }
         .is_err()
     {
         return;
     }
-    if !scan_request(b, n) {
+    if !scan_request(ptr, n) {
         return;
     }
+    let b = unsafe { &mut *ptr };
     let ids = &mut b.ids;
     *ids = TraceIds::default();
-    let found = b.scan.has_traceparent != 0
-        && parse_traceparent(&b.data, b.scan.traceparent_at, n, ids);
+    let found =
+        b.scan.has_traceparent != 0 && parse_traceparent(&b.data, b.scan.traceparent_at, n, ids);
     if found {
         ids.from_header = 1;
     } else {
@@ -417,6 +438,16 @@ pub fn tracer_sock_ops(ctx: SockOpsContext) -> u32 {
             BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
                 if unsafe { CONNECTING.get(cookie) }.is_some() {
                     let _ = CONNECTING.remove(cookie);
+                    // A new connection may reuse a closed one's `struct sock`: start afresh.
+                    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk } as u64;
+                    let _ = SENDING.insert(
+                        sk,
+                        Sending {
+                            remaining: 0,
+                            lost: 0,
+                        },
+                        0,
+                    );
                     let mut key = cookie;
                     let _ = PROPAGATED.update(&mut key, unsafe { &mut *ctx.ops }, 0);
                 }
@@ -473,8 +504,8 @@ fn inject(ctx: &SkMsgContext) -> Option<()> {
         lose(sk);
         return None;
     }
-    let b = SCAN_BUF.get_ptr_mut(0)?;
-    let b = unsafe { &mut *b };
+    let ptr = SCAN_BUF.get_ptr_mut(0)?;
+    let b = unsafe { &mut *ptr };
     let avail = (ctx.data_end() - ctx.data()) as u32;
     let n = core::cmp::min(n, avail);
     if unsafe {
@@ -488,7 +519,12 @@ fn inject(ctx: &SkMsgContext) -> Option<()> {
         lose(sk);
         return None;
     }
-    if !scan_request(b, n) || b.scan.line_end == 0 || b.scan.head_end == 0 {
+    if !scan_request(ptr, n) {
+        lose(sk);
+        return None;
+    }
+    let b = unsafe { &mut *ptr };
+    if b.scan.line_end == 0 || b.scan.head_end == 0 {
         lose(sk);
         return None;
     }
@@ -519,10 +555,7 @@ fn inject(ctx: &SkMsgContext) -> Option<()> {
     random_bytes(&mut ids.span_id);
     write_line(&mut b.line, &b.ids);
     let at = b.scan.line_end;
-    if ctx
-        .push_data(at, TRACEPARENT_LINE_LEN as u32, 0)
-        .is_err()
-    {
+    if ctx.push_data(at, TRACEPARENT_LINE_LEN as u32, 0).is_err() {
         return None;
     }
     if unsafe { bpf_msg_pull_data(ctx.msg, at, at + TRACEPARENT_LINE_LEN as u32, 0) } != 0 {
@@ -533,11 +566,7 @@ fn inject(ctx: &SkMsgContext) -> Option<()> {
         return None;
     }
     unsafe {
-        core::ptr::copy_nonoverlapping(
-            b.line.as_ptr(),
-            data as *mut u8,
-            TRACEPARENT_LINE_LEN,
-        )
+        core::ptr::copy_nonoverlapping(b.line.as_ptr(), data as *mut u8, TRACEPARENT_LINE_LEN)
     };
     // The agent's view: sorted with the send's own event, just before it.
     let ts = match unsafe { INFLIGHT.get(pid_tgid) } {

@@ -192,9 +192,7 @@ fn attach_propagation(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
             source: Box::new(e),
         }
     };
-    let map = ebpf
-        .map(SOCKHASH)
-        .ok_or(CaptureError::Missing(SOCKHASH))?;
+    let map = ebpf.map(SOCKHASH).ok_or(CaptureError::Missing(SOCKHASH))?;
     let hash: SockHash<_, u64> = SockHash::try_from(map).map_err(map_err(SOCKHASH))?;
     let map_fd = hash.fd().try_clone().map_err(|e| {
         CaptureError::Propagation(format!("duplicating the sock hash descriptor: {e}"))
