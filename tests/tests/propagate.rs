@@ -108,11 +108,13 @@ fn check_bytes(
     lines
 }
 
+/// One case: its name, the bytes sent, where its requests start, the bytes received.
+type Case = (String, Vec<u8>, Vec<usize>, Vec<u8>);
+
 struct Run {
     client_spans: Vec<Received>,
     server_spans: Vec<Received>,
-    /// Case -> (sent, starts, received).
-    cases: Vec<(String, Vec<u8>, Vec<usize>, Vec<u8>)>,
+    cases: Vec<Case>,
 }
 
 fn spawn(mut cmd: std::process::Command) -> Child {
