@@ -39,17 +39,16 @@ fn chain() -> Chain {
     Chain { python, node, java }
 }
 
-fn agent(receiver: &Receiver, c: &Chain) -> Agent {
+fn agent(receiver: &Receiver, c: &Chain, extra: &[&str]) -> Agent {
     let ports: Vec<String> = [c.python.port, c.node.port, c.java.port]
         .iter()
         .map(u16::to_string)
         .collect();
-    Agent::exporting(
-        receiver,
-        &[
-            "--port", &ports[0], "--port", &ports[1], "--port", &ports[2],
-        ],
-    )
+    let mut args = vec![
+        "--port", &ports[0], "--port", &ports[1], "--port", &ports[2],
+    ];
+    args.extend(extra);
+    Agent::exporting(receiver, &args)
 }
 
 /// The span of `pid` of the given kind.
@@ -80,9 +79,20 @@ fn parent_of(child: &Received, parent: &Received) {
 
 #[test]
 fn three_services_one_trace() {
+    three_services(&[]);
+}
+
+/// With `--propagate` every request on the way carries the kernel's `traceparent`, and the
+/// kernel's per-thread context must agree with the links made in userspace.
+#[test]
+fn three_services_one_trace_with_propagate() {
+    three_services(&["--propagate"]);
+}
+
+fn three_services(extra: &[&str]) {
     let receiver = Receiver::start();
     let c = chain();
-    let mut agent = agent(&receiver, &c);
+    let mut agent = agent(&receiver, &c, extra);
     let run = curl(&format!("http://127.0.0.1:{}/chain", c.python.port), &[]);
     assert_eq!(run.status, 200);
     let spans = receiver.wait_spans(6, |_| true);
@@ -110,9 +120,19 @@ fn three_services_one_trace() {
 
 #[test]
 fn an_incoming_traceparent_is_continued_through_the_chain() {
+    incoming_traceparent(&[]);
+}
+
+/// The kernel reads the incoming `traceparent` itself and carries its trace id on.
+#[test]
+fn an_incoming_traceparent_is_continued_through_the_chain_with_propagate() {
+    incoming_traceparent(&["--propagate"]);
+}
+
+fn incoming_traceparent(extra: &[&str]) {
     let receiver = Receiver::start();
     let c = chain();
-    let mut agent = agent(&receiver, &c);
+    let mut agent = agent(&receiver, &c, extra);
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let header = format!("traceparent: 00-{trace}-00f067aa0ba902b7-01");
     let run = curl(
