@@ -7,7 +7,7 @@ use tracer_e2e::{
     agent::Agent,
     free_port,
     receiver::{Received, Receiver},
-    servers::{Server, curl, script, spawn_server},
+    servers::{Server, curl, python_http, script, spawn_server},
 };
 
 struct Chain {
@@ -210,4 +210,28 @@ fn an_sdk_instrumented_program_gets_no_duplicate_spans() {
         "the callee continues the SDK's trace"
     );
     assert_eq!(hex(&server_span.span.parent_span_id), sdk_span);
+}
+
+/// A `traceparent` that sits past the capture window (2048 bytes by default) in a request head
+/// read whole: the kernel finds it in the rest of the read.
+#[test]
+fn a_traceparent_past_the_capture_window_is_continued() {
+    let receiver = Receiver::start();
+    let port = free_port();
+    let server = python_http(port);
+    let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let padding = format!("X-Padding: {}", "p".repeat(3000));
+    let header = format!("traceparent: 00-{trace}-10f067aa0ba902b8-01");
+    let run = curl(
+        &format!("http://127.0.0.1:{port}/"),
+        &["-H", &padding, "-H", &header],
+    );
+    assert_eq!(run.status, 200);
+    let spans = receiver.wait_spans(1, |s| s.is_server());
+    agent.stop();
+    let span = span(&spans, server.pid(), true);
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(hex(&span.span.trace_id), trace);
+    assert_eq!(hex(&span.span.parent_span_id), "10f067aa0ba902b8");
 }

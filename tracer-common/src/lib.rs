@@ -188,7 +188,16 @@ pub mod kind {
     /// `DATA` event of the connection starts (a client request). Payload: [`super::TraceIds`].
     /// Its `ts_exit_ns` is the send's entry time, so that it sorts just before that event.
     pub const INJECT: u8 = 6;
+    /// A `traceparent` value found in a request head beyond the capture window of the read
+    /// that the next `DATA` event of the connection reports. Payload: the value's
+    /// [`super::TRACEPARENT_VALUE_LEN`] bytes. Sent just before that event, with the same time.
+    pub const TRACEPARENT: u8 = 7;
 }
+
+/// Length of a version-00 `traceparent` value: `00-<32 hex>-<16 hex>-<2 hex>`.
+pub const TRACEPARENT_VALUE_LEN: usize = 55;
+/// Bytes of a read beyond the capture window searched for a request's `traceparent`.
+pub const FAR_SCAN_MAX: u32 = 32 * 1024;
 
 /// The W3C trace context of one request, as the kernel chose or read it.
 #[repr(C)]

@@ -91,7 +91,8 @@ fn exit_data(ctx: &TracePointContext, dir: u8) -> Result<u32, u32> {
         (*buf).header.total_len = ret as u64;
     }
     let copied = emit::copy_payload(buf, &call, ret as u64);
-    if config!(propagate) != 0 {
+    if config!(propagate) != 0 || (dir == direction::INGRESS && ret as u64 > copied) {
+        propagate::set_user_buffer(if call.mode == MODE_PLAIN { call.buf } else { 0 });
         // Through the event buffer, not registers: every path arrives in the same state, so
         // the verifier checks the (looping) scan once rather than once per path.
         unsafe { (*buf).header.captured_len = copied as u32 };

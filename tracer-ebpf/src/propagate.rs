@@ -1,4 +1,5 @@
-//! `--propagate`: W3C trace context carried across hosts by the kernel.
+//! Trace context in the kernel: `traceparent` found past the capture window, and
+//! `--propagate`, W3C trace context carried across hosts.
 //!
 //! - A traced thread that reads the start of an HTTP request gets a trace context: the trace
 //!   id of the request's own `traceparent` when it has one, else a new one, and a new span id
@@ -25,7 +26,10 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, SockHash},
     programs::{SkMsgContext, SockOpsContext},
 };
-use tracer_common::{EventHeader, TRACEPARENT_LINE_LEN, TraceIds, direction, kind};
+use tracer_common::{
+    EventHeader, FAR_SCAN_MAX, TRACEPARENT_LINE_LEN, TRACEPARENT_VALUE_LEN, TraceIds, direction,
+    kind,
+};
 
 use crate::{
     config,
@@ -93,6 +97,28 @@ pub struct ScanBuf {
     pub scan: Scan,
     pub ids: TraceIds,
     pub line: [u8; TRACEPARENT_LINE_LEN + 2],
+    /// The read's buffer in user memory (0 when it is not one plain buffer), and where the
+    /// search beyond the capture window stands.
+    pub far_user: u64,
+    pub far_from: u32,
+    pub far_to: u32,
+    /// Offset of a `traceparent` value found there, or 0.
+    pub far_found: u32,
+    pub _far_pad: u32,
+    pub chunk: [u8; FAR_CHUNK * 2],
+    pub far_event: FarEvent,
+}
+
+/// Bytes read from user memory per step of the far search; consecutive steps overlap by
+/// [`FAR_OVERLAP`] so that a header name across two steps is still seen.
+const FAR_CHUNK: usize = 256;
+const FAR_OVERLAP: u32 = 16;
+
+/// A `TRACEPARENT` event.
+#[repr(C)]
+pub struct FarEvent {
+    pub header: EventHeader,
+    pub value: [u8; 64],
 }
 
 #[map]
@@ -348,10 +374,14 @@ fn random_bytes(dst: &mut [u8]) {
     dst[0] |= 1;
 }
 
-/// After a data event's payload is in the scratch buffer (its `captured_len` set): a read
-/// that starts a request gives the thread a trace context, announced to the agent just
-/// before the event; a write that starts a response ends it. Not inlined, and reading
-/// everything from maps: the verifier checks it once for all callers.
+/// After a data event's payload is in the scratch buffer (its `captured_len` set), before the
+/// event is sent:
+/// - a read that starts a request whose head goes on past the capture window is searched
+///   further, in user memory, for its `traceparent` (a `TRACEPARENT` event);
+/// - with `--propagate`, a read that starts a request gives the thread a trace context (a
+///   `CONTEXT` event), and a write that starts a response ends it.
+///
+/// Not inlined, and reading everything from maps: the verifier checks it once for all callers.
 #[inline(never)]
 pub fn after_copy() {
     let Some(buf) = SCRATCH.get_ptr_mut(0) else {
@@ -359,11 +389,16 @@ pub fn after_copy() {
     };
     let header = unsafe { &(*buf).header };
     let n = core::cmp::min(header.captured_len, SCAN_MAX as u32);
+    let propagate = config!(propagate) != 0;
+    let large = header.total_len > header.captured_len as u64;
     if n < 5 {
         return;
     }
     let data = unsafe { (*buf).data.as_ptr() };
     if header.direction != direction::INGRESS {
+        if !propagate {
+            return;
+        }
         let Ok(start) =
             (unsafe { aya_ebpf::helpers::bpf_probe_read_kernel::<[u8; 5]>(data.cast()) })
         else {
@@ -372,6 +407,9 @@ pub fn after_copy() {
         if &start == b"HTTP/" {
             let _ = THREAD_CTX.remove(bpf_get_current_pid_tgid());
         }
+        return;
+    }
+    if !propagate && !large {
         return;
     }
     let Some(b) = SCAN_BUF.get_ptr_mut(0) else {
@@ -388,10 +426,25 @@ pub fn after_copy() {
         return;
     }
     let b = unsafe { &mut *ptr };
+    let far = large
+        && b.scan.head_end == 0
+        && b.scan.has_traceparent == 0
+        && b.far_user != 0
+        && far_traceparent(ptr, header);
+    if !propagate {
+        return;
+    }
+    let b = unsafe { &mut *ptr };
     let ids = &mut b.ids;
     *ids = TraceIds::default();
-    let found =
-        b.scan.has_traceparent != 0 && parse_traceparent(&b.data, b.scan.traceparent_at, n, ids);
+    let found = if b.scan.has_traceparent != 0 {
+        parse_traceparent(&b.data, b.scan.traceparent_at, n, ids)
+    } else if far {
+        // The value was copied to the start of `data` by the far search.
+        parse_traceparent(&b.data, 0, TRACEPARENT_VALUE_LEN as u32, ids)
+    } else {
+        false
+    };
     if found {
         ids.from_header = 1;
     } else {
@@ -401,6 +454,131 @@ pub fn after_copy() {
     random_bytes(&mut ids.span_id);
     let _ = THREAD_CTX.insert(bpf_get_current_pid_tgid(), *ids, 0);
     emit_ids(header, kind::CONTEXT, header.ts_exit_ns, ids);
+}
+
+/// Where exit programs leave the read's user buffer for [`after_copy`].
+#[inline(always)]
+pub fn set_user_buffer(user: u64) {
+    if let Some(b) = SCAN_BUF.get_ptr_mut(0) {
+        unsafe { (*b).far_user = user };
+    }
+}
+
+/// One step of the far search: `FAR_CHUNK` bytes of user memory, scanned for a line that
+/// starts with `traceparent:` or is empty (the head's end). Returns 1 to stop.
+extern "C" fn far_step(k: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+    let Some(b) = SCAN_BUF.get_ptr_mut(0) else {
+        return 1;
+    };
+    let b = unsafe { &mut *b };
+    let off = b.far_from + (k as u32) * (FAR_CHUNK as u32 - FAR_OVERLAP);
+    if off >= b.far_to {
+        return 1;
+    }
+    let len = core::cmp::min(b.far_to - off, FAR_CHUNK as u32) as usize;
+    if unsafe {
+        aya_ebpf::helpers::bpf_probe_read_user_buf(
+            (b.far_user + off as u64) as *const u8,
+            &mut b.chunk[..len & (FAR_CHUNK * 2 - 1)],
+        )
+    }
+    .is_err()
+    {
+        return 1;
+    }
+    let name = b"traceparent:";
+    let mut i = 0usize;
+    while i < FAR_CHUNK {
+        // A match must fit in this step; one that does not is seen whole in the next.
+        if i + 1 + name.len() > len {
+            break;
+        }
+        if b.chunk[i & (FAR_CHUNK * 2 - 1)] == b'\n' {
+            let next = b.chunk[(i + 1) & (FAR_CHUNK * 2 - 1)];
+            if next == b'\r' {
+                return 1;
+            }
+            let mut j = 0;
+            while j < name.len() {
+                if lower(b.chunk[(i + 1 + j) & (FAR_CHUNK * 2 - 1)]) != name[j] {
+                    break;
+                }
+                j += 1;
+            }
+            if j == name.len() {
+                b.far_found = off + (i + 1 + name.len()) as u32;
+                return 1;
+            }
+        }
+        i += 1;
+    }
+    0
+}
+
+/// Search the read's bytes past the capture window (up to [`FAR_SCAN_MAX`]) for the head's
+/// `traceparent`; if found, send its value to the agent and leave it at the start of
+/// `data`.
+#[inline(always)]
+fn far_traceparent(ptr: *mut ScanBuf, header: &EventHeader) -> bool {
+    let b = unsafe { &mut *ptr };
+    // Back a little, so that a name cut by the window's end is seen whole.
+    b.far_from = header.captured_len.saturating_sub(FAR_OVERLAP);
+    b.far_to = core::cmp::min(header.total_len, FAR_SCAN_MAX as u64) as u32;
+    b.far_found = 0;
+    let steps = (b.far_to.saturating_sub(b.far_from)) / (FAR_CHUNK as u32 - FAR_OVERLAP) + 1;
+    unsafe {
+        bpf_loop(
+            steps,
+            far_step as *mut core::ffi::c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    let b = unsafe { &mut *ptr };
+    if b.far_found == 0 {
+        return false;
+    }
+    // Skip spaces, then take the value.
+    if unsafe {
+        aya_ebpf::helpers::bpf_probe_read_user_buf(
+            (b.far_user + b.far_found as u64) as *const u8,
+            &mut b.data[..TRACEPARENT_VALUE_LEN + 8],
+        )
+    }
+    .is_err()
+    {
+        return false;
+    }
+    let mut skip = 0usize;
+    while skip < 8 {
+        if b.data[skip] != b' ' && b.data[skip] != b'\t' {
+            break;
+        }
+        skip += 1;
+    }
+    let e = &mut b.far_event;
+    e.header = *header;
+    e.header.kind = kind::TRACEPARENT;
+    e.header.total_len = 0;
+    e.header.captured_len = TRACEPARENT_VALUE_LEN as u32;
+    let mut k = 0;
+    while k < TRACEPARENT_VALUE_LEN {
+        let c = b.data[(skip + k) & (SCAN_MAX * 2 - 1)];
+        e.value[k] = c;
+        b.data[k] = c;
+        k += 1;
+    }
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            (e as *const FarEvent).cast::<u8>(),
+            core::mem::size_of::<EventHeader>() + TRACEPARENT_VALUE_LEN,
+        )
+    };
+    match EVENTS.output::<[u8]>(bytes, aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64) {
+        Ok(()) => count(tracer_common::counter::EVENTS),
+        Err(_) => count(tracer_common::counter::RINGBUF_FULL),
+    }
+    true
 }
 
 /// Send an event with `ids` for the connection of `header` (copied), of kind `k`, stamped `ts`.

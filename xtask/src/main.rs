@@ -32,6 +32,7 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("node", "nodejs"),
     ("java", "openjdk-17-jdk-headless"),
     ("go", "golang-go"),
+    ("ip", "iproute2"),
 ];
 /// Python packages the end-to-end tests use (an SDK-instrumented program), from PyPI.
 const TEST_PYTHON_PACKAGES: &[&str] = &[

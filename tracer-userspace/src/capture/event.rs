@@ -35,7 +35,13 @@ impl<'a> Event<'a> {
             unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<EventHeader>()) };
         if !matches!(
             header.kind,
-            kind::DATA | kind::OPEN | kind::CLOSE | kind::EXIT | kind::CONTEXT | kind::INJECT
+            kind::DATA
+                | kind::OPEN
+                | kind::CLOSE
+                | kind::EXIT
+                | kind::CONTEXT
+                | kind::INJECT
+                | kind::TRACEPARENT
         ) {
             return Err(DecodeError::Kind(header.kind));
         }

@@ -84,6 +84,8 @@ struct Feed<'a, 'e> {
     pairing: &'a mut Pairing,
     /// Ids the kernel gave the next request (`--propagate`).
     kernel_ids: &'a mut Option<TraceIds>,
+    /// A `traceparent` the kernel found in the next request's head past the capture window.
+    late_traceparent: &'a mut Option<String>,
     env: &'a mut Env<'e>,
     kind: Kind,
     tid: u32,
@@ -100,7 +102,12 @@ impl Sink for Feed<'_, '_> {
         match message {
             Message::Request { head, ts } => {
                 let env = &mut *self.env;
-                let incoming = head.traceparent.as_deref().and_then(TraceParent::parse);
+                let late = self.late_traceparent.take();
+                let incoming = head
+                    .traceparent
+                    .as_deref()
+                    .or(late.as_deref())
+                    .and_then(TraceParent::parse);
                 // With --propagate the kernel chose this request's ids (and, for a client
                 // request, wrote them into it): they are the ones the next hop sees.
                 let kernel = self.kernel_ids.take();
@@ -274,6 +281,8 @@ pub struct Connection {
     pairing: Pairing,
     /// Ids the kernel gave the next request to start here (`--propagate`).
     kernel_ids: Option<TraceIds>,
+    /// The next request's `traceparent`, found by the kernel past the capture window.
+    late_traceparent: Option<String>,
     /// Kernel time of the last event seen.
     pub last_ns: u64,
 }
@@ -287,6 +296,7 @@ impl Connection {
             responses: Reader::capturing(Side::Response, capture_headers.clone()),
             pairing: Pairing::default(),
             kernel_ids: None,
+            late_traceparent: None,
             last_ns: 0,
         }
     }
@@ -295,6 +305,11 @@ impl Connection {
     /// request it read, or a client request it wrote a `traceparent` into.
     pub fn expect_kernel_ids(&mut self, ids: TraceIds) {
         self.kernel_ids = Some(ids);
+    }
+
+    /// The kernel found the next request's `traceparent` beyond what was captured of it.
+    pub fn expect_traceparent(&mut self, value: String) {
+        self.late_traceparent = Some(value);
     }
 
     /// Bytes moved on the connection. `ingress` is true for bytes into the traced process.
@@ -330,6 +345,7 @@ impl Connection {
         let mut feed = Feed {
             pairing: &mut self.pairing,
             kernel_ids: &mut self.kernel_ids,
+            late_traceparent: &mut self.late_traceparent,
             env,
             kind: role,
             tid,
@@ -364,6 +380,7 @@ impl Connection {
             let mut feed = Feed {
                 pairing: &mut self.pairing,
                 kernel_ids: &mut self.kernel_ids,
+                late_traceparent: &mut self.late_traceparent,
                 env: &mut *env,
                 kind,
                 tid: 0,

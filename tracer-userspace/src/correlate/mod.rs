@@ -194,6 +194,12 @@ impl Pipeline {
                     }
                 }
             }
+            kind::TRACEPARENT => {
+                if let Ok(value) = std::str::from_utf8(ev.payload) {
+                    let value = value.to_string();
+                    self.conn(key, ev, None).conn.http.expect_traceparent(value);
+                }
+            }
             kind::CLOSE => {
                 if let Some(conn) = self.conns.remove(&key) {
                     self.retire(key, conn, h.ts_exit_ns);
