@@ -259,6 +259,7 @@ pub fn bench(opts: Opts) -> anyhow::Result<()> {
         "python_app".into(),
         python_app(&ws, &endpoint, opts.seconds)?,
     );
+    report.insert("userspace_pipeline".into(), criterion()?);
 
     let out = ws.join("target/bench");
     std::fs::create_dir_all(&out)?;
@@ -372,6 +373,58 @@ fn python_app(ws: &Path, endpoint: &str, seconds: u64) -> anyhow::Result<serde_j
         );
     }
     Ok(serde_json::Value::Object(out))
+}
+
+/// The userspace pipeline alone (criterion): events per second on one core, to spans and
+/// to encoded OTLP.
+fn criterion() -> anyhow::Result<serde_json::Value> {
+    let out = Command::new("cargo")
+        .current_dir(workspace())
+        .args([
+            "bench",
+            "-p",
+            "tracer-userspace",
+            "--bench",
+            "pipeline",
+            "--",
+            "--warm-up-time",
+            "1",
+            "--measurement-time",
+            "5",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo bench")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("cargo bench failed: {text}");
+    }
+    let mut result = serde_json::Map::new();
+    let mut name = String::new();
+    for line in text.lines() {
+        if let Some(n) = line.trim().strip_prefix("pipeline/") {
+            name = n.split_whitespace().next().unwrap_or_default().to_string();
+        }
+        // thrpt:  [low Kelem/s  median Kelem/s  high Kelem/s]
+        if let Some(rest) = line.trim().strip_prefix("thrpt:") {
+            let parts: Vec<&str> = rest
+                .trim_matches(|c| c == ' ' || c == '[' || c == ']')
+                .split_whitespace()
+                .collect();
+            if let (Some(v), Some(unit)) = (parts.get(2), parts.get(3)) {
+                let scale = match *unit {
+                    "Kelem/s" => 1e3,
+                    "Melem/s" => 1e6,
+                    "Gelem/s" => 1e9,
+                    _ => 1.0,
+                };
+                let per_s = v.parse::<f64>().unwrap_or(0.0) * scale;
+                println!("userspace pipeline, {name}: {per_s:.0} events/s on one core");
+                result.insert(format!("{name}_events_per_s"), json!(per_s));
+            }
+        }
+    }
+    Ok(serde_json::Value::Object(result))
 }
 
 /// nginx with two workers answering a tiny response, under its own process name.
