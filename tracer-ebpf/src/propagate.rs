@@ -104,14 +104,19 @@ pub struct ScanBuf {
     pub far_to: u32,
     /// Offset of a `traceparent` value found there, or 0.
     pub far_found: u32,
+    /// Characters of `\ntraceparent:` matched so far, and the last bytes seen (for the head's
+    /// end).
+    pub far_matched: u32,
+    pub far_tail: u32,
     pub _far_pad: u32,
     pub chunk: [u8; FAR_CHUNK * 2],
     pub far_event: FarEvent,
 }
 
-/// Bytes read from user memory per step of the far search; consecutive steps overlap by
-/// [`FAR_OVERLAP`] so that a header name across two steps is still seen.
+/// Bytes read from user memory at a time by the far search.
 const FAR_CHUNK: usize = 256;
+/// The far search starts this far back in the capture window, so that a header name cut by
+/// the window's end is seen whole.
 const FAR_OVERLAP: u32 = 16;
 
 /// A `TRACEPARENT` event.
@@ -464,53 +469,48 @@ pub fn set_user_buffer(user: u64) {
     }
 }
 
-/// One step of the far search: `FAR_CHUNK` bytes of user memory, scanned for a line that
-/// starts with `traceparent:` or is empty (the head's end). Returns 1 to stop.
+/// One byte of the far search: byte `k` after `far_from`, read from user memory a chunk at a
+/// time. A small state machine matches `\ntraceparent:` (any case) and the empty line that
+/// ends the head, across chunk boundaries. Returns 1 to stop.
 extern "C" fn far_step(k: u64, _ctx: *mut core::ffi::c_void) -> i64 {
     let Some(b) = SCAN_BUF.get_ptr_mut(0) else {
         return 1;
     };
     let b = unsafe { &mut *b };
-    let off = b.far_from + (k as u32) * (FAR_CHUNK as u32 - FAR_OVERLAP);
+    let off = b.far_from + k as u32;
     if off >= b.far_to {
         return 1;
     }
-    let len = core::cmp::min(b.far_to - off, FAR_CHUNK as u32) as usize;
-    if unsafe {
-        aya_ebpf::helpers::bpf_probe_read_user_buf(
-            (b.far_user + off as u64) as *const u8,
-            &mut b.chunk[..len & (FAR_CHUNK * 2 - 1)],
-        )
+    let at = k as usize % FAR_CHUNK;
+    if at == 0 {
+        let len = core::cmp::min(b.far_to - off, FAR_CHUNK as u32) as usize;
+        if unsafe {
+            aya_ebpf::helpers::bpf_probe_read_user_buf(
+                (b.far_user + off as u64) as *const u8,
+                &mut b.chunk[..len & (FAR_CHUNK * 2 - 1)],
+            )
+        }
+        .is_err()
+        {
+            return 1;
+        }
     }
-    .is_err()
-    {
+    let c = lower(b.chunk[at & (FAR_CHUNK - 1)]);
+    // The head ends at "\r\n\r\n": the last three bytes were "\r\n\r".
+    if c == b'\n' && b.far_tail == 0x000d_0a0d {
         return 1;
     }
-    let name = b"traceparent:";
-    let mut i = 0usize;
-    while i < FAR_CHUNK {
-        // A match must fit in this step; one that does not is seen whole in the next.
-        if i + 1 + name.len() > len {
-            break;
+    b.far_tail = ((b.far_tail << 8) | c as u32) & 0x00ff_ffff;
+    let pattern = b"\ntraceparent:";
+    let m = b.far_matched as usize;
+    if m < pattern.len() && c == pattern[m] {
+        b.far_matched += 1;
+        if b.far_matched as usize == pattern.len() {
+            b.far_found = off + 1;
+            return 1;
         }
-        if b.chunk[i & (FAR_CHUNK * 2 - 1)] == b'\n' {
-            let next = b.chunk[(i + 1) & (FAR_CHUNK * 2 - 1)];
-            if next == b'\r' {
-                return 1;
-            }
-            let mut j = 0;
-            while j < name.len() {
-                if lower(b.chunk[(i + 1 + j) & (FAR_CHUNK * 2 - 1)]) != name[j] {
-                    break;
-                }
-                j += 1;
-            }
-            if j == name.len() {
-                b.far_found = off + (i + 1 + name.len()) as u32;
-                return 1;
-            }
-        }
-        i += 1;
+    } else {
+        b.far_matched = (c == b'\n') as u32;
     }
     0
 }
@@ -525,7 +525,9 @@ fn far_traceparent(ptr: *mut ScanBuf, header: &EventHeader) -> bool {
     b.far_from = header.captured_len.saturating_sub(FAR_OVERLAP);
     b.far_to = core::cmp::min(header.total_len, FAR_SCAN_MAX as u64) as u32;
     b.far_found = 0;
-    let steps = (b.far_to.saturating_sub(b.far_from)) / (FAR_CHUNK as u32 - FAR_OVERLAP) + 1;
+    b.far_matched = 0;
+    b.far_tail = 0;
+    let steps = b.far_to.saturating_sub(b.far_from);
     unsafe {
         bpf_loop(
             steps,
