@@ -5,16 +5,11 @@
 //! `cargo bench -p tracer-userspace --bench pipeline`
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use opentelemetry::InstrumentationScope;
-use opentelemetry_proto::{
-    tonic::collector::trace::v1::ExportTraceServiceRequest,
-    transform::{
-        common::tonic::ResourceAttributesWithSchema,
-        trace::tonic::group_spans_by_resource_and_scope,
-    },
+use tracer_userspace::{
+    app::replay_recording,
+    correlate::Capture,
+    export::otlp::{Otlp, OtlpConfig, Protocol},
 };
-use prost::Message as _;
-use tracer_userspace::{app::replay_recording, correlate::Capture, export::otlp::span_data};
 
 const RECORDING: &[u8] = include_bytes!("../tests/golden/nginx-keepalive.rec");
 
@@ -28,12 +23,18 @@ fn event_count() -> u64 {
 
 fn pipeline(c: &mut Criterion) {
     let events = event_count();
-    let resource = ResourceAttributesWithSchema::from(
-        &opentelemetry_sdk::Resource::builder_empty()
-            .with_service_name("bench")
-            .build(),
-    );
-    let scope = InstrumentationScope::builder("tracer").build();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Only its encoder is used: nothing is sent.
+    let mut otlp = runtime.block_on(async {
+        Otlp::new(&OtlpConfig {
+            endpoint: "http://127.0.0.1:9/v1/traces".into(),
+            protocol: Protocol::HttpProtobuf,
+        })
+        .unwrap()
+    });
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(events));
     group.bench_function("events_to_spans", |b| {
@@ -48,14 +49,7 @@ fn pipeline(c: &mut Criterion) {
             let mut spans = Vec::new();
             let (clock, _) =
                 replay_recording(RECORDING, Capture::default(), |s| spans.push(s)).unwrap();
-            let data = spans
-                .iter()
-                .map(|s| span_data(s, &clock, &scope))
-                .collect::<Vec<_>>();
-            let request = ExportTraceServiceRequest {
-                resource_spans: group_spans_by_resource_and_scope(data, &resource),
-            };
-            request.encode_to_vec().len()
+            otlp.encode(&spans, &clock).len()
         })
     });
     group.finish();

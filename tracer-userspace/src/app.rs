@@ -157,6 +157,9 @@ const REPORT_EVERY: Duration = Duration::from_secs(60);
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut probes = Probes::attach(&config.filter, config.capture_bytes, config.propagate)?;
     let ring = probes.take_events()?;
+    // Start-up parsed the kernel's BTF (megabytes, now freed): give that memory back.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
     // SAFETY: the ring buffer owns its map fd, which stays open until the AsyncFd drops it.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
@@ -361,6 +364,10 @@ impl Flow {
     fn housekeeping(&mut self) {
         let mut send = Self::sender(&self.tx, &mut self.dropped);
         self.pipeline.tick(monotonic_now(), &mut send);
+        // Bursts (thousands of connections at once) leave freed memory in the allocator's
+        // per-thread arenas: return it.
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe { libc::malloc_trim(0) };
     }
 
     /// Finish the pipeline, the recording and the queue; returns the final stats and drop

@@ -46,6 +46,11 @@ impl Clock {
         self.offset as i64
     }
 
+    /// Nanoseconds since the Unix epoch of a kernel monotonic time.
+    pub fn to_unix_nanos(self, monotonic_ns: u64) -> u64 {
+        (monotonic_ns as i128 + self.offset).max(0) as u64
+    }
+
     pub fn to_system(self, monotonic_ns: u64) -> SystemTime {
         let ns = (monotonic_ns as i128 + self.offset).max(0) as u64;
         UNIX_EPOCH + Duration::from_nanos(ns)

@@ -68,7 +68,9 @@ pub struct Losses {
 
 #[derive(Debug, Default)]
 struct Pairing {
-    pending: VecDeque<Pending>,
+    /// Boxed, and `finished` handed over whole: an idle connection (there may be tens of
+    /// thousands) keeps no room for requests it is not waiting on.
+    pending: VecDeque<Box<Pending>>,
     /// The response in progress is informational (1xx) or unmatched: its end is not an answer.
     ignore_end: bool,
     /// 101 Switching Protocols was answered: no more HTTP/1.x here.
@@ -178,7 +180,7 @@ impl Sink for Feed<'_, '_> {
                     p.pending.pop_front();
                     p.losses.pending_overflow += 1;
                 }
-                p.pending.push_back(Pending {
+                p.pending.push_back(Box::new(Pending {
                     head,
                     start_ns: ts,
                     tid: self.tid,
@@ -189,7 +191,7 @@ impl Sink for Feed<'_, '_> {
                     request_body_size: declared_body,
                     suppressed,
                     response: None,
-                });
+                }));
             }
             Message::Response { head, .. } => {
                 p.ignore_end = false;
@@ -256,9 +258,12 @@ impl Feed<'_, '_> {
             return;
         };
         let head = request.response.take().expect("checked above");
+        if p.pending.is_empty() {
+            p.pending = VecDeque::new();
+        }
         p.finished.push(Finished {
             kind: self.kind,
-            request,
+            request: *request,
             response: Some(Response {
                 status: head.status,
                 body_size: size,
@@ -398,7 +403,7 @@ impl Connection {
             }
             self.pairing.finished.push(Finished {
                 kind,
-                request,
+                request: *request,
                 response: None,
                 end_ns: end,
             });
@@ -406,8 +411,8 @@ impl Connection {
     }
 
     /// Take the exchanges finished so far.
-    pub fn take_finished(&mut self) -> std::vec::Drain<'_, Finished> {
-        self.pairing.finished.drain(..)
+    pub fn take_finished(&mut self) -> Vec<Finished> {
+        std::mem::take(&mut self.pairing.finished)
     }
 
     /// Take the pairing loss counts accumulated so far.

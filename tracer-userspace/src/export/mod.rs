@@ -14,7 +14,7 @@ use crate::correlate::{clock::Clock, span::HttpSpan};
 /// counted by the sender.
 pub const QUEUE_CAPACITY: usize = 65_536;
 /// Spans per export request.
-const MAX_BATCH: usize = 4096;
+const MAX_BATCH: usize = 2048;
 /// Longest a span waits in a partial batch.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
 

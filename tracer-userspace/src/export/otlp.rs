@@ -1,18 +1,17 @@
-//! OTLP export over gRPC or HTTP (protobuf) with `opentelemetry-otlp`: endpoint and protocol
-//! resolution per the OpenTelemetry environment-variable specification, and one resource per
-//! traced process.
+//! OTLP export over gRPC or HTTP (protobuf): endpoint, protocol and headers resolved per the
+//! OpenTelemetry environment-variable specification, one resource per traced process, and the
+//! request built straight from our spans with the official protobuf messages
+//! (`opentelemetry-proto`), so that a span costs one conversion and no SDK span in between.
 
-use std::{borrow::Cow, collections::HashMap, str::FromStr, time::Duration};
+use std::{collections::HashMap, str::FromStr, sync::Arc, time::Duration};
 
-use opentelemetry::{
-    InstrumentationScope, KeyValue,
-    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
+    common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value},
+    resource::v1::Resource as ProtoResource,
+    trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::SpanKind, status::StatusCode},
 };
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
-use opentelemetry_sdk::{
-    Resource,
-    trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks},
-};
+use prost::Message as _;
 
 use crate::correlate::{
     clock::Clock,
@@ -104,22 +103,25 @@ pub fn resolve(
 
 /// Sends spans to an OTLP receiver, grouped by the process they came from, with up to
 /// [`IN_FLIGHT`] export requests under way at once so that a receiver's round trip does not
-/// limit throughput.
+/// limit throughput. Only the encoded bytes of a request are held while it is under way.
 pub struct Otlp {
-    /// Exporters not in use; each carries the resource of its current request.
-    idle: Vec<opentelemetry_otlp::SpanExporter>,
+    transport: Transport,
     inflight: tokio::task::JoinSet<Done>,
-    resources: HashMap<u32, (std::sync::Arc<Process>, Resource)>,
+    resources: HashMap<u32, (Arc<Process>, ProtoResource)>,
     scope: InstrumentationScope,
     host: String,
 }
 
 /// Most export requests under way at once.
 pub const IN_FLIGHT: usize = 4;
+/// Longest wait for one export request.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Retries of a request the receiver could not take for now (with backoff: 0.1 s, 0.2 s, ...).
+const RETRIES: u32 = 4;
+const RETRY_FIRST: Duration = Duration::from_millis(100);
 
-/// A finished export request, with its exporter to reuse.
+/// A finished export request.
 struct Done {
-    exporter: opentelemetry_otlp::SpanExporter,
     spans: u64,
     failed: bool,
 }
@@ -146,104 +148,275 @@ impl Settled {
     }
 }
 
-/// Longest wait for one export request.
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How requests reach the receiver. Cheap to clone: clones share connections.
+#[derive(Clone)]
+enum Transport {
+    Http {
+        client: reqwest::Client,
+        url: String,
+        headers: reqwest::header::HeaderMap,
+    },
+    Grpc {
+        client: TraceServiceClient<tonic::transport::Channel>,
+        headers: Vec<(
+            tonic::metadata::MetadataKey<tonic::metadata::Ascii>,
+            tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+        )>,
+    },
+}
+
+/// Why an export request failed, and whether trying again may help.
+struct SendError {
+    message: String,
+    retryable: bool,
+}
+
+impl Transport {
+    async fn send(&self, body: Vec<u8>) -> Result<(), SendError> {
+        match self {
+            Transport::Http {
+                client,
+                url,
+                headers,
+            } => {
+                let response = client
+                    .post(url)
+                    .headers(headers.clone())
+                    .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| SendError {
+                        message: e.to_string(),
+                        retryable: true,
+                    })?;
+                let status = response.status();
+                if status.is_success() {
+                    return Ok(());
+                }
+                Err(SendError {
+                    message: format!("the receiver answered {status}"),
+                    // The specification's retryable statuses.
+                    retryable: matches!(status.as_u16(), 429 | 502 | 503 | 504),
+                })
+            }
+            Transport::Grpc { client, headers } => {
+                let request =
+                    ExportTraceServiceRequest::decode(body.as_slice()).map_err(|e| SendError {
+                        message: e.to_string(),
+                        retryable: false,
+                    })?;
+                let mut request = tonic::Request::new(request);
+                request.set_timeout(EXPORT_TIMEOUT);
+                for (k, v) in headers {
+                    request.metadata_mut().insert(k.clone(), v.clone());
+                }
+                client
+                    .clone()
+                    .export(request)
+                    .await
+                    .map(|_| ())
+                    .map_err(|status| {
+                        use tonic::Code::*;
+                        SendError {
+                            retryable: matches!(
+                                status.code(),
+                                Cancelled
+                                    | DeadlineExceeded
+                                    | ResourceExhausted
+                                    | Aborted
+                                    | OutOfRange
+                                    | Unavailable
+                                    | DataLoss
+                            ),
+                            message: format!("{}: {}", status.code(), status.message()),
+                        }
+                    })
+            }
+        }
+    }
+
+    /// Send with retries and backoff for what the receiver may take later.
+    async fn send_retrying(&self, body: Vec<u8>) -> Result<(), String> {
+        let mut wait = RETRY_FIRST;
+        let mut attempt = 0;
+        loop {
+            match self.send(body.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.retryable && attempt < RETRIES => {
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.message),
+            }
+        }
+    }
+}
+
+/// Export headers from `OTEL_EXPORTER_OTLP_TRACES_HEADERS` or `OTEL_EXPORTER_OTLP_HEADERS`:
+/// `key=value` pairs separated by commas, values percent-decoded.
+pub fn headers_from_env(env: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+    let text = env("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+        .or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS"))
+        .unwrap_or_default();
+    text.split(',')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            let k = k.trim();
+            (!k.is_empty()).then(|| (k.to_ascii_lowercase(), percent_decode(v.trim())))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Why the exporter could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("invalid endpoint: {0}")]
+    Endpoint(String),
+    #[error("invalid header `{0}`")]
+    Header(String),
+    #[error("HTTP client: {0}")]
+    Client(String),
+}
 
 impl Otlp {
     /// Build the exporter. Must run inside the tokio runtime. Headers come from
-    /// `OTEL_EXPORTER_OTLP_HEADERS` / `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, read by the exporter.
-    pub fn new(config: &OtlpConfig) -> Result<Self, opentelemetry_otlp::ExporterBuildError> {
-        let idle = (0..IN_FLIGHT)
-            .map(|_| Self::exporter(config))
-            .collect::<Result<_, _>>()?;
+    /// `OTEL_EXPORTER_OTLP_HEADERS` / `OTEL_EXPORTER_OTLP_TRACES_HEADERS`.
+    pub fn new(config: &OtlpConfig) -> Result<Self, BuildError> {
+        let headers = headers_from_env(|k| std::env::var(k).ok());
+        let transport = match config.protocol {
+            Protocol::HttpProtobuf => {
+                let mut map = reqwest::header::HeaderMap::new();
+                for (k, v) in &headers {
+                    let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                        .map_err(|_| BuildError::Header(k.clone()))?;
+                    let value = reqwest::header::HeaderValue::from_str(v)
+                        .map_err(|_| BuildError::Header(k.clone()))?;
+                    map.insert(name, value);
+                }
+                Transport::Http {
+                    client: reqwest::Client::builder()
+                        .timeout(EXPORT_TIMEOUT)
+                        .build()
+                        .map_err(|e| BuildError::Client(e.to_string()))?,
+                    url: config.endpoint.clone(),
+                    headers: map,
+                }
+            }
+            Protocol::Grpc => {
+                let channel = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
+                    .map_err(|e| BuildError::Endpoint(e.to_string()))?
+                    .timeout(EXPORT_TIMEOUT)
+                    .connect_lazy();
+                let mut metadata = Vec::new();
+                for (k, v) in &headers {
+                    let key = tonic::metadata::MetadataKey::from_bytes(k.as_bytes())
+                        .map_err(|_| BuildError::Header(k.clone()))?;
+                    let value = v.parse().map_err(|_| BuildError::Header(k.clone()))?;
+                    metadata.push((key, value));
+                }
+                Transport::Grpc {
+                    client: TraceServiceClient::new(channel)
+                        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                    headers: metadata,
+                }
+            }
+        };
         Ok(Otlp {
-            idle,
+            transport,
             inflight: tokio::task::JoinSet::new(),
             resources: HashMap::new(),
-            scope: InstrumentationScope::builder("tracer")
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build(),
+            scope: InstrumentationScope {
+                name: "tracer".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                ..Default::default()
+            },
             host: hostname(),
         })
     }
 
-    fn exporter(
-        config: &OtlpConfig,
-    ) -> Result<opentelemetry_otlp::SpanExporter, opentelemetry_otlp::ExporterBuildError> {
-        Ok(match config.protocol {
-            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(config.endpoint.clone())
-                .with_timeout(EXPORT_TIMEOUT)
-                .with_compression(opentelemetry_otlp::Compression::Gzip)
-                .with_retry_policy(opentelemetry_otlp::RetryPolicy::recommended())
-                .build()?,
-            Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_endpoint(config.endpoint.clone())
-                .with_timeout(EXPORT_TIMEOUT)
-                .with_retry_policy(opentelemetry_otlp::RetryPolicy::recommended())
-                .build()?,
-        })
-    }
-
-    /// Start exporting a batch, one request per process. Waits only when [`IN_FLIGHT`]
-    /// requests are already under way; returns what finished meanwhile.
+    /// Start exporting a batch (one request, one resource per process). Waits only when
+    /// [`IN_FLIGHT`] requests are already under way; returns what finished meanwhile.
     pub async fn export(&mut self, spans: &[HttpSpan], clock: &Clock) -> Settled {
-        let mut by_pid: HashMap<u32, Vec<SpanData>> = HashMap::new();
-        for span in spans {
-            by_pid
-                .entry(span.process.pid)
-                .or_default()
-                .push(span_data(span, clock, &self.scope));
-        }
         let mut settled = Settled::default();
-        for (pid, batch) in by_pid {
-            let process = &spans
-                .iter()
-                .find(|s| s.process.pid == pid)
-                .expect("grouped from these spans")
-                .process;
-            let resource = self.resource(process);
-            let mut exporter = loop {
-                if let Some(e) = self.idle.pop() {
-                    break e;
-                }
-                match self.inflight.join_next().await {
-                    Some(done) => self.reuse(done, &mut settled),
-                    None => {
-                        log::error!("no OTLP exporter left; {} spans lost", batch.len());
-                        settled.failed += batch.len() as u64;
-                        return settled;
-                    }
+        let body = self.encode(spans, clock);
+        while self.inflight.len() >= IN_FLIGHT {
+            match self.inflight.join_next().await {
+                Some(done) => Self::settle(done, &mut settled),
+                None => break,
+            }
+        }
+        let transport = self.transport.clone();
+        let n = spans.len() as u64;
+        self.inflight.spawn(async move {
+            let failed = match transport.send_retrying(body).await {
+                Ok(()) => false,
+                Err(e) => {
+                    log::warn!("OTLP export of {n} spans failed: {e}");
+                    true
                 }
             };
-            self.inflight.spawn(async move {
-                exporter.set_resource(&resource);
-                let spans = batch.len() as u64;
-                let failed = match exporter.export(batch).await {
-                    Ok(()) => false,
-                    Err(e) => {
-                        log::warn!("OTLP export of {spans} spans failed: {e}");
-                        true
-                    }
-                };
-                Done {
-                    exporter,
-                    spans,
-                    failed,
-                }
-            });
-        }
+            Done { spans: n, failed }
+        });
         settled.merge(self.reap());
         settled
+    }
+
+    /// The encoded export request for `spans`.
+    pub fn encode(&mut self, spans: &[HttpSpan], clock: &Clock) -> Vec<u8> {
+        let mut by_pid: Vec<(u32, Vec<Span>)> = Vec::new();
+        for span in spans {
+            let pid = span.process.pid;
+            let proto = proto_span(span, clock);
+            match by_pid.iter_mut().find(|(p, _)| *p == pid) {
+                Some((_, list)) => list.push(proto),
+                None => {
+                    self.resource(&span.process);
+                    by_pid.push((pid, vec![proto]));
+                }
+            }
+        }
+        let resource_spans = by_pid
+            .into_iter()
+            .map(|(pid, spans)| ResourceSpans {
+                resource: self.resources.get(&pid).map(|(_, r)| r.clone()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(self.scope.clone()),
+                    spans,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            })
+            .collect();
+        ExportTraceServiceRequest { resource_spans }.encode_to_vec()
     }
 
     /// What finished since the last call, without waiting.
     pub fn reap(&mut self) -> Settled {
         let mut settled = Settled::default();
         while let Some(done) = self.inflight.try_join_next() {
-            self.reuse(done, &mut settled);
+            Self::settle(done, &mut settled);
         }
         settled
     }
@@ -252,55 +425,92 @@ impl Otlp {
     pub async fn finish(&mut self) -> Settled {
         let mut settled = Settled::default();
         while let Some(done) = self.inflight.join_next().await {
-            self.reuse(done, &mut settled);
+            Self::settle(done, &mut settled);
         }
         settled
     }
 
-    fn reuse(&mut self, done: Result<Done, tokio::task::JoinError>, settled: &mut Settled) {
+    fn settle(done: Result<Done, tokio::task::JoinError>, settled: &mut Settled) {
         match done {
-            Ok(done) => {
-                settled.add(&done);
-                self.idle.push(done.exporter);
-            }
-            // The exporter is lost with its task; the others carry on.
+            Ok(done) => settled.add(&done),
             Err(e) => log::error!("an OTLP export task failed: {e}"),
         }
     }
 
     pub fn shutdown(&mut self) {
-        for exporter in &mut self.idle {
-            let _ = exporter.shutdown();
-        }
+        self.inflight.abort_all();
     }
 
-    fn resource(&mut self, process: &std::sync::Arc<Process>) -> Resource {
-        if let Some((known, r)) = self.resources.get(&process.pid)
+    /// Make sure the resource of `process` is known (built once per process).
+    fn resource(&mut self, process: &Arc<Process>) {
+        if let Some((known, _)) = self.resources.get(&process.pid)
             && known == process
         {
-            return r.clone();
+            return;
         }
         if self.resources.len() > 4096 {
             self.resources.clear();
         }
         let mut attrs = vec![
-            KeyValue::new("process.pid", process.pid as i64),
-            KeyValue::new("process.executable.name", process.executable_name.clone()),
-            KeyValue::new("host.name", self.host.clone()),
-            KeyValue::new("telemetry.distro.name", "tracer"),
-            KeyValue::new("telemetry.distro.version", env!("CARGO_PKG_VERSION")),
+            opentelemetry::KeyValue::new("process.pid", process.pid as i64),
+            opentelemetry::KeyValue::new(
+                "process.executable.name",
+                process.executable_name.clone(),
+            ),
+            opentelemetry::KeyValue::new("host.name", self.host.clone()),
+            opentelemetry::KeyValue::new("telemetry.distro.name", "tracer"),
+            opentelemetry::KeyValue::new("telemetry.distro.version", env!("CARGO_PKG_VERSION")),
         ];
         if let Some(path) = &process.executable_path {
-            attrs.push(KeyValue::new("process.executable.path", path.clone()));
+            attrs.push(opentelemetry::KeyValue::new(
+                "process.executable.path",
+                path.clone(),
+            ));
         }
-        let resource = Resource::builder()
+        // The SDK's builder adds OTEL_RESOURCE_ATTRIBUTES and the telemetry.sdk.* attributes.
+        let resource = opentelemetry_sdk::Resource::builder()
             .with_service_name(process.service_name().to_string())
             .with_attributes(attrs)
             .build();
-        self.resources
-            .insert(process.pid, (process.clone(), resource.clone()));
-        resource
+        let attributes = resource
+            .iter()
+            .map(|(k, v)| KeyValue {
+                key: k.as_str().to_string(),
+                value: Some(any_value_of(v)),
+                ..Default::default()
+            })
+            .collect();
+        self.resources.insert(
+            process.pid,
+            (
+                process.clone(),
+                ProtoResource {
+                    attributes,
+                    ..Default::default()
+                },
+            ),
+        );
     }
+}
+
+fn any_value_of(v: &opentelemetry::Value) -> AnyValue {
+    use opentelemetry::{Array, Value as V};
+    let value = match v {
+        V::Bool(b) => any_value::Value::BoolValue(*b),
+        V::I64(i) => any_value::Value::IntValue(*i),
+        V::F64(f) => any_value::Value::DoubleValue(*f),
+        V::String(s) => any_value::Value::StringValue(s.to_string()),
+        V::Array(Array::String(list)) => any_value::Value::ArrayValue(ArrayValue {
+            values: list
+                .iter()
+                .map(|s| AnyValue {
+                    value: Some(any_value::Value::StringValue(s.to_string())),
+                })
+                .collect(),
+        }),
+        other => any_value::Value::StringValue(other.to_string()),
+    };
+    AnyValue { value: Some(value) }
 }
 
 fn hostname() -> String {
@@ -309,57 +519,67 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".to_string())
 }
 
-/// An [`HttpSpan`] as the SDK's exportable span.
-pub fn span_data(span: &HttpSpan, clock: &Clock, scope: &InstrumentationScope) -> SpanData {
-    let trace_state = span
-        .tracestate
-        .as_deref()
-        .and_then(|s| TraceState::from_str(s).ok())
-        .unwrap_or_default();
+fn str_value(s: String) -> Option<AnyValue> {
+    Some(AnyValue {
+        value: Some(any_value::Value::StringValue(s)),
+    })
+}
+
+/// An [`HttpSpan`] as an OTLP span.
+pub fn proto_span(span: &HttpSpan, clock: &Clock) -> Span {
     let status = if span.is_error() {
-        Status::error(span.error_message().unwrap_or(""))
+        Status {
+            message: span.error_message().unwrap_or("").to_string(),
+            code: StatusCode::Error as i32,
+        }
     } else {
-        Status::Unset
+        Status::default()
     };
-    SpanData {
-        span_context: SpanContext::new(
-            TraceId::from_bytes(span.trace_id),
-            SpanId::from_bytes(span.span_id),
-            TraceFlags::new(span.trace_flags),
-            false,
-            trace_state,
-        ),
-        parent_span_id: span
-            .parent_span_id
-            .map(SpanId::from_bytes)
-            .unwrap_or(SpanId::INVALID),
-        parent_span_is_remote: span.parent_span_id.is_some(),
-        span_kind: match span.kind {
+    Span {
+        trace_id: span.trace_id.to_vec(),
+        span_id: span.span_id.to_vec(),
+        trace_state: span.tracestate.clone().unwrap_or_default(),
+        parent_span_id: span.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
+        // W3C flags, and the specification's "parent is remote" bits when there is a parent.
+        flags: span.trace_flags as u32
+            | if span.parent_span_id.is_some() {
+                0x300
+            } else {
+                0x100
+            },
+        name: span.name().to_string(),
+        kind: match span.kind {
             Kind::Server => SpanKind::Server,
             Kind::Client => SpanKind::Client,
-        },
-        name: Cow::Owned(span.name().to_string()),
-        start_time: clock.to_system(span.start_ns),
-        end_time: clock.to_system(span.end_ns),
+        } as i32,
+        start_time_unix_nano: clock.to_unix_nanos(span.start_ns),
+        end_time_unix_nano: clock.to_unix_nanos(span.end_ns),
         attributes: span
             .attributes()
             .into_iter()
-            .map(|(k, v)| match v {
-                Value::Str(s) => KeyValue::new(k, s),
-                Value::Int(i) => KeyValue::new(k, i),
-                Value::StrList(list) => KeyValue::new(
-                    k,
-                    opentelemetry::Value::Array(opentelemetry::Array::String(
-                        list.into_iter().map(Into::into).collect(),
-                    )),
-                ),
+            .map(|(k, v)| KeyValue {
+                key: k.into_owned(),
+                value: match v {
+                    Value::Str(s) => str_value(s),
+                    Value::Int(i) => Some(AnyValue {
+                        value: Some(any_value::Value::IntValue(i)),
+                    }),
+                    Value::StrList(list) => Some(AnyValue {
+                        value: Some(any_value::Value::ArrayValue(ArrayValue {
+                            values: list
+                                .into_iter()
+                                .map(|s| AnyValue {
+                                    value: Some(any_value::Value::StringValue(s)),
+                                })
+                                .collect(),
+                        })),
+                    }),
+                },
+                ..Default::default()
             })
             .collect(),
-        dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
-        status,
-        instrumentation_scope: scope.clone(),
+        status: Some(status),
+        ..Default::default()
     }
 }
 
