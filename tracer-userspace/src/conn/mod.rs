@@ -1,7 +1,9 @@
 //! Per-connection state and its lifetime: a bounded table keyed by (process, kernel socket),
 //! with idle eviction. Every connection dropped for room or idleness is counted.
 
-use std::collections::HashMap;
+/// Maps on the per-event path: a fast hasher with a per-process random seed.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// A connection as the kernel identifies it: the process and its `struct sock`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,9 +36,9 @@ struct Entry<S> {
 
 /// The connection table. `S` is whatever the protocol layer keeps per connection.
 pub struct Table<S> {
-    entries: HashMap<ConnKey, Entry<S>>,
+    entries: FastMap<ConnKey, Entry<S>>,
     /// Connections per process, so that a process's exit costs nothing when it had none.
-    per_process: HashMap<u32, usize>,
+    per_process: FastMap<u32, usize>,
     limits: Limits,
     /// Connections evicted because the table was full.
     pub evicted_full: u64,
@@ -47,8 +49,8 @@ pub struct Table<S> {
 impl<S> Table<S> {
     pub fn new(limits: Limits) -> Self {
         Table {
-            entries: HashMap::new(),
-            per_process: HashMap::new(),
+            entries: FastMap::default(),
+            per_process: FastMap::default(),
             limits,
             evicted_full: 0,
             evicted_idle: 0,

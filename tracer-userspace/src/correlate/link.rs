@@ -12,10 +12,9 @@
 //!   answering on a different thread than the one that read the request, as thread pools and
 //!   async runtimes do) no parent is given: a new trace beats a wrong one.
 
-use std::{
-    collections::{HashMap, HashSet, VecDeque},
-    net::SocketAddr,
-};
+use crate::conn::{FastMap, FastSet};
+
+use std::{collections::VecDeque, net::SocketAddr};
 
 /// A span's place in a trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,9 +58,9 @@ pub struct LinkStats {
 /// The linking state of the whole host.
 #[derive(Debug, Default)]
 pub struct Linker {
-    sent: HashMap<(SocketAddr, SocketAddr), VecDeque<Sent>>,
-    serving: HashMap<(u32, u32), Serving>,
-    hopping: HashSet<u32>,
+    sent: FastMap<(SocketAddr, SocketAddr), VecDeque<Sent>>,
+    serving: FastMap<(u32, u32), Serving>,
+    hopping: FastSet<u32>,
     pub stats: LinkStats,
 }
 

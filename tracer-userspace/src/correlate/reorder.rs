@@ -21,18 +21,26 @@ fn key(h: &EventHeader) -> u64 {
     }
 }
 
+/// Payload buffers kept for reuse, and the largest one kept: holding an event then costs no
+/// allocation once the flow is steady.
+const SPARE_BUFFERS: usize = 4096;
+const SPARE_CAPACITY: usize = 4096;
+
 /// Held events, released in time order.
 #[derive(Default)]
 pub struct Reorder {
     held: Vec<(u64, u64, EventHeader, Vec<u8>)>,
+    spare: Vec<Vec<u8>>,
     seq: u64,
 }
 
 impl Reorder {
     pub fn push(&mut self, ev: &Event<'_>) {
         self.seq += 1;
+        let mut payload = self.spare.pop().unwrap_or_default();
+        payload.extend_from_slice(ev.payload);
         self.held
-            .push((key(&ev.header), self.seq, ev.header, ev.payload.to_vec()));
+            .push((key(&ev.header), self.seq, ev.header, payload));
     }
 
     pub fn len(&self) -> usize {
@@ -49,7 +57,9 @@ impl Reorder {
         if self.held.is_empty() {
             return;
         }
-        self.held.sort_unstable_by_key(|(k, seq, _, _)| (*k, *seq));
+        // Stable and run-adaptive: held events are mostly in order already (a sorted rest and
+        // a nearly sorted arrival), which this sorts in about linear time.
+        self.held.sort_by_key(|(k, seq, _, _)| (*k, *seq));
         let over = self.held.len().saturating_sub(MAX_HELD);
         let n = self
             .held
@@ -57,11 +67,15 @@ impl Reorder {
             .position(|(k, _, _, _)| *k >= watermark)
             .unwrap_or(self.held.len())
             .max(over);
-        for (_, _, header, payload) in self.held.drain(..n) {
+        for (_, _, header, mut payload) in self.held.drain(..n) {
             f(&Event {
                 header,
                 payload: &payload,
             });
+            if self.spare.len() < SPARE_BUFFERS && payload.capacity() <= SPARE_CAPACITY {
+                payload.clear();
+                self.spare.push(payload);
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The end of the flow: spans to the terminal and/or an OTLP receiver, in batches, behind a
 //! bounded queue that the capture side never waits on.
 
+mod encode;
 pub mod otlp;
 pub mod terminal;
 
