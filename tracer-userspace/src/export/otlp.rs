@@ -174,7 +174,7 @@ struct SendError {
 }
 
 impl Transport {
-    async fn send(&self, body: Vec<u8>) -> Result<(), SendError> {
+    async fn send(&self, body: bytes::Bytes) -> Result<(), SendError> {
         match self {
             Transport::Http {
                 client,
@@ -203,11 +203,10 @@ impl Transport {
                 })
             }
             Transport::Grpc { client, headers } => {
-                let request =
-                    ExportTraceServiceRequest::decode(body.as_slice()).map_err(|e| SendError {
-                        message: e.to_string(),
-                        retryable: false,
-                    })?;
+                let request = ExportTraceServiceRequest::decode(body).map_err(|e| SendError {
+                    message: e.to_string(),
+                    retryable: false,
+                })?;
                 let mut request = tonic::Request::new(request);
                 request.set_timeout(EXPORT_TIMEOUT);
                 for (k, v) in headers {
@@ -240,6 +239,8 @@ impl Transport {
 
     /// Send with retries and backoff for what the receiver may take later.
     async fn send_retrying(&self, body: Vec<u8>) -> Result<(), String> {
+        // Shared, not copied, between attempts.
+        let body = bytes::Bytes::from(body);
         let mut wait = RETRY_FIRST;
         let mut attempt = 0;
         loop {
