@@ -99,6 +99,10 @@ pub const FILTER_PORT: u32 = 4;
 
 /// Number of `u64` words in the port bitmap (one bit per port).
 pub const PORT_BITMAP_WORDS: u32 = 65536 / 64;
+/// Number of `u64` words in the pid bitmap: one bit per possible process id (the kernel's
+/// `PID_MAX_LIMIT`, 2^22). An array lookup costs a fraction of a hash lookup, and every
+/// syscall of every process pays it when a pid filter is set.
+pub const PID_BITMAP_WORDS: u32 = (1 << 22) / 64;
 
 /// Byte offsets of the kernel struct fields the programs walk, computed by the agent from the
 /// running kernel's BTF (Rust eBPF has no CO-RE relocations).

@@ -1,7 +1,9 @@
 //! Which tasks are traced: the checks that run first in every program, before any copy.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel};
-use tracer_common::{COMM_LEN, FILTER_COMM, FILTER_PID, FILTER_PORT, PORT_BITMAP_WORDS};
+use tracer_common::{
+    COMM_LEN, FILTER_COMM, FILTER_PID, FILTER_PORT, PID_BITMAP_WORDS, PORT_BITMAP_WORDS,
+};
 
 use crate::{
     config,
@@ -17,7 +19,7 @@ pub fn traced_task() -> Option<u64> {
         return None;
     }
     let flags = config!(filter_flags);
-    if flags & FILTER_PID != 0 && unsafe { PID_FILTER.get(tgid) }.is_none() {
+    if flags & FILTER_PID != 0 && !pid_set(tgid) {
         return None;
     }
     if flags & FILTER_COMM != 0 {
@@ -25,6 +27,27 @@ pub fn traced_task() -> Option<u64> {
         unsafe { COMM_FILTER.get(comm) }?;
     }
     Some(pid_tgid)
+}
+
+/// Whether `tgid` is in the pid filter.
+#[inline(always)]
+fn pid_set(tgid: u32) -> bool {
+    let word = tgid / 64;
+    if word >= PID_BITMAP_WORDS {
+        return false;
+    }
+    match PID_FILTER.get(word) {
+        Some(bits) => bits & (1u64 << (tgid % 64)) != 0,
+        None => false,
+    }
+}
+
+/// False when the current process surely is not traced (the pid filter says so); a cheap
+/// first test for exit programs, which otherwise look up the call they follow.
+#[inline(always)]
+pub fn maybe_traced(pid_tgid: u64) -> bool {
+    let tgid = (pid_tgid >> 32) as u32;
+    tgid != config!(self_tgid) && (config!(filter_flags) & FILTER_PID == 0 || pid_set(tgid))
 }
 
 /// The name of the current process: its main thread's `comm`, which worker threads that rename

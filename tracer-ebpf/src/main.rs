@@ -78,6 +78,9 @@ fn enter_data(ctx: &TracePointContext, syscall: u8, mode: u8) -> Result<u32, u32
 #[inline(always)]
 fn exit_data(ctx: &TracePointContext, dir: u8) -> Result<u32, u32> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    if !filter::maybe_traced(pid_tgid) {
+        return Ok(0);
+    }
     let call = *unsafe { INFLIGHT.get(pid_tgid) }.ok_or(0u32)?;
     let _ = INFLIGHT.remove(pid_tgid);
     let ret: i64 = unsafe { ctx.read_at(RET) }.map_err(|_| 0u32)?;

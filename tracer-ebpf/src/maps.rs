@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{COMM_LEN, Config, EventHeader, MAX_CAPTURE, PORT_BITMAP_WORDS};
+use tracer_common::{
+    COMM_LEN, Config, EventHeader, MAX_CAPTURE, PID_BITMAP_WORDS, PORT_BITMAP_WORDS,
+};
 pub use tracer_common::{ConnInfo, FdKey};
 
 /// Written by the agent before load (see `tracer_common::Config`). Read field by field through
@@ -27,8 +29,9 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 pub static COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(tracer_common::counter::COUNT, 0);
 
+/// One bit per process id; the agent sets the bits of the pids to trace.
 #[map(name = "PID_FILTER")]
-pub static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+pub static PID_FILTER: Array<u64> = Array::with_max_entries(PID_BITMAP_WORDS, 0);
 
 #[map(name = "COMM_FILTER")]
 pub static COMM_FILTER: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(256, 0);

@@ -35,7 +35,9 @@ pub struct Cli {
         value_name = "PID",
         env = "TRACER_PID",
         value_delimiter = ',',
-        global = true
+        global = true,
+        // Linux process ids are below 2^22.
+        value_parser = clap::value_parser!(u32).range(1..(1 << 22))
     )]
     pub pids: Vec<u32>,
 

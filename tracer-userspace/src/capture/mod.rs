@@ -247,10 +247,19 @@ fn fill_filters(ebpf: &mut Ebpf, filter: &Filter) -> Result<(), CaptureError> {
         let map = ebpf
             .map_mut(maps::PID_FILTER)
             .ok_or(CaptureError::Missing(maps::PID_FILTER))?;
-        let mut pids: HashMap<_, u32, u8> =
-            HashMap::try_from(map).map_err(map_err(maps::PID_FILTER))?;
-        for &pid in &filter.pids {
-            pids.insert(pid, 1, 0).map_err(map_err(maps::PID_FILTER))?;
+        let mut bits: Array<_, u64> = Array::try_from(map).map_err(map_err(maps::PID_FILTER))?;
+        let mut words: std::collections::BTreeMap<u32, u64> = Default::default();
+        // The command line only takes pids below 2^22, the bitmap's size.
+        for &pid in filter
+            .pids
+            .iter()
+            .filter(|&&p| p / 64 < tracer_common::PID_BITMAP_WORDS)
+        {
+            *words.entry(pid / 64).or_default() |= 1 << (pid % 64);
+        }
+        for (word, value) in words {
+            bits.set(word, value, 0)
+                .map_err(map_err(maps::PID_FILTER))?;
         }
     }
     {
