@@ -6,9 +6,12 @@
 use std::{collections::HashMap, str::FromStr, sync::Arc, time::Duration};
 
 #[cfg(test)]
-use opentelemetry_proto::tonic::trace::v1::{Span, Status, span::SpanKind, status::StatusCode};
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
+    collector::trace::v1::ExportTraceServiceRequest,
+    trace::v1::{Span, Status, span::SpanKind, status::StatusCode},
+};
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceResponse,
     common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value},
     resource::v1::Resource as ProtoResource,
 };
@@ -159,12 +162,64 @@ enum Transport {
         headers: reqwest::header::HeaderMap,
     },
     Grpc {
-        client: TraceServiceClient<tonic::transport::Channel>,
+        client: tonic::client::Grpc<tonic::transport::Channel>,
         headers: Vec<(
             tonic::metadata::MetadataKey<tonic::metadata::Ascii>,
             tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
         )>,
     },
+}
+
+/// The trace service's export method.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// A gRPC codec that sends a request already encoded (by [`super::encode`]) as it is, and
+/// reads the response with the generated message type.
+struct RawCodec;
+struct RawEncoder;
+struct ResponseDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = bytes::Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = RawEncoder;
+    type Decoder = ResponseDecoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> ResponseDecoder {
+        ResponseDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for ResponseDecoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<ExportTraceServiceResponse>, tonic::Status> {
+        ExportTraceServiceResponse::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
 }
 
 /// Why an export request failed, and whether trying again may help.
@@ -203,18 +258,22 @@ impl Transport {
                 })
             }
             Transport::Grpc { client, headers } => {
-                let request = ExportTraceServiceRequest::decode(body).map_err(|e| SendError {
-                    message: e.to_string(),
-                    retryable: false,
-                })?;
-                let mut request = tonic::Request::new(request);
+                let mut request = tonic::Request::new(body);
                 request.set_timeout(EXPORT_TIMEOUT);
                 for (k, v) in headers {
                     request.metadata_mut().insert(k.clone(), v.clone());
                 }
+                let mut client = client.clone();
+                client.ready().await.map_err(|e| SendError {
+                    message: e.to_string(),
+                    retryable: true,
+                })?;
                 client
-                    .clone()
-                    .export(request)
+                    .unary(
+                        request,
+                        tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH),
+                        RawCodec,
+                    )
                     .await
                     .map(|_| ())
                     .map_err(|status| {
@@ -339,7 +398,7 @@ impl Otlp {
                     metadata.push((key, value));
                 }
                 Transport::Grpc {
-                    client: TraceServiceClient::new(channel)
+                    client: tonic::client::Grpc::new(channel)
                         .send_compressed(tonic::codec::CompressionEncoding::Gzip)
                         .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
                     headers: metadata,
