@@ -19,7 +19,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::json;
 
-use crate::{Guard, cargo, require_root, setup, wait_port, workspace};
+use crate::{Guard, cargo, require_root, setup, start_nginx, wait_port, workspace};
 
 const SINK_PORT: u16 = 18_690;
 const NGINX_PORT: u16 = 18_691;
@@ -87,7 +87,16 @@ pub fn bench(opts: Opts) -> anyhow::Result<()> {
             .spawn()
             .context("starting the OTLP sink")?,
     );
-    let _nginx = start_nginx(&dir)?;
+    // Many connections held open, each kept for the whole run.
+    let _nginx = start_nginx(
+        &dir,
+        "bench-nginx",
+        NGINX_PORT,
+        "ok",
+        "worker_rlimit_nofile 20000;",
+        "worker_connections 12000;",
+        "keepalive_requests 1000000; keepalive_timeout 300s;",
+    )?;
     wait_port(SINK_PORT)?;
     wait_port(NGINX_PORT)?;
     let endpoint = format!("http://127.0.0.1:{SINK_PORT}");
@@ -431,40 +440,6 @@ fn criterion() -> anyhow::Result<serde_json::Value> {
         }
     }
     Ok(serde_json::Value::Object(result))
-}
-
-/// nginx with two workers answering a tiny response, under its own process name.
-fn start_nginx(dir: &Path) -> anyhow::Result<Guard> {
-    let conf = format!(
-        "daemon off; worker_processes 2; worker_rlimit_nofile 20000; pid {d}/nginx.pid;\n\
-         error_log {d}/error.log;\n\
-         events {{ worker_connections 12000; }}\n\
-         http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;\n\
-         client_body_temp_path {d}/b; proxy_temp_path {d}/p;\n\
-         fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
-         server {{ listen 127.0.0.1:{NGINX_PORT}; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
-        d = dir.display()
-    );
-    std::fs::write(dir.join("nginx.conf"), conf)?;
-    let bin = dir.join("bench-nginx");
-    std::fs::copy(
-        if Path::new("/usr/sbin/nginx").exists() {
-            "/usr/sbin/nginx"
-        } else {
-            "nginx"
-        },
-        &bin,
-    )
-    .context("copying nginx")?;
-    Ok(Guard(
-        Command::new(&bin)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .arg("-p")
-            .arg(dir)
-            .spawn()
-            .context("starting nginx")?,
-    ))
 }
 
 /// `kernel.bpf_stats_enabled` on for the run, restored after.

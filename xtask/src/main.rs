@@ -360,6 +360,49 @@ fn wait_port(port: u16) -> anyhow::Result<()> {
     bail!("nothing listens on port {port}")
 }
 
+/// nginx with two workers answering `body` on 127.0.0.1:`port`, run from a copy of its binary
+/// named `name` (so that a filter on the process name picks only this one), configured in
+/// `dir`; `main`, `events` and `http` add directives to those blocks.
+fn start_nginx(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    body: &str,
+    main: &str,
+    events: &str,
+    http: &str,
+) -> anyhow::Result<Guard> {
+    let conf = format!(
+        "daemon off; worker_processes 2; {main} pid {d}/nginx.pid; error_log {d}/error.log;\n\
+         events {{ {events} }}\n\
+         http {{ access_log off; {http}\n\
+         client_body_temp_path {d}/b; proxy_temp_path {d}/p;\n\
+         fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
+         server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"{body}\\n\"; }} }} }}\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("nginx.conf"), conf)?;
+    let bin = dir.join(name);
+    std::fs::copy(
+        if Path::new("/usr/sbin/nginx").exists() {
+            "/usr/sbin/nginx"
+        } else {
+            "nginx"
+        },
+        &bin,
+    )
+    .context("copying nginx")?;
+    Ok(Guard(
+        Command::new(&bin)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(dir)
+            .spawn()
+            .context("starting nginx")?,
+    ))
+}
+
 /// nginx, an OTLP/HTTP sink, the agent tracing nginx and exporting to the sink, and a steady
 /// load; the agent's RSS and descriptors are sampled every 30 s.
 fn soak(minutes: u64, rate: u64) -> anyhow::Result<()> {
@@ -370,35 +413,16 @@ fn soak(minutes: u64, rate: u64) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("tracer-soak-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (web, sink_port) = (18_680u16, 18_681u16);
-    let conf = format!(
-        "daemon off; worker_processes 2; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-         events {{ worker_connections 1024; }}\n\
-         http {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p;\n\
-         fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
-         server {{ listen 127.0.0.1:{web}; location / {{ return 200 \"soak\\n\"; }} }} }}\n",
-        d = dir.display()
-    );
-    std::fs::write(dir.join("nginx.conf"), conf)?;
     // Its own process name, so that only this nginx is traced.
-    let nginx_bin = dir.join("soak-nginx");
-    std::fs::copy(
-        if Path::new("/usr/sbin/nginx").exists() {
-            "/usr/sbin/nginx"
-        } else {
-            "nginx"
-        },
-        &nginx_bin,
-    )
-    .context("copying nginx")?;
-    let _nginx = Guard(
-        Command::new(&nginx_bin)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .arg("-p")
-            .arg(&dir)
-            .spawn()
-            .context("starting nginx")?,
-    );
+    let _nginx = start_nginx(
+        &dir,
+        "soak-nginx",
+        web,
+        "soak",
+        "",
+        "worker_connections 1024;",
+        "",
+    )?;
     let _sink = Guard(
         Command::new("python3")
             .arg(ws.join("tests/scripts/sink.py"))

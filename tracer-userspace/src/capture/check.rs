@@ -149,14 +149,13 @@ fn tracefs_item() -> Item {
 }
 
 fn cgroup_v2() -> Item {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let at = mounts
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.get(2) == Some(&"cgroup2"))
-        .and_then(|f| f.get(1).map(|s| s.to_string()));
-    match at {
-        Some(path) => item("cgroup v2", true, format!("mounted at {path}"), false),
+    match super::cgroup_v2_root() {
+        Some(path) => item(
+            "cgroup v2",
+            true,
+            format!("mounted at {}", path.display()),
+            false,
+        ),
         None => item("cgroup v2", false, "not mounted".into(), false),
     }
 }
