@@ -182,3 +182,112 @@ pub fn loaded_program_ids() -> Vec<u64> {
         .filter_map(|l| l.split(':').next()?.trim().parse().ok())
         .collect()
 }
+
+impl Agent {
+    /// Ids of the eBPF maps the agent holds, from its descriptors' fdinfo.
+    pub fn map_ids(&self) -> Vec<u64> {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fdinfo", self.pid())) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<u64> = fds
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter_map(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("map_id:"))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// The id of the agent's map called `name` (bpftool).
+    pub fn map_id(&self, name: &str) -> u64 {
+        self.map_ids()
+            .into_iter()
+            .find(|id| {
+                bpftool(&["map", "show", "id", &id.to_string()])
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    == Some(name)
+            })
+            .unwrap_or_else(|| panic!("the agent holds no map called {name}"))
+    }
+
+    /// Every entry of the agent's hash map `name`, as (key, value) bytes.
+    pub fn map_entries(&self, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let id = self.map_id(name).to_string();
+        let dump = bpftool(&["map", "dump", "id", &id]);
+        dump.as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| (hex_bytes(&e["key"]), hex_bytes(&e["value"])))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Remove one entry of the agent's map `name`, as the kernel does when it evicts it.
+    pub fn map_delete(&self, name: &str, key: &[u8]) {
+        let id = self.map_id(name).to_string();
+        let hex: Vec<String> = key.iter().map(|b| format!("0x{b:02x}")).collect();
+        let mut args = vec!["map", "delete", "id", &id, "key"];
+        args.extend(hex.iter().map(String::as_str));
+        bpftool(&args);
+    }
+
+    /// A kernel-side counter (an index of `tracer_common::counter`), summed over CPUs, read
+    /// from the agent's `COUNTERS` map.
+    pub fn kernel_counter(&self, index: u32) -> u64 {
+        let id = self.map_id("COUNTERS").to_string();
+        let key: Vec<String> = index
+            .to_le_bytes()
+            .iter()
+            .map(|b| format!("0x{b:02x}"))
+            .collect();
+        let mut args = vec!["map", "lookup", "id", &id, "key"];
+        args.extend(key.iter().map(String::as_str));
+        let found = bpftool(&args);
+        found["values"]
+            .as_array()
+            .map(|cpus| {
+                cpus.iter()
+                    .filter_map(|c| hex_bytes(&c["value"]).try_into().ok())
+                    .map(u64::from_le_bytes)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// Run bpftool with JSON output.
+fn bpftool(args: &[&str]) -> serde_json::Value {
+    let out = Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .expect("running bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_slice(&out.stdout).expect("bpftool's JSON")
+}
+
+fn hex_bytes(v: &serde_json::Value) -> Vec<u8> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| b.as_str())
+                .filter_map(|s| u8::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}

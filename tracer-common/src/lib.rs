@@ -23,6 +23,7 @@ pub mod maps {
     pub const PORT_FILTER: &str = "PORT_FILTER";
     pub const CONFIG: &str = "CONFIG";
     pub const CONNS: &str = "CONNS";
+    pub const MUTED: &str = "MUTED";
 }
 
 /// A descriptor of a traced process: the key of the `CONNS` cache.
@@ -44,15 +45,22 @@ pub mod conn_state {
     pub const MUTED: u32 = 2;
 }
 
-/// What a descriptor is, resolved once by the programs and cached until it is closed.
+/// What a descriptor is, resolved by the programs and cached until it is closed.
+///
+/// A descriptor number can come to name another file without a `close()` the programs see
+/// (`dup2`, `close_range`, close-on-exec, a later process with the same pid), so every use of
+/// an entry first checks that the descriptor still names `file` and, for a socket, that
+/// `socket` still belongs to `file` (the kernel clears that link when it releases a socket, so
+/// a new file that reuses the old one's memory fails it).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnInfo {
-    /// Address of the kernel `struct sock`.
+    /// Address of the kernel `struct sock` (0 when the descriptor is not a TCP socket).
     pub sock: u64,
-    /// Start time of the process that cached the entry: a later process that reuses the pid
-    /// finds a different one and resolves its descriptor afresh.
-    pub owner: u64,
+    /// Address of the `struct file` the descriptor named when it was resolved.
+    pub file: u64,
+    /// Address of its `struct socket` (0 when it is not a socket).
+    pub socket: u64,
     pub tuple: ConnTuple,
     /// One of [`conn_state`].
     pub state: u32,
@@ -129,8 +137,8 @@ pub struct KernelOffsets {
     pub sk_daddr: u32,
     pub sk_v6_rcv_saddr: u32,
     pub sk_v6_daddr: u32,
-    /// `task_struct.start_time`: tells a process from a later one with the same pid.
-    pub task_start_time: u32,
+    /// `socket.file`: the socket's file, cleared when the socket is released.
+    pub socket_file: u32,
     /// The path to the executable's name: task->mm->exe_file->f_path.dentry->d_name.name.
     pub task_mm: u32,
     pub mm_exe_file: u32,
@@ -303,7 +311,7 @@ pub mod counter {
 }
 
 const _: () = assert!(core::mem::size_of::<ConnTuple>() == 40);
-const _: () = assert!(core::mem::size_of::<ConnInfo>() == 64);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 72);
 const _: () = assert!(core::mem::size_of::<FdKey>() == 8);
 const _: () = assert!(EVENT_HEADER_LEN == 112);
 const _: () = assert!(EVENT_HEADER_LEN.is_multiple_of(8));

@@ -1,13 +1,14 @@
 //! From a descriptor to its TCP connection: walk the task's file table once per descriptor and
-//! cache the socket and 4-tuple until the descriptor is closed.
+//! cache the socket and 4-tuple until the descriptor is closed; every use of the cache checks
+//! that the descriptor still names the same file.
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 use tracer_common::{ConnTuple, conn_state, counter};
 
 use crate::{
     config,
-    filter::{ports_pass, process_start_time},
-    maps::{CONNS, ConnInfo, FdKey, PROCS, count},
+    filter::ports_pass,
+    maps::{CONNS, ConnInfo, FdKey, MUTED, PROCS, count},
 };
 
 const S_IFMT: u16 = 0o170000;
@@ -17,8 +18,9 @@ const IPPROTO_TCP: u16 = 6;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
-/// The cached connection behind `fd`, resolving it on a miss. `None` for anything that is not
-/// a traced TCP connection.
+/// The cached connection behind `fd`, resolving it on a miss or when the descriptor no longer
+/// names the file it named when cached. `None` for anything that is not a traced TCP
+/// connection.
 #[inline(always)]
 pub fn lookup(tgid: u32, fd: i32) -> Option<ConnInfo> {
     if fd < 0 {
@@ -29,8 +31,8 @@ pub fn lookup(tgid: u32, fd: i32) -> Option<ConnInfo> {
         fd: fd as u32,
     };
     let info = match unsafe { CONNS.get(key) } {
-        Some(info) => *info,
-        None => resolve(key)?,
+        Some(info) if still_names(fd as u32, info) => *info,
+        _ => resolve(key)?,
     };
     if info.state == conn_state::TRACED {
         Some(info)
@@ -39,13 +41,58 @@ pub fn lookup(tgid: u32, fd: i32) -> Option<ConnInfo> {
     }
 }
 
+/// The cached, traced connection of a descriptor already checked to name `file`.
+#[inline(always)]
+pub fn cached(tgid: u32, fd: i32, file: u64) -> Option<&'static ConnInfo> {
+    let key = FdKey {
+        tgid,
+        fd: fd as u32,
+    };
+    let info = unsafe { CONNS.get(key) }?;
+    (info.file == file && info.state == conn_state::TRACED).then_some(info)
+}
+
+/// Whether descriptor `fd` of the current task still names the file `info` was resolved from,
+/// and (for a socket) that file is still that socket's. A released socket's file link is
+/// cleared by the kernel, so a new file that reuses the old one's memory does not pass.
+#[inline(always)]
+fn still_names(fd: u32, info: &ConnInfo) -> bool {
+    let Ok(file) = fd_file(fd) else {
+        return false;
+    };
+    if file as u64 != info.file {
+        return false;
+    }
+    if info.socket == 0 {
+        return true;
+    }
+    let socket = info.socket as *const u8;
+    matches!(read::<u64>(socket, config!(offsets.socket_file)), Ok(f) if f == info.file)
+}
+
+/// The `struct file` that descriptor `fd` of the current task names (null when none).
+#[inline(always)]
+pub fn fd_file(fd: u32) -> Result<*const u8, ()> {
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let files: *const u8 = read(task, config!(offsets.task_files)).map_err(|_| ())?;
+    let fdt: *const u8 = read(files, config!(offsets.files_fdt)).map_err(|_| ())?;
+    let max_fds: u32 = read(fdt, config!(offsets.fdt_max_fds)).map_err(|_| ())?;
+    if fd >= max_fds {
+        return Err(());
+    }
+    let fd_array: *const u8 = read(fdt, config!(offsets.fdt_fd)).map_err(|_| ())?;
+    read(fd_array, fd * 8).map_err(|_| ())
+}
+
 /// Walk the file table for `key` and cache what is found (negative answers too, so that reads
-/// of plain files cost one lookup after the first).
+/// of plain files cost one lookup and one check after the first). A descriptor the agent muted
+/// stays muted as long as it names the same file.
 #[inline(always)]
 pub fn resolve(key: FdKey) -> Option<ConnInfo> {
     let mut info = ConnInfo {
         sock: 0,
-        owner: process_start_time(),
+        file: 0,
+        socket: 0,
         tuple: ConnTuple::default(),
         state: conn_state::IGNORED,
         _pad: 0,
@@ -58,11 +105,16 @@ pub fn resolve(key: FdKey) -> Option<ConnInfo> {
         }
         Err(Walk::NotTcp) => {}
     }
-    if info.sock != 0 {
-        if ports_pass(info.tuple.local_port, info.tuple.remote_port) {
-            info.state = conn_state::TRACED;
-            let _ = PROCS.insert(key.tgid, 1, 0);
+    if info.sock != 0 && ports_pass(info.tuple.local_port, info.tuple.remote_port) {
+        info.state = conn_state::TRACED;
+        if let Some(&muted) = unsafe { MUTED.get(&key) } {
+            if muted == info.file {
+                info.state = conn_state::MUTED;
+            } else {
+                let _ = MUTED.remove(&key);
+            }
         }
+        let _ = PROCS.insert(key.tgid, 1, 0);
     }
     if CONNS.insert(key, info, 0).is_err() {
         count(counter::CONN_TABLE_FULL);
@@ -78,8 +130,11 @@ pub fn forget(tgid: u32, fd: i32) -> Option<ConnInfo> {
         fd: fd as u32,
     };
     let info = unsafe { CONNS.get(key) }.copied();
-    if info.is_some() {
+    if let Some(info) = info {
         let _ = CONNS.remove(key);
+        if info.state == conn_state::MUTED {
+            let _ = MUTED.remove(&key);
+        }
     }
     info
 }
@@ -110,12 +165,14 @@ fn walk(fd: u32, info: &mut ConnInfo) -> Result<(), Walk> {
     if file.is_null() {
         return Err(Walk::Failed);
     }
+    info.file = file as u64;
     let inode: *const u8 = read(file, config!(offsets.file_f_inode))?;
     let mode: u16 = read(inode, config!(offsets.inode_i_mode))?;
     if mode & S_IFMT != S_IFSOCK {
         return Err(Walk::NotTcp);
     }
     let socket: *const u8 = read(file, config!(offsets.file_private_data))?;
+    info.socket = socket as u64;
     let sock_type: u16 = read(socket, config!(offsets.socket_type))?;
     if sock_type != SOCK_STREAM {
         return Err(Walk::NotTcp);

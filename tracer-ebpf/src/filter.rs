@@ -63,20 +63,6 @@ pub fn process_comm() -> Option<[u8; COMM_LEN]> {
     }
 }
 
-/// Start time of the current process (its main thread): with the pid, it names the process.
-#[inline(always)]
-pub fn process_start_time() -> u64 {
-    let leader_off = config!(offsets.task_group_leader) as usize;
-    let start_off = config!(offsets.task_start_time) as usize;
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    unsafe {
-        let Ok(leader) = bpf_probe_read_kernel::<*const u8>(task.add(leader_off).cast()) else {
-            return 0;
-        };
-        bpf_probe_read_kernel(leader.add(start_off).cast()).unwrap_or(0)
-    }
-}
-
 /// Copy the base name of the current process's executable into `dst` (NUL-terminated);
 /// returns its length, 0 when it cannot be read.
 #[inline(always)]

@@ -42,7 +42,7 @@ fn enter_data(ctx: &TracePointContext, syscall: u8, mode: u8) -> Result<u32, u32
     let pid_tgid = filter::traced_task().ok_or(0u32)?;
     let fd: i64 = arg(ctx, 0)?;
     let fd = fd as i32;
-    conn::lookup((pid_tgid >> 32) as u32, fd).ok_or(0u32)?;
+    let file = conn::lookup((pid_tgid >> 32) as u32, fd).ok_or(0u32)?.file;
     let buf: u64 = arg(ctx, 1)?;
     let (buf, iovcnt) = match mode {
         MODE_PLAIN | MODE_NONE => (buf, 0),
@@ -58,6 +58,7 @@ fn enter_data(ctx: &TracePointContext, syscall: u8, mode: u8) -> Result<u32, u32
     };
     let call = Inflight {
         ts_enter: unsafe { bpf_ktime_get_ns() },
+        file,
         buf,
         iovcnt,
         fd,
@@ -87,8 +88,13 @@ fn exit_data(ctx: &TracePointContext, dir: u8) -> Result<u32, u32> {
     if ret <= 0 {
         return Ok(0);
     }
-    let conn = conn::lookup((pid_tgid >> 32) as u32, call.fd).ok_or(0u32)?;
-    let buf = emit::start(kind::DATA, dir, call.syscall, call.fd, &conn).ok_or(0u32)?;
+    // The descriptor must still name the socket's file it named at entry: the bytes of any
+    // other file are never copied.
+    if conn::fd_file(call.fd as u32) != Ok(call.file as *const u8) {
+        return Ok(0);
+    }
+    let conn = conn::cached((pid_tgid >> 32) as u32, call.fd, call.file).ok_or(0u32)?;
+    let buf = emit::start(kind::DATA, dir, call.syscall, call.fd, conn).ok_or(0u32)?;
     unsafe {
         (*buf).header.ts_enter_ns = call.ts_enter;
         (*buf).header.total_len = ret as u64;
@@ -242,6 +248,7 @@ fn connect_enter(ctx: &TracePointContext) -> Result<u32, u32> {
     let fd: i64 = arg(ctx, 0)?;
     let call = Inflight {
         ts_enter: 0,
+        file: 0,
         buf: 0,
         iovcnt: 0,
         fd: fd as i32,
@@ -314,7 +321,8 @@ fn process_exit() -> Result<u32, u32> {
     let _ = maps::PROCS.remove(tgid);
     let none = maps::ConnInfo {
         sock: 0,
-        owner: 0,
+        file: 0,
+        socket: 0,
         tuple: tracer_common::ConnTuple::default(),
         state: conn_state::IGNORED,
         _pad: 0,

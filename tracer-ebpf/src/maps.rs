@@ -43,6 +43,13 @@ pub static PORT_FILTER: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 
 #[map(name = "CONNS")]
 pub static CONNS: LruHashMap<FdKey, ConnInfo> = LruHashMap::with_max_entries(65536, 0);
 
+/// Descriptors the agent muted, with the `struct file` each named then. Not an LRU map: an
+/// entry of `CONNS` may be evicted, and the connection, resolved afresh, must stay muted. The
+/// programs remove an entry at `close()`, or when its descriptor names another file; the
+/// agent removes those of processes that exited.
+#[map(name = "MUTED")]
+pub static MUTED: HashMap<FdKey, u64> = HashMap::with_max_entries(65536, 0);
+
 /// Processes with at least one traced connection: only their exits are reported.
 #[map]
 pub static PROCS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
@@ -58,6 +65,8 @@ pub const MODE_NONE: u8 = 3;
 #[derive(Clone, Copy)]
 pub struct Inflight {
     pub ts_enter: u64,
+    /// The `struct file` the descriptor named at entry (checked again at exit).
+    pub file: u64,
     /// The buffer, or the iovec array.
     pub buf: u64,
     /// The iovec count in `MODE_IOV`.

@@ -227,7 +227,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 flow.apply_mutes(&mut probes);
             }
             _ = housekeeping.tick() => flow.housekeeping(),
-            _ = report.tick() => log_report(&probes, &flow, &stats_rx),
+            _ = report.tick() => {
+                log_report(&probes, &flow, &stats_rx);
+                if let Err(e) = probes.sweep_mutes() {
+                    log::debug!("sweeping the mutes of exited processes failed: {e}");
+                }
+            }
         }
     }
 

@@ -253,7 +253,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         sk_daddr: sk("skc_daddr")?,
         sk_v6_rcv_saddr: sk("skc_v6_rcv_saddr")?,
         sk_v6_daddr: sk("skc_v6_daddr")?,
-        task_start_time: btf.offset_of("task_struct", "start_time")?,
+        socket_file: btf.offset_of("socket", "file")?,
         task_mm: btf.offset_of("task_struct", "mm")?,
         mm_exe_file: btf.offset_of("mm_struct", "exe_file")?,
         file_f_path_dentry: btf.offset_of("file", "f_path")? + btf.offset_of("path", "dentry")?,

@@ -79,14 +79,7 @@ impl Probes {
             return Err(CaptureError::NotRoot);
         }
         tracefs::ensure_mounted().map_err(CaptureError::Tracefs)?;
-        let offsets = btf::kernel_offsets(&btf::Btf::from_kernel()?)?;
-        raise_memlock();
-        let mut config = kernel_config(filter, capture_bytes, offsets);
-        config.propagate = propagate as u32;
-        let mut ebpf = EbpfLoader::new()
-            .override_global(maps::CONFIG, &config, true)
-            .load(EBPF_OBJECT)
-            .map_err(|e| CaptureError::Load(Box::new(e)))?;
+        let mut ebpf = open_object(filter, capture_bytes, propagate)?;
         fill_filters(&mut ebpf, filter)?;
         let all = TRACEPOINTS
             .iter()
@@ -125,26 +118,57 @@ impl Probes {
 
     /// Stop capturing the bytes of a connection the agent has no use for (not HTTP/1.x, or
     /// switched protocols); its close is still reported. A descriptor that meanwhile names
-    /// another socket is left alone.
+    /// another socket is left alone. The mute is also kept apart from the descriptor cache, so
+    /// that the cache evicting the entry does not make the connection copied again.
     pub fn mute(&mut self, tgid: u32, fd: i32, sock: u64) -> Result<(), CaptureError> {
-        let map = self
-            .ebpf
-            .map_mut(maps::CONNS)
-            .ok_or(CaptureError::Missing(maps::CONNS))?;
-        let mut conns: HashMap<_, FdKey, ConnInfo> =
-            HashMap::try_from(map).map_err(map_err(maps::CONNS))?;
         let key = FdKey {
             tgid,
             fd: fd as u32,
         };
-        if let Ok(mut info) = conns.get(&key, 0)
-            && info.sock == sock
-            && info.state == conn_state::TRACED
-        {
-            info.state = conn_state::MUTED;
-            conns.insert(key, info, 0).map_err(map_err(maps::CONNS))?;
+        let file = {
+            let map = self
+                .ebpf
+                .map_mut(maps::CONNS)
+                .ok_or(CaptureError::Missing(maps::CONNS))?;
+            let mut conns: HashMap<_, FdKey, ConnInfo> =
+                HashMap::try_from(map).map_err(map_err(maps::CONNS))?;
+            match conns.get(&key, 0) {
+                Ok(mut info) if info.sock == sock && info.state == conn_state::TRACED => {
+                    info.state = conn_state::MUTED;
+                    conns.insert(key, info, 0).map_err(map_err(maps::CONNS))?;
+                    info.file
+                }
+                _ => return Ok(()),
+            }
+        };
+        let map = self
+            .ebpf
+            .map_mut(maps::MUTED)
+            .ok_or(CaptureError::Missing(maps::MUTED))?;
+        let mut muted: HashMap<_, FdKey, u64> =
+            HashMap::try_from(map).map_err(map_err(maps::MUTED))?;
+        muted.insert(key, file, 0).map_err(map_err(maps::MUTED))
+    }
+
+    /// Forget the mutes of processes that no longer exist (they closed nothing: the kernel
+    /// did). A later process with the same pid is not fooled by one left behind: the
+    /// programs check the file a mute was made for.
+    pub fn sweep_mutes(&mut self) -> Result<usize, CaptureError> {
+        let map = self
+            .ebpf
+            .map_mut(maps::MUTED)
+            .ok_or(CaptureError::Missing(maps::MUTED))?;
+        let mut muted: HashMap<_, FdKey, u64> =
+            HashMap::try_from(map).map_err(map_err(maps::MUTED))?;
+        let gone: Vec<FdKey> = muted
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !std::path::Path::new(&format!("/proc/{}", k.tgid)).exists())
+            .collect();
+        for key in &gone {
+            let _ = muted.remove(key);
         }
-        Ok(())
+        Ok(gone.len())
     }
 
     /// The kernel-side counters, summed over CPUs, indexed as `tracer_common::counter`.
@@ -162,6 +186,23 @@ impl Probes {
         }
         Ok(out)
     }
+}
+
+/// The embedded object with its configuration for this kernel, its maps created and no
+/// program loaded yet.
+pub(crate) fn open_object(
+    filter: &Filter,
+    capture_bytes: u32,
+    propagate: bool,
+) -> Result<Ebpf, CaptureError> {
+    let offsets = btf::kernel_offsets(&btf::Btf::from_kernel()?)?;
+    raise_memlock();
+    let mut config = kernel_config(filter, capture_bytes, offsets);
+    config.propagate = propagate as u32;
+    EbpfLoader::new()
+        .override_global(maps::CONFIG, &config, true)
+        .load(EBPF_OBJECT)
+        .map_err(|e| CaptureError::Load(Box::new(e)))
 }
 
 /// Where cgroup v2 is mounted (its root), from /proc/mounts.
