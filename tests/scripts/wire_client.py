@@ -21,6 +21,7 @@ split = get(b"/case/split_head")
 chunked = (b"POST /case/chunked HTTP/1.1\r\nHost: wire\r\nTransfer-Encoding: chunked\r\n\r\n"
            b"5\r\nhello\r\n0\r\n\r\n")
 own = b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
+fillers = b"".join(b"X-Filler-%02d: v\r\n" % i for i in range(40))
 
 # name: (pieces, one per send; the requests in them)
 CASES = {
@@ -39,6 +40,10 @@ CASES = {
         [get(b"/case/pipelined"), get(b"/case/pipelined/2")],
     ),
     "has_traceparent": ([get(b"/case/has_traceparent", own)], [get(b"/case/has_traceparent", own)]),
+    "late_traceparent": (
+        [get(b"/case/late_traceparent", fillers + own)],
+        [get(b"/case/late_traceparent", fillers + own)],
+    ),
     "chunked": ([chunked, get(b"/case/chunked/2")], [chunked, get(b"/case/chunked/2")]),
 }
 

@@ -343,11 +343,18 @@ fn check_reports_each_feature() {
             "no {name} line: {text}"
         );
     }
-    let tp = text
-        .lines()
-        .find(|l| l.contains(" tracepoint "))
-        .expect("a tracepoint line");
-    assert!(tp.starts_with("pass"), "{tp}");
+    // The agent's own programs go through the verifier.
+    for name in ["capture", "head search", "propagate", "tracepoint"] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("  {name} ")))
+            .unwrap_or_else(|| panic!("no {name} line: {text}"));
+        assert!(line.starts_with("pass"), "{line}");
+    }
+    assert!(
+        text.contains("the agent's 24 tracepoint programs load"),
+        "{text}"
+    );
     // Not root: a clear failure naming the fix, and exit 1.
     let out = unprivileged(&["check"]);
     let text = String::from_utf8_lossy(&out.stdout);

@@ -24,7 +24,13 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     pub const CONNS: &str = "CONNS";
     pub const MUTED: &str = "MUTED";
+    pub const AFTER_COPY: &str = "AFTER_COPY";
 }
+
+/// The program the exit programs tail-call when an event may start a request: it searches the
+/// head (the far `traceparent`, `--propagate`'s trace context) and sends the event. It needs
+/// `bpf_loop` (Linux 5.17); without it, events go out without those searches.
+pub const AFTER_COPY_PROGRAM: &str = "tracer_after_copy";
 
 /// A descriptor of a traced process: the key of the `CONNS` cache.
 #[repr(C)]

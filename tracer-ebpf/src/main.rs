@@ -100,18 +100,28 @@ fn exit_data(ctx: &TracePointContext, dir: u8) -> Result<u32, u32> {
         (*buf).header.total_len = ret as u64;
     }
     let copied = emit::copy_payload(buf, &call, ret as u64);
+    unsafe { (*buf).header.captured_len = copied as u32 };
     if config!(propagate) != 0 || (dir == direction::INGRESS && ret as u64 > copied) {
         propagate::set_user_buffer(if call.mode == MODE_PLAIN { call.buf } else { 0 });
-        // Through the event buffer, not registers: every path arrives in the same state, so
-        // the verifier checks the (looping) scan once rather than once per path.
-        unsafe { (*buf).header.captured_len = copied as u32 };
-        propagate::after_copy();
+        // The searches of a request's head run in a program of their own, which sends the
+        // event: they need `bpf_loop` (Linux 5.17) and a stack of their own. Where that
+        // program is not loaded the tail call returns, and the event goes out as it is.
+        unsafe { maps::AFTER_COPY.tail_call(ctx, 0) };
+    }
+    emit::submit(buf, copied);
+    Ok(0)
+}
+
+/// The tail of an exit program whose event may start a request: the searches of
+/// [`propagate::after_copy`], then the event (left in the scratch buffer) is sent.
+#[tracepoint]
+pub fn tracer_after_copy(_ctx: TracePointContext) -> u32 {
+    propagate::after_copy();
+    if let Some(buf) = maps::SCRATCH.get_ptr_mut(0) {
         let copied = unsafe { (*buf).header.captured_len } as u64;
         emit::submit(buf, copied);
-    } else {
-        emit::submit(buf, copied);
     }
-    Ok(0)
+    0
 }
 
 /// A connection was accepted or connected: resolve it afresh and announce it.

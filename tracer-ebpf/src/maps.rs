@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use tracer_common::{
     COMM_LEN, Config, EventHeader, MAX_CAPTURE, PID_BITMAP_WORDS, PORT_BITMAP_WORDS,
@@ -87,6 +87,11 @@ pub struct EventBuf {
     pub header: EventHeader,
     pub data: [u8; MAX_CAPTURE * 2],
 }
+
+/// Slot 0: the program that finishes an exit program's event when it may start a request
+/// (`tracer_common::AFTER_COPY_PROGRAM`), filled by the agent where the kernel can load it.
+#[map(name = "AFTER_COPY")]
+pub static AFTER_COPY: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 #[map]
 pub static SCRATCH: PerCpuArray<EventBuf> = PerCpuArray::with_max_entries(1, 0);

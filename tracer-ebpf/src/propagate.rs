@@ -40,8 +40,6 @@ use crate::{
 /// Bytes of a head scanned for its end and its headers.
 pub const SCAN_MAX: usize = 2048;
 const SCAN_MASK: usize = SCAN_MAX * 2 - 1;
-/// Header lines examined per head.
-const MAX_LINES: usize = 32;
 
 /// Outgoing connections of traced processes (keyed by socket cookie).
 #[map]
@@ -77,13 +75,12 @@ pub struct Scan {
     pub line_end: u32,
     /// Offset just after the empty line; 0 when the head does not end within the scan.
     pub head_end: u32,
-    pub lines: u32,
+    pub _pad0: u32,
     pub has_traceparent: u32,
     /// Offset of the `traceparent` value.
     pub traceparent_at: u32,
     pub chunked: u32,
     pub content_length: u64,
-    pub line_starts: [u32; MAX_LINES],
     /// Where the line scan starts (after the method), where it ends, and the current line.
     pub from: u32,
     pub n: u32,
@@ -126,8 +123,39 @@ pub struct FarEvent {
     pub value: [u8; 64],
 }
 
+/// The scan buffer of the tracepoint programs.
 #[map]
 static SCAN_BUF: PerCpuArray<ScanBuf> = PerCpuArray::with_max_entries(1, 0);
+
+/// The sk_msg program's own scan buffer: it runs inside a send, and must never share a buffer
+/// with a tracepoint program it may interleave with on the same CPU.
+#[map]
+static MSG_SCAN_BUF: PerCpuArray<ScanBuf> = PerCpuArray::with_max_entries(1, 0);
+
+/// Which per-CPU scan buffer a scan works in. The `bpf_loop` steps cannot be handed a map
+/// pointer, so each buffer gets its own copy of them.
+pub trait ScanArea {
+    fn buf() -> Option<*mut ScanBuf>;
+}
+
+/// The tracepoint programs' buffer.
+pub struct Syscalls;
+/// The sk_msg program's buffer.
+pub struct Sends;
+
+impl ScanArea for Syscalls {
+    #[inline(always)]
+    fn buf() -> Option<*mut ScanBuf> {
+        SCAN_BUF.get_ptr_mut(0)
+    }
+}
+
+impl ScanArea for Sends {
+    #[inline(always)]
+    fn buf() -> Option<*mut ScanBuf> {
+        MSG_SCAN_BUF.get_ptr_mut(0)
+    }
+}
 
 /// An event with its trace ids.
 #[repr(C)]
@@ -179,9 +207,10 @@ fn value_at(d: &[u8; SCAN_MAX * 2], mut i: u32, n: u32) -> u32 {
     i
 }
 
-/// One byte of the line scan: `i` counts from `Scan::from`. Returns 1 to stop.
-extern "C" fn line_step(i: u64, _ctx: *mut core::ffi::c_void) -> i64 {
-    let Some(b) = SCAN_BUF.get_ptr_mut(0) else {
+/// One byte of the line scan: `i` counts from `Scan::from`. Each header line is examined as
+/// soon as its end is found, however many lines the head has. Returns 1 to stop.
+extern "C" fn line_step<A: ScanArea>(i: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+    let Some(b) = A::buf() else {
         return 1;
     };
     let b = unsafe { &mut *b };
@@ -192,32 +221,30 @@ extern "C" fn line_step(i: u64, _ctx: *mut core::ffi::c_void) -> i64 {
     if at(&b.data, i) != b'\r' || at(&b.data, i + 1) != b'\n' {
         return 0;
     }
-    let s = &mut b.scan;
-    if i == s.last_start && s.last_start != 0 {
-        s.head_end = i + 2;
+    let start = b.scan.last_start;
+    if i == start && start != 0 {
+        b.scan.head_end = i + 2;
         return 1;
     }
-    if s.line_end == 0 {
-        s.line_end = i + 2;
-    } else if (s.lines as usize) < MAX_LINES {
-        s.line_starts[s.lines as usize & (MAX_LINES - 1)] = s.last_start;
-        s.lines += 1;
+    if b.scan.line_end == 0 {
+        b.scan.line_end = i + 2;
+    } else {
+        header_line(b, start);
     }
-    s.last_start = i + 2;
+    b.scan.last_start = i + 2;
     0
 }
 
-/// One header line of the scan: line `l` of `Scan::line_starts`. Returns 1 to stop.
-extern "C" fn header_step(l: u64, _ctx: *mut core::ffi::c_void) -> i64 {
-    let Some(b) = SCAN_BUF.get_ptr_mut(0) else {
-        return 1;
-    };
-    let b = unsafe { &mut *b };
+/// Note what the header line at `start` says, if it is one the programs follow.
+#[inline(always)]
+fn header_line(b: &mut ScanBuf, start: u32) {
     let n = core::cmp::min(b.scan.n, SCAN_MAX as u32);
-    let start = b.scan.line_starts[l as usize & (MAX_LINES - 1)];
     if header_is(&b.data, start, n, b"traceparent:") {
-        b.scan.has_traceparent = 1;
-        b.scan.traceparent_at = value_at(&b.data, start + 12, n);
+        // The first one counts, as for the agent.
+        if b.scan.has_traceparent == 0 {
+            b.scan.has_traceparent = 1;
+            b.scan.traceparent_at = value_at(&b.data, start + 12, n);
+        }
     } else if header_is(&b.data, start, n, b"transfer-encoding:") {
         b.scan.chunked = 1;
     } else if header_is(&b.data, start, n, b"content-length:") {
@@ -238,7 +265,6 @@ extern "C" fn header_step(l: u64, _ctx: *mut core::ffi::c_void) -> i64 {
         }
         b.scan.content_length = value;
     }
-    0
 }
 
 /// Scan the first `n` bytes of `b.data` as the start of an HTTP/1.x request. Returns false
@@ -248,7 +274,7 @@ extern "C" fn header_step(l: u64, _ctx: *mut core::ffi::c_void) -> i64 {
 /// map value, so no reference may stay live across that call (the compiler would keep the
 /// values it wrote before it).
 #[inline(always)]
-pub fn scan_request(ptr: *mut ScanBuf, n: u32) -> bool {
+pub fn scan_request<A: ScanArea>(ptr: *mut ScanBuf, n: u32) -> bool {
     let b = unsafe { &mut *ptr };
     let n = if n as usize > SCAN_MAX {
         SCAN_MAX as u32
@@ -276,7 +302,6 @@ pub fn scan_request(ptr: *mut ScanBuf, n: u32) -> bool {
     let s = &mut b.scan;
     s.line_end = 0;
     s.head_end = 0;
-    s.lines = 0;
     s.has_traceparent = 0;
     s.traceparent_at = 0;
     s.chunked = 0;
@@ -288,7 +313,7 @@ pub fn scan_request(ptr: *mut ScanBuf, n: u32) -> bool {
     unsafe {
         bpf_loop(
             n - m,
-            line_step as *mut core::ffi::c_void,
+            line_step::<A> as *mut core::ffi::c_void,
             core::ptr::null_mut(),
             0,
         )
@@ -312,16 +337,6 @@ pub fn scan_request(ptr: *mut ScanBuf, n: u32) -> bool {
         s.line_end = 0;
         return true;
     }
-    let lines = s.lines;
-    // Header lines, one bpf_loop step each.
-    unsafe {
-        bpf_loop(
-            lines,
-            header_step as *mut core::ffi::c_void,
-            core::ptr::null_mut(),
-            0,
-        )
-    };
     true
 }
 
@@ -427,7 +442,7 @@ pub fn after_copy() {
     {
         return;
     }
-    if !scan_request(ptr, n) {
+    if !scan_request::<Syscalls>(ptr, n) {
         return;
     }
     let b = unsafe { &mut *ptr };
@@ -684,7 +699,7 @@ fn inject(ctx: &SkMsgContext) -> Option<()> {
         lose(sk);
         return None;
     }
-    let ptr = SCAN_BUF.get_ptr_mut(0)?;
+    let ptr = Sends::buf()?;
     let b = unsafe { &mut *ptr };
     let avail = (ctx.data_end() - ctx.data()) as u32;
     let n = core::cmp::min(n, avail);
@@ -699,7 +714,7 @@ fn inject(ctx: &SkMsgContext) -> Option<()> {
         lose(sk);
         return None;
     }
-    if !scan_request(ptr, n) {
+    if !scan_request::<Sends>(ptr, n) {
         lose(sk);
         return None;
     }

@@ -1,6 +1,7 @@
 //! `tracer check`: what this machine offers the agent, each item pass or fail, with the fix
-//! when something is missing. The hook types are tried for real: each do-nothing program of
-//! the embedded object is loaded, and attached where that cannot affect anyone.
+//! when something is missing. The agent's own programs are loaded (through the verifier) but
+//! not attached, so the verdict is the agent's; the hook types of features to come are tried
+//! with do-nothing programs, attached where that cannot affect anyone.
 
 use std::fmt;
 
@@ -11,6 +12,8 @@ use aya::{
         uprobe::UProbeScope,
     },
 };
+
+use tracer_common::{DEFAULT_CAPTURE, PROCESS_EXIT, TRACEPOINTS};
 
 use super::{EBPF_OBJECT, btf, tracefs};
 
@@ -173,6 +176,101 @@ fn lockdown() -> Item {
         detail: format!("{mode} (tracer only reads; it needs no bpf_probe_write_user)"),
         required: false,
     }
+}
+
+/// What a verifier refused, in one line: the last line of its log that says why (the error
+/// itself when there is no log).
+fn verifier_gist(e: impl fmt::Display) -> String {
+    let text = e.to_string();
+    let Some((head, log)) = text.split_once("Verifier output:") else {
+        return first_line(&text);
+    };
+    log.lines()
+        .map(str::trim)
+        .rfind(|l| {
+            !l.is_empty()
+                && !l.starts_with("processed ")
+                && !l.starts_with("verification time")
+                && !l.starts_with("stack depth")
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| first_line(head))
+}
+
+/// Load a program of the agent's object (not attached); the verifier's gist when refused.
+fn load_agent_program<P>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    load: impl FnOnce(&mut P) -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), String>
+where
+    for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("{name} is missing from the object"))?;
+    let program: &mut P = program
+        .try_into()
+        .map_err(|_| format!("{name} has an unexpected type"))?;
+    load(program).map_err(|e| format!("{name} is refused: {}", verifier_gist(e)))
+}
+
+/// The agent's own programs, loaded as the agent loads them (with this kernel's struct
+/// offsets): the syscall capture (required), the search of request heads, and `--propagate`.
+fn agent_programs() -> Vec<Item> {
+    let filter = crate::filter::Filter::default();
+    let mut ebpf = match super::open_object(&filter, DEFAULT_CAPTURE, true) {
+        Ok(e) => e,
+        Err(e) => {
+            return vec![item(
+                "capture",
+                false,
+                format!("the agent's object does not load: {}", verifier_gist(e)),
+                true,
+            )];
+        }
+    };
+    let capture = TRACEPOINTS
+        .iter()
+        .copied()
+        .chain([PROCESS_EXIT.1])
+        .try_for_each(|name| load_agent_program::<TracePoint>(&mut ebpf, name, |p| p.load()));
+    let count = TRACEPOINTS.len() + 1;
+    let mut out = vec![match capture {
+        Ok(()) => item(
+            "capture",
+            true,
+            format!("the agent's {count} tracepoint programs load"),
+            true,
+        ),
+        Err(e) => item("capture", false, e, true),
+    }];
+    out.push(match super::install_after_copy(&mut ebpf) {
+        Ok(()) => item(
+            "head search",
+            true,
+            "loads (traceparent past the capture window; --propagate's context)".into(),
+            false,
+        ),
+        Err(e) => item(
+            "head search",
+            false,
+            format!("{} (needs Linux 5.17: bpf_loop)", verifier_gist(e)),
+            false,
+        ),
+    });
+    let propagation = load_agent_program::<SkMsg>(&mut ebpf, "tracer_sk_msg", |p| p.load())
+        .and_then(|()| load_agent_program::<SockOps>(&mut ebpf, "tracer_sock_ops", |p| p.load()));
+    out.push(match propagation {
+        Ok(()) => item(
+            "propagate",
+            true,
+            "the sk_msg and sock_ops programs load (not attached by check)".into(),
+            false,
+        ),
+        Err(e) => item("propagate", false, e, false),
+    });
+    out
 }
 
 /// Attaches a loaded check program and detaches it again; says where, or why not.
@@ -349,6 +447,7 @@ pub fn run() -> Vec<Item> {
         lockdown(),
     ];
     if items[1].verdict == Verdict::Pass {
+        items.extend(agent_programs());
         items.extend(hooks());
     }
     items
@@ -361,5 +460,5 @@ pub fn can_run(items: &[Item]) -> bool {
         .all(|i| !i.required || i.verdict != Verdict::Fail)
         && items
             .iter()
-            .any(|i| i.name == "tracepoint" && i.verdict == Verdict::Pass)
+            .any(|i| i.name == "capture" && i.verdict == Verdict::Pass)
 }

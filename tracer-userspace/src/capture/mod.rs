@@ -8,12 +8,12 @@ mod tracefs;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, SockHash},
+    maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf, SockHash},
     programs::{CgroupAttachMode, SkMsg, SockOps, TracePoint},
 };
 use tracer_common::{
-    COMM_LEN, Config, ConnInfo, FILTER_COMM, FILTER_PID, FILTER_PORT, FdKey, KernelOffsets,
-    PROCESS_EXIT, SYSCALLS, TRACEPOINTS, conn_state, counter, maps,
+    AFTER_COPY_PROGRAM, COMM_LEN, Config, ConnInfo, FILTER_COMM, FILTER_PID, FILTER_PORT, FdKey,
+    KernelOffsets, PROCESS_EXIT, SYSCALLS, TRACEPOINTS, conn_state, counter, maps,
 };
 
 use crate::filter::Filter;
@@ -52,6 +52,8 @@ pub enum CaptureError {
     Missing(&'static str),
     #[error("--propagate cannot work here: {0}")]
     Propagation(String),
+    #[error("duplicating a descriptor: {0}")]
+    Descriptor(#[source] std::io::Error),
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> CaptureError {
@@ -81,6 +83,19 @@ impl Probes {
         tracefs::ensure_mounted().map_err(CaptureError::Tracefs)?;
         let mut ebpf = open_object(filter, capture_bytes, propagate)?;
         fill_filters(&mut ebpf, filter)?;
+        // Before the exit programs run: they tail-call it.
+        if let Err(e) = install_after_copy(&mut ebpf) {
+            if propagate {
+                return Err(CaptureError::Propagation(format!(
+                    "the program that reads request heads does not load here (it needs \
+                     Linux 5.17 or later): {e}"
+                )));
+            }
+            log::warn!(
+                "a traceparent past the capture window will not be found: the program that \
+                 searches for it does not load here (it needs Linux 5.17 or later): {e}"
+            );
+        }
         let all = TRACEPOINTS
             .iter()
             .map(|&name| (SYSCALLS, name))
@@ -203,6 +218,33 @@ pub(crate) fn open_object(
         .override_global(maps::CONFIG, &config, true)
         .load(EBPF_OBJECT)
         .map_err(|e| CaptureError::Load(Box::new(e)))
+}
+
+/// Load the program that finishes events which may start a request (the searches of the
+/// head) and put it in the exit programs' tail-call slot.
+pub(crate) fn install_after_copy(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
+    let name = AFTER_COPY_PROGRAM;
+    let wrap = |e| CaptureError::Program {
+        name,
+        source: Box::new(e),
+    };
+    let program: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or(CaptureError::Missing(name))?
+        .try_into()
+        .map_err(wrap)?;
+    program.load().map_err(wrap)?;
+    let fd = program
+        .fd()
+        .map_err(wrap)?
+        .try_clone()
+        .map_err(CaptureError::Descriptor)?;
+    let map = ebpf
+        .map_mut(maps::AFTER_COPY)
+        .ok_or(CaptureError::Missing(maps::AFTER_COPY))?;
+    let mut slots: ProgramArray<_> =
+        ProgramArray::try_from(map).map_err(map_err(maps::AFTER_COPY))?;
+    slots.set(0, &fd, 0).map_err(map_err(maps::AFTER_COPY))
 }
 
 /// Where cgroup v2 is mounted (its root), from /proc/mounts.
