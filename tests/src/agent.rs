@@ -230,6 +230,35 @@ impl Agent {
             .unwrap_or_default()
     }
 
+    /// The keys of the agent's map `name` (for maps whose values user space cannot read, such
+    /// as a sock hash).
+    pub fn map_keys(&self, name: &str) -> Vec<Vec<u8>> {
+        let id = self.map_id(name).to_string();
+        let mut keys = Vec::new();
+        let mut args: Vec<String> = vec!["map".into(), "getnext".into(), "id".into(), id];
+        loop {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = Command::new("bpftool")
+                .arg("-j")
+                .args(&refs)
+                .output()
+                .expect("running bpftool");
+            // bpftool fails at the end of the map.
+            let Ok(next) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                break;
+            };
+            let key = hex_bytes(&next["next_key"]);
+            if !out.status.success() || key.is_empty() || keys.contains(&key) {
+                break;
+            }
+            args.truncate(4);
+            args.push("key".into());
+            args.extend(key.iter().map(|b| format!("0x{b:02x}")));
+            keys.push(key);
+        }
+        keys
+    }
+
     /// Remove one entry of the agent's map `name`, as the kernel does when it evicts it.
     pub fn map_delete(&self, name: &str, key: &[u8]) {
         let id = self.map_id(name).to_string();

@@ -300,3 +300,51 @@ fn without_propagate_the_bytes_are_untouched_and_the_hosts_are_separate_traces()
     assert_ne!(server.span.trace_id, client.span.trace_id);
     assert!(server.span.parent_span_id.is_empty());
 }
+
+/// A connection the program stops rewriting (here: a head split across sends) leaves the sock
+/// hash at once, while it stays open: its later sends no longer pass through the program.
+#[test]
+fn a_connection_no_longer_followed_leaves_the_sock_hash() {
+    let server = tracer_e2e::servers::python_framings(free_port());
+    let mut client = std::process::Command::new("python3")
+        .arg(script("lost_client.py"))
+        .arg(server.port.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting lost_client.py");
+    let mut stdin = client.stdin.take().unwrap();
+    let mut stdout = BufReader::new(client.stdout.take().unwrap()).lines();
+    let mut step = |name: &str| {
+        writeln!(stdin, "{name}").unwrap();
+        assert_eq!(
+            stdout.next().and_then(Result::ok).as_deref(),
+            Some(name),
+            "step {name}"
+        );
+    };
+    let agent = Agent::start(
+        &[
+            "--propagate",
+            "--pid",
+            &client.id().to_string(),
+            "--output",
+            "none",
+        ],
+        &[],
+    );
+    let followed = || agent.map_keys("PROPAGATED").len();
+    step("connect");
+    assert_eq!(followed(), 1, "the traced connection is followed");
+    step("plain");
+    // The agent takes lost connections out within its next poll (20 ms).
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(followed(), 1, "a whole request keeps it followed");
+    step("split");
+    assert!(
+        wait_for(Duration::from_secs(5), || (followed() == 0).then_some(())).is_some(),
+        "a split head: the connection is still in the sock hash"
+    );
+    step("close");
+    assert!(client.wait().unwrap().success());
+}

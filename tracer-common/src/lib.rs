@@ -25,6 +25,8 @@ pub mod maps {
     pub const CONNS: &str = "CONNS";
     pub const MUTED: &str = "MUTED";
     pub const AFTER_COPY: &str = "AFTER_COPY";
+    pub const PROPAGATED: &str = "PROPAGATED";
+    pub const LOST: &str = "LOST";
 }
 
 /// The program the exit programs tail-call when an event may start a request: it searches the
@@ -302,7 +304,10 @@ pub mod counter {
     pub const CONN_TABLE_FULL: u32 = 5;
     /// Syscalls with more iovecs than are walked (payload cut short, counts still exact).
     pub const IOV_TRUNCATED: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Connections `--propagate` stopped following that could not be queued for the agent to
+    /// take out of the sock hash (they stay there, unchanged, until they close).
+    pub const LOST_QUEUE_FULL: u32 = 7;
+    pub const COUNT: u32 = 8;
 
     /// Names for reports, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -313,6 +318,7 @@ pub mod counter {
         "conn_resolve_failed",
         "conn_table_full",
         "iov_truncated",
+        "lost_queue_full",
     ];
 }
 

@@ -23,7 +23,7 @@ use aya_ebpf::{
         generated::{bpf_get_socket_cookie, bpf_loop, bpf_msg_pull_data},
     },
     macros::{map, sk_msg, sock_ops},
-    maps::{LruHashMap, PerCpuArray, SockHash},
+    maps::{LruHashMap, PerCpuArray, Queue, SockHash},
     programs::{SkMsgContext, SockOpsContext},
 };
 use tracer_common::{
@@ -41,9 +41,15 @@ use crate::{
 pub const SCAN_MAX: usize = 2048;
 const SCAN_MASK: usize = SCAN_MAX * 2 - 1;
 
-/// Outgoing connections of traced processes (keyed by socket cookie).
+/// Outgoing connections of traced processes, keyed by `struct sock` address. A connection
+/// leaves it when the program stops following it, so its sends no longer pass through here.
 #[map]
 pub static PROPAGATED: SockHash<u64> = SockHash::with_max_entries(65536, 0);
+
+/// Connections the sk_msg program stopped following, for the agent to take out of the sock
+/// hash (`tracer_common::maps::LOST`).
+#[map(name = "LOST")]
+static LOST: Queue<u64> = Queue::with_max_entries(4096, 0);
 
 /// Connections between connect() (where the caller is known) and establishment (where the
 /// sock hash may be updated).
@@ -643,7 +649,7 @@ pub fn tracer_sock_ops(ctx: SockOpsContext) -> u32 {
                         },
                         0,
                     );
-                    let mut key = cookie;
+                    let mut key = sk;
                     let _ = PROPAGATED.update(&mut key, unsafe { &mut *ctx.ops }, 0);
                 }
             }
@@ -659,6 +665,8 @@ pub fn tracer_sk_msg(ctx: SkMsgContext) -> u32 {
     sk_action::SK_PASS
 }
 
+/// Stop following a connection for good; the agent then takes it out of the sock hash, so
+/// this program no longer runs for its sends.
 #[inline(always)]
 fn lose(sk: u64) {
     let _ = SENDING.insert(
@@ -669,6 +677,10 @@ fn lose(sk: u64) {
         },
         0,
     );
+    // An sk_msg program may not change a sock hash: the agent takes the socket out.
+    if LOST.push(&sk, 0).is_err() {
+        count(tracer_common::counter::LOST_QUEUE_FULL);
+    }
 }
 
 #[inline(always)]

@@ -364,6 +364,9 @@ impl Flow {
                 log::debug!("muting a connection failed: {e}");
             }
         }
+        if let Err(e) = probes.release_lost() {
+            log::debug!("taking connections out of the sock hash failed: {e}");
+        }
     }
 
     fn housekeeping(&mut self) {

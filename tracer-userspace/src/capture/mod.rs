@@ -8,7 +8,7 @@ mod tracefs;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf, SockHash},
+    maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, Queue, RingBuf, SockHash},
     programs::{CgroupAttachMode, SkMsg, SockOps, TracePoint},
 };
 use tracer_common::{
@@ -66,6 +66,7 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> CaptureErr
 /// The loaded and attached programs. Dropping it detaches everything.
 pub struct Probes {
     ebpf: Ebpf,
+    propagate: bool,
 }
 
 impl Probes {
@@ -119,7 +120,7 @@ impl Probes {
         if propagate {
             attach_propagation(&mut ebpf)?;
         }
-        Ok(Probes { ebpf })
+        Ok(Probes { ebpf, propagate })
     }
 
     /// Take the ring buffer the programs write events into.
@@ -163,6 +164,40 @@ impl Probes {
         let mut muted: HashMap<_, FdKey, u64> =
             HashMap::try_from(map).map_err(map_err(maps::MUTED))?;
         muted.insert(key, file, 0).map_err(map_err(maps::MUTED))
+    }
+
+    /// Take the connections `--propagate` stopped following out of the sock hash (its sk_msg
+    /// program may not do so itself), so their sends no longer pass through it. Returns how
+    /// many.
+    pub fn release_lost(&mut self) -> Result<usize, CaptureError> {
+        if !self.propagate {
+            return Ok(0);
+        }
+        let mut lost = Vec::new();
+        {
+            let map = self
+                .ebpf
+                .map_mut(maps::LOST)
+                .ok_or(CaptureError::Missing(maps::LOST))?;
+            let mut queue: Queue<_, u64> = Queue::try_from(map).map_err(map_err(maps::LOST))?;
+            while let Ok(sk) = queue.pop(0) {
+                lost.push(sk);
+            }
+        }
+        if lost.is_empty() {
+            return Ok(0);
+        }
+        let map = self
+            .ebpf
+            .map_mut(maps::PROPAGATED)
+            .ok_or(CaptureError::Missing(maps::PROPAGATED))?;
+        let mut hash: SockHash<_, u64> =
+            SockHash::try_from(map).map_err(map_err(maps::PROPAGATED))?;
+        for sk in &lost {
+            // Gone already when the connection closed first.
+            let _ = hash.remove(sk);
+        }
+        Ok(lost.len())
     }
 
     /// Forget the mutes of processes that no longer exist (they closed nothing: the kernel
@@ -262,7 +297,7 @@ fn cgroup_v2_root() -> Option<std::path::PathBuf> {
 fn attach_propagation(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
     const SOCK_OPS: &str = "tracer_sock_ops";
     const SK_MSG: &str = "tracer_sk_msg";
-    const SOCKHASH: &str = "PROPAGATED";
+    const SOCKHASH: &str = maps::PROPAGATED;
     let root = cgroup_v2_root().ok_or(CaptureError::Propagation(
         "cgroup v2 is not mounted (mount -t cgroup2 none /sys/fs/cgroup)".into(),
     ))?;
