@@ -11,6 +11,7 @@ import fcntl
 import os
 import socket
 import sys
+import time
 
 SYS_CLOSE_RANGE = 436  # x86_64
 # The connection's descriptor number: high, so that nothing the interpreter opens and closes
@@ -140,7 +141,13 @@ def pid_reuse(port, secret):
         os._exit(0)
     os.waitpid(child, 0)
     os.close(fd)
-    for _ in range(50):
+    # Other processes fork too: one may take the pid first, or win the race after the write.
+    # Wait for such a process to exit and try again.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if os.path.exists(f"/proc/{child}"):
+            time.sleep(0.01)
+            continue
         with open("/proc/sys/kernel/ns_last_pid", "w") as f:
             f.write(str(child - 1))
         second = os.fork()

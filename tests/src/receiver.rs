@@ -241,8 +241,21 @@ impl Receiver {
             let v: Vec<_> = self.spans().into_iter().filter(|s| f(s)).collect();
             (v.len() >= n).then_some(())
         });
-        // Spans are exported in batches at most 0.5 s apart: give extras time to show up.
-        std::thread::sleep(Duration::from_millis(1200));
+        // Quiescence: spans are exported in batches at most 0.5 s apart, so once none has
+        // arrived for longer than that, any stray would have shown up.
+        let mut last = self.spans().len();
+        let mut quiet = Duration::ZERO;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while quiet < Duration::from_millis(700) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.spans().len();
+            quiet = if now == last {
+                quiet + Duration::from_millis(100)
+            } else {
+                Duration::ZERO
+            };
+            last = now;
+        }
         let v: Vec<_> = self.spans().into_iter().filter(|s| f(s)).collect();
         assert!(
             got.is_some(),

@@ -223,7 +223,12 @@ fn a_killed_server_leaves_a_span_without_an_invented_status() {
     let mut agent = agent(&receiver, &["--port", &port.to_string()]);
     let url = format!("http://127.0.0.1:{port}/slow");
     let client = std::thread::spawn(move || curl(&url, &[]));
-    std::thread::sleep(Duration::from_millis(700));
+    // The server has read the request once the kernel has reported four events: curl's
+    // connection and write, the server's accept and read (`counter::EVENTS`).
+    let read = tracer_e2e::wait_for(Duration::from_secs(10), || {
+        (agent.kernel_counter(0) >= 4).then_some(())
+    });
+    assert!(read.is_some(), "the server never read the request");
     drop(server); // SIGTERM mid-request
     let run = client.join().unwrap();
     assert_eq!(run.status, 0, "curl got no response");
@@ -337,15 +342,10 @@ fn non_http_connections_stop_costing_after_their_first_bytes() {
         200
     );
     let spans = receiver.wait_spans(2, |_| true);
+    // The kernel's own count (`counter::EVENTS`), read from the agent's map.
+    let events = agent.kernel_counter(0);
     agent.stop();
     assert_eq!(spans.len(), 2, "only the valid request gives spans");
-    let stderr = agent.stderr().join("\n");
-    let events: u64 = stderr
-        .split("kernel: events=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no kernel event count in {stderr}"));
     // Without muting, the client's 204 sends alone would be 204 events.
     assert!(
         events < 40,

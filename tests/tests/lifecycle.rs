@@ -168,6 +168,40 @@ fn malformed_flags_are_clear_errors() {
 }
 
 #[test]
+fn malformed_header_variables_are_clear_errors_not_crashes() {
+    let port = free_port().to_string();
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let args = [
+        "--port",
+        port.as_str(),
+        "--otlp-endpoint",
+        endpoint.as_str(),
+    ];
+    let run = |value: &str| {
+        let out = Command::new(binary())
+            .args(args)
+            .env("OTEL_EXPORTER_OTLP_HEADERS", value)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running tracer");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = run("authorization");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_HEADERS: `authorization` is not a key=value pair"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    // A broken escape before a multi-byte character once crashed the agent: now it starts.
+    let mut agent = Agent::start(&args, &[("OTEL_EXPORTER_OTLP_HEADERS", "k=%a\u{e9}")]);
+    agent.stop();
+}
+
+#[test]
 fn not_root_is_a_one_line_error() {
     let out = unprivileged(&[]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -169,13 +169,24 @@ fn python_urllib_client() {
 }
 
 fn exe_name_of_python() -> String {
+    use std::io::BufRead;
+    // The interpreter says it runs (a launcher may exec it first), then waits for stdin.
     let mut child = Command::new("python3")
-        .args(["-c", "import time; time.sleep(2)"])
+        .args([
+            "-c",
+            "import sys; print('up', flush=True); sys.stdin.read()",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "up");
     let name = exe_name(child.id());
-    let _ = child.kill();
+    drop(child.stdin.take());
     let _ = child.wait();
     name
 }

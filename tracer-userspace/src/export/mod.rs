@@ -3,6 +3,7 @@
 
 mod encode;
 pub mod otlp;
+mod retry;
 pub mod terminal;
 
 use std::time::Duration;

@@ -17,6 +17,7 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message as _;
 
+use super::retry::{self, SendError};
 #[cfg(test)]
 use crate::correlate::span::{Kind, Value};
 use crate::correlate::{clock::Clock, process::Process, span::HttpSpan};
@@ -121,9 +122,6 @@ pub struct Otlp {
 pub const IN_FLIGHT: usize = 4;
 /// Longest wait for one export request.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Retries of a request the receiver could not take for now (with backoff: 0.1 s, 0.2 s, ...).
-const RETRIES: u32 = 4;
-const RETRY_FIRST: Duration = Duration::from_millis(100);
 
 /// A finished export request.
 struct Done {
@@ -222,12 +220,6 @@ impl tonic::codec::Decoder for ResponseDecoder {
     }
 }
 
-/// Why an export request failed, and whether trying again may help.
-struct SendError {
-    message: String,
-    retryable: bool,
-}
-
 impl Transport {
     async fn send(&self, body: bytes::Bytes) -> Result<(), SendError> {
         match self {
@@ -253,8 +245,7 @@ impl Transport {
                 }
                 Err(SendError {
                     message: format!("the receiver answered {status}"),
-                    // The specification's retryable statuses.
-                    retryable: matches!(status.as_u16(), 429 | 502 | 503 | 504),
+                    retryable: retry::http_retryable(status.as_u16()),
                 })
             }
             Transport::Grpc { client, headers } => {
@@ -276,21 +267,9 @@ impl Transport {
                     )
                     .await
                     .map(|_| ())
-                    .map_err(|status| {
-                        use tonic::Code::*;
-                        SendError {
-                            retryable: matches!(
-                                status.code(),
-                                Cancelled
-                                    | DeadlineExceeded
-                                    | ResourceExhausted
-                                    | Aborted
-                                    | OutOfRange
-                                    | Unavailable
-                                    | DataLoss
-                            ),
-                            message: format!("{}: {}", status.code(), status.message()),
-                        }
+                    .map_err(|status| SendError {
+                        retryable: retry::grpc_retryable(status.code()),
+                        message: format!("{}: {}", status.code(), status.message()),
                     })
             }
         }
@@ -300,54 +279,41 @@ impl Transport {
     async fn send_retrying(&self, body: Vec<u8>) -> Result<(), String> {
         // Shared, not copied, between attempts.
         let body = bytes::Bytes::from(body);
-        let mut wait = RETRY_FIRST;
-        let mut attempt = 0;
-        loop {
-            match self.send(body.clone()).await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.retryable && attempt < RETRIES => {
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e.message),
-            }
-        }
+        retry::with_retries(|| self.send(body.clone())).await
     }
 }
 
 /// Export headers from `OTEL_EXPORTER_OTLP_TRACES_HEADERS` or `OTEL_EXPORTER_OTLP_HEADERS`:
-/// `key=value` pairs separated by commas, values percent-decoded.
-pub fn headers_from_env(env: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
-    let text = env("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
-        .or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS"))
-        .unwrap_or_default();
+/// `key=value` pairs separated by commas, keys lower-cased, values percent-decoded (W3C
+/// Baggage format, as the specification says). Empty entries are skipped; an entry without
+/// `=` or with an empty key is an error that names the variable.
+pub fn headers_from_env(
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<(String, String)>, BuildError> {
+    let Some((var, text)) = [
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+    ]
+    .into_iter()
+    .find_map(|var| env(var).map(|v| (var, v))) else {
+        return Ok(Vec::new());
+    };
     text.split(',')
-        .filter_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| {
+            let bad = || BuildError::HeaderVariable {
+                var,
+                entry: pair.trim().to_string(),
+            };
+            let (k, v) = pair.split_once('=').ok_or_else(bad)?;
             let k = k.trim();
-            (!k.is_empty()).then(|| (k.to_ascii_lowercase(), percent_decode(v.trim())))
+            if k.is_empty() {
+                return Err(bad());
+            }
+            let value = percent_encoding::percent_decode_str(v.trim()).decode_utf8_lossy();
+            Ok((k.to_ascii_lowercase(), value.into_owned()))
         })
         .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Why the exporter could not be set up.
@@ -357,6 +323,8 @@ pub enum BuildError {
     Endpoint(String),
     #[error("invalid header `{0}`")]
     Header(String),
+    #[error("{var}: `{entry}` is not a key=value pair")]
+    HeaderVariable { var: &'static str, entry: String },
     #[error("HTTP client: {0}")]
     Client(String),
 }
@@ -365,7 +333,7 @@ impl Otlp {
     /// Build the exporter. Must run inside the tokio runtime. Headers come from
     /// `OTEL_EXPORTER_OTLP_HEADERS` / `OTEL_EXPORTER_OTLP_TRACES_HEADERS`.
     pub fn new(config: &OtlpConfig) -> Result<Self, BuildError> {
-        let headers = headers_from_env(|k| std::env::var(k).ok());
+        let headers = headers_from_env(|k| std::env::var(k).ok())?;
         let transport = match config.protocol {
             Protocol::HttpProtobuf => {
                 let mut map = reqwest::header::HeaderMap::new();
@@ -808,5 +776,52 @@ mod tests {
             resolve(Some("collector:4317"), None, env(&[])),
             Err(ConfigError::Endpoint(_))
         ));
+    }
+
+    #[test]
+    fn header_variables_are_parsed_and_decoded() {
+        let h = |pairs: &[(&str, &str)]| super::headers_from_env(env(pairs));
+        assert_eq!(h(&[]).unwrap(), vec![]);
+        assert_eq!(
+            h(&[(
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                " Authorization=Bearer%20x%3Dy , api-key = k1,,x-empty=",
+            )])
+            .unwrap(),
+            vec![
+                ("authorization".to_string(), "Bearer x=y".to_string()),
+                ("api-key".to_string(), "k1".to_string()),
+                ("x-empty".to_string(), String::new()),
+            ]
+        );
+        // The per-signal variable wins.
+        assert_eq!(
+            h(&[
+                ("OTEL_EXPORTER_OTLP_HEADERS", "a=1"),
+                ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "b=2"),
+            ])
+            .unwrap(),
+            vec![("b".to_string(), "2".to_string())]
+        );
+    }
+
+    #[test]
+    fn malformed_header_variables_are_errors_not_panics() {
+        let h = |v: &str| super::headers_from_env(env(&[("OTEL_EXPORTER_OTLP_HEADERS", v)]));
+        for bad in ["novalue", "=x", "a=1,b"] {
+            let err = h(bad).unwrap_err().to_string();
+            assert!(err.contains("OTEL_EXPORTER_OTLP_HEADERS"), "{err}");
+        }
+        // Broken escapes and multi-byte text decode without a panic.
+        for odd in [
+            "k=%",
+            "k=%4",
+            "k=%zz",
+            "k=%a\u{e9}",
+            "k=\u{e9}%\u{e9}",
+            "k=%ff%fe",
+        ] {
+            assert!(h(odd).is_ok(), "{odd}");
+        }
     }
 }
