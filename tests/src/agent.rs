@@ -154,6 +154,11 @@ impl Drop for Agent {
 
 /// Ids of the eBPF programs process `pid` holds descriptors of.
 pub fn program_ids_of(pid: u32) -> Vec<u64> {
+    fdinfo_ids(pid, "prog_id:")
+}
+
+/// The values of the fdinfo field `field` (`prog_id:`, `map_id:`) over `pid`'s descriptors.
+fn fdinfo_ids(pid: u32, field: &str) -> Vec<u64> {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return Vec::new();
     };
@@ -162,7 +167,7 @@ pub fn program_ids_of(pid: u32) -> Vec<u64> {
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .filter_map(|info| {
             info.lines()
-                .find_map(|l| l.strip_prefix("prog_id:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().parse().ok())
         })
         .collect();
@@ -186,21 +191,7 @@ pub fn loaded_program_ids() -> Vec<u64> {
 impl Agent {
     /// Ids of the eBPF maps the agent holds, from its descriptors' fdinfo.
     pub fn map_ids(&self) -> Vec<u64> {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fdinfo", self.pid())) else {
-            return Vec::new();
-        };
-        let mut ids: Vec<u64> = fds
-            .flatten()
-            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-            .filter_map(|info| {
-                info.lines()
-                    .find_map(|l| l.strip_prefix("map_id:"))
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .collect();
-        ids.sort();
-        ids.dedup();
-        ids
+        fdinfo_ids(self.pid(), "map_id:")
     }
 
     /// The id of the agent's map called `name` (bpftool).

@@ -157,13 +157,18 @@ impl Probes {
                 _ => return Ok(()),
             }
         };
+        self.muted()?
+            .insert(key, file, 0)
+            .map_err(map_err(maps::MUTED))
+    }
+
+    /// The mutes kept apart from the descriptor cache: descriptor -> the file it was muted for.
+    fn muted(&mut self) -> Result<HashMap<&mut MapData, FdKey, u64>, CaptureError> {
         let map = self
             .ebpf
             .map_mut(maps::MUTED)
             .ok_or(CaptureError::Missing(maps::MUTED))?;
-        let mut muted: HashMap<_, FdKey, u64> =
-            HashMap::try_from(map).map_err(map_err(maps::MUTED))?;
-        muted.insert(key, file, 0).map_err(map_err(maps::MUTED))
+        HashMap::try_from(map).map_err(map_err(maps::MUTED))
     }
 
     /// Take the connections `--propagate` stopped following out of the sock hash (its sk_msg
@@ -204,12 +209,7 @@ impl Probes {
     /// did). A later process with the same pid is not fooled by one left behind: the
     /// programs check the file a mute was made for.
     pub fn sweep_mutes(&mut self) -> Result<usize, CaptureError> {
-        let map = self
-            .ebpf
-            .map_mut(maps::MUTED)
-            .ok_or(CaptureError::Missing(maps::MUTED))?;
-        let mut muted: HashMap<_, FdKey, u64> =
-            HashMap::try_from(map).map_err(map_err(maps::MUTED))?;
+        let mut muted = self.muted()?;
         let gone: Vec<FdKey> = muted
             .keys()
             .filter_map(Result::ok)
