@@ -714,7 +714,10 @@ fn inject(ctx: &SkMsgContext) -> Option<()> {
     let ptr = Sends::buf()?;
     let b = unsafe { &mut *ptr };
     let avail = (ctx.data_end() - ctx.data()) as u32;
+    // The mask is for older verifiers (6.1), which do not carry the bound of `n` through the
+    // comparison with `avail`; read through a volatile so the compiler keeps it.
     let n = core::cmp::min(n, avail);
+    let n = unsafe { core::ptr::read_volatile(&n) } & (SCAN_MAX as u32 * 2 - 1);
     if unsafe {
         bpf_probe_read_kernel_buf(
             ctx.data() as *const u8,
