@@ -41,6 +41,9 @@ pub struct Opts {
     pub saturation: u64,
     /// Connections held open for the memory figure.
     pub connections: usize,
+    /// Another build of the agent: compare it with this one (traced nginx at saturation, ABBA)
+    /// instead of the full benchmark.
+    pub baseline: Option<std::path::PathBuf>,
 }
 
 pub fn bench(opts: Opts) -> anyhow::Result<()> {
@@ -110,6 +113,10 @@ pub fn bench(opts: Opts) -> anyhow::Result<()> {
     ];
     let mut report = serde_json::Map::new();
     report.insert("machine".into(), machine());
+    if let Some(baseline) = &opts.baseline {
+        report.insert("comparison".into(), compare(&opts, baseline, &nginx_args)?);
+        return write_report(&ws, report, &dir);
+    }
 
     // Time from start to ready.
     let mut ready = Vec::new();
@@ -275,14 +282,65 @@ pub fn bench(opts: Opts) -> anyhow::Result<()> {
         python_app(&ws, &endpoint, opts.seconds)?,
     );
     report.insert("userspace_pipeline".into(), criterion()?);
+    write_report(&ws, report, &dir)
+}
 
+fn write_report(
+    ws: &Path,
+    report: serde_json::Map<String, serde_json::Value>,
+    dir: &Path,
+) -> anyhow::Result<()> {
     let out = ws.join("target/bench");
     std::fs::create_dir_all(&out)?;
     let file = out.join("latest.json");
     std::fs::write(&file, serde_json::to_string_pretty(&report)?)?;
     println!("figures as JSON: {}", file.display());
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
     Ok(())
+}
+
+/// This build against `baseline`, both tracing both ends of nginx at saturation, in
+/// this/baseline/baseline/this blocks: medians of throughput and of the attributed costs.
+fn compare(opts: &Opts, baseline: &Path, args: &[String]) -> anyhow::Result<serde_json::Value> {
+    let current = workspace().join("target/release/tracer");
+    let url = format!("http://127.0.0.1:{NGINX_PORT}/");
+    let mut legs: [Vec<Leg>; 2] = [Vec::new(), Vec::new()];
+    for block in 0..opts.pairs {
+        for (i, which) in [0, 1, 1, 0].into_iter().enumerate() {
+            let bin = if which == 0 { &current } else { baseline };
+            let leg = traced_leg_with(bin, args, || wrk(&url, 32, opts.seconds))?;
+            println!(
+                "  block {block} leg {i}: {:<8} {:>9.0} req/s{}",
+                ["this", "baseline"][which],
+                leg.rps,
+                leg.cost_line()
+            );
+            legs[which].push(leg);
+        }
+    }
+    let summary = |legs: &[Leg]| {
+        let m = |f: fn(&Leg) -> f64| median(&legs.iter().map(f).collect::<Vec<_>>());
+        json!({
+            "rps": m(|l| l.rps),
+            "ebpf_per_span_us": m(Leg::ebpf_ns_per_span) / 1e3,
+            "agent_per_span_us": m(Leg::agent_ns_per_span) / 1e3,
+            "ebpf_ns_per_run": m(|l| l.bpf.run_ns as f64 / l.bpf.runs.max(1) as f64),
+        })
+    };
+    let (this, base) = (summary(&legs[0]), summary(&legs[1]));
+    for (name, s) in [("this build", &this), ("baseline", &base)] {
+        println!(
+            "{name:<10}: {:.0} req/s, eBPF {:.2} us + agent {:.2} us per span, {:.0} ns per \
+             program run (medians of {} legs of {} s)",
+            s["rps"].as_f64().unwrap_or_default(),
+            s["ebpf_per_span_us"].as_f64().unwrap_or_default(),
+            s["agent_per_span_us"].as_f64().unwrap_or_default(),
+            s["ebpf_ns_per_run"].as_f64().unwrap_or_default(),
+            legs[0].len(),
+            opts.seconds
+        );
+    }
+    Ok(json!({"baseline": baseline.display().to_string(), "this": this, "base": base}))
 }
 
 /// The same small Flask app untraced, traced by us (its server spans) and instrumented by
@@ -470,8 +528,12 @@ struct Agent {
 
 impl Agent {
     fn start(args: &[String]) -> anyhow::Result<Agent> {
+        Agent::start_bin(&workspace().join("target/release/tracer"), args)
+    }
+
+    fn start_bin(bin: &Path, args: &[String]) -> anyhow::Result<Agent> {
         let start = Instant::now();
-        let mut child = Command::new(workspace().join("target/release/tracer"))
+        let mut child = Command::new(bin)
             .args(args)
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null())
@@ -691,7 +753,16 @@ fn traced_leg(
     args: &[String],
     load: impl FnOnce() -> anyhow::Result<(u64, f64)>,
 ) -> anyhow::Result<Leg> {
-    let agent = Agent::start(args)?;
+    traced_leg_with(&workspace().join("target/release/tracer"), args, load)
+}
+
+/// [`traced_leg`] with the agent binary `bin`.
+fn traced_leg_with(
+    bin: &Path,
+    args: &[String],
+    load: impl FnOnce() -> anyhow::Result<(u64, f64)>,
+) -> anyhow::Result<Leg> {
+    let agent = Agent::start_bin(bin, args)?;
     let pid = agent.pid();
     let spans0 = sink_count()?;
     let (cpu0, bpf0) = (cpu_ns(pid), bpf_stats(pid));

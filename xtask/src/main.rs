@@ -1,10 +1,12 @@
-//! Project commands: `cargo xtask setup | run | test | soak | bench`.
+//! Project commands: `cargo xtask setup | run | test | soak | bench | kernels`.
 //!
 //! `setup` installs what a fresh Debian machine lacks to build the eBPF programs (LLVM 22,
-//! bpf-linker, the nightly's rust-src) and, for tests, the real servers they drive. It is
-//! idempotent and quick when everything is present.
+//! bpf-linker, the nightly's rust-src) and, for tests, the real servers they drive and the
+//! kernels (with QEMU and virtme-ng) the kernel matrix boots. It is idempotent and quick when
+//! everything is present.
 
 mod bench;
+mod kernels;
 
 use std::{
     path::{Path, PathBuf},
@@ -66,8 +68,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run the whole suite: formatting, lints, unit tests and the root
-    /// end-to-end tests against real servers.
+    /// Set up, then run the whole suite: formatting, lints, unit tests, the root end-to-end
+    /// tests against real servers, and the kernel matrix (a subset of them on Debian's 6.1
+    /// and 6.12 kernels under QEMU).
     Test,
     /// Run the agent for a long time under steady load and report its memory and open
     /// descriptors over time (needs root; not part of CI).
@@ -94,6 +97,30 @@ enum Cmd {
         /// Keep-alive connections held open for the memory figure.
         #[arg(long, default_value_t = 10_000)]
         connections: usize,
+        /// Instead of the full benchmark, compare this build with another agent binary
+        /// (both ends of nginx traced at saturation, ABBA).
+        #[arg(long, value_name = "PATH")]
+        baseline: Option<PathBuf>,
+    },
+    /// Boot Debian's 6.1 and 6.12 kernels under QEMU (software emulation) and run in each the
+    /// agent's checks, a smoke test and a subset of the end-to-end tests, or COMMAND.
+    Kernels {
+        /// Which kernel series to boot.
+        #[arg(long, default_value = "all", value_parser = ["6.1", "6.12", "all"])]
+        kernel: String,
+        /// Use this agent binary instead of building target/release/tracer.
+        #[arg(long, value_name = "PATH")]
+        agent: Option<PathBuf>,
+        /// Skip building and running the end-to-end subset.
+        #[arg(long)]
+        no_e2e: bool,
+        /// Seconds one boot may take in all, its command included.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+        /// A shell command to run in each guest (as root, after the environment checks)
+        /// instead of the built-in suite, after `--`.
+        #[arg(last = true)]
+        command: Vec<String>,
     },
 }
 
@@ -131,11 +158,26 @@ fn run(args: Args) -> anyhow::Result<()> {
             seconds,
             saturation,
             connections,
+            baseline,
         } => bench::bench(bench::Opts {
             pairs,
             seconds,
             saturation,
             connections,
+            baseline,
+        }),
+        Cmd::Kernels {
+            kernel,
+            agent,
+            no_e2e,
+            timeout,
+            command,
+        } => kernels::run(kernels::Opts {
+            kernel,
+            agent,
+            no_e2e,
+            timeout,
+            command,
         }),
     }
 }
@@ -206,6 +248,12 @@ fn setup(test: bool) -> anyhow::Result<()> {
                 .filter(|(program, _)| !on_path(program))
                 .map(|(_, package)| *package),
         );
+        missing.extend(
+            kernels::PACKAGES
+                .iter()
+                .copied()
+                .filter(|p| !package_installed(p)),
+        );
     }
     if !missing.is_empty() {
         require_root(&format!("installing {}", missing.join(" ")))?;
@@ -232,6 +280,17 @@ fn setup(test: bool) -> anyhow::Result<()> {
                 .args(["-m", "pip", "install", "--quiet"])
                 .args(TEST_PYTHON_PACKAGES),
         )?;
+    }
+
+    if test && kernels::vng().is_none() {
+        eprintln!("xtask: installing {}", kernels::VIRTME_NG);
+        status(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            kernels::VIRTME_NG,
+        ]))?;
     }
 
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
@@ -316,7 +375,15 @@ fn test() -> anyhow::Result<()> {
         "--tests",
         "--",
         "--test-threads=1",
-    ])
+    ])?;
+    // The kernel matrix: Debian's 6.1 and 6.12 under QEMU, each with a subset of the above.
+    kernels::run(kernels::Opts {
+        kernel: "all".into(),
+        agent: Some(bin),
+        no_e2e: false,
+        timeout: 1800,
+        command: Vec::new(),
+    })
 }
 
 /// Stop a child when dropped: SIGTERM (nginx then stops its workers), SIGKILL after 5 s.
