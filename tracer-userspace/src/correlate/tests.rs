@@ -111,6 +111,10 @@ impl Recording {
     }
 
     fn run(&self) -> (Vec<HttpSpan>, super::Stats) {
+        self.run_capturing(super::Capture::default())
+    }
+
+    fn run_capturing(&self, capture: super::Capture) -> (Vec<HttpSpan>, super::Stats) {
         let mut processes = Processes::new();
         for (pid, name) in [(SERVER_PID, "server"), (CLIENT_PID, "client")] {
             processes.insert(Process {
@@ -120,7 +124,8 @@ impl Recording {
                 executable_path: None,
             });
         }
-        let mut p = Pipeline::new(Limits::default(), IdGen::seeded(7), processes);
+        let mut p =
+            Pipeline::new(Limits::default(), IdGen::seeded(7), processes).capturing(capture);
         let mut spans = Vec::new();
         for (h, payload) in &self.events {
             let ev = Event {
@@ -527,4 +532,46 @@ fn an_instrumented_client_keeps_its_own_span() {
         .run();
     assert!(spans.is_empty(), "the SDK's span stands for this request");
     assert_eq!(stats.suppressed_instrumented, 1);
+}
+
+/// A header asked for twice in different cases, sent twice with another captured header
+/// between: one attribute with both values.
+#[test]
+fn a_captured_header_is_one_attribute() {
+    let capture = super::Capture {
+        headers: std::sync::Arc::from(vec![
+            "x-id".to_string(),
+            "X-ID".to_string(),
+            "accept".to_string(),
+            "x-id".to_string(),
+        ]),
+        query: false,
+    };
+    let (spans, _) = Recording::new()
+        .open(SERVER_PID, SERVER_SOCK, IN, 10)
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            IN,
+            (100, 110),
+            b"GET / HTTP/1.1\r\nX-Id: 1\r\nAccept: */*\r\nx-id: 2\r\n\r\n",
+        )
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            OUT,
+            (200, 210),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        )
+        .run_capturing(capture);
+    let attrs = spans[0].attributes();
+    let ids: Vec<_> = attrs
+        .iter()
+        .filter(|(k, _)| k.starts_with("http.request.header."))
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(
+        attr(&spans[0], "http.request.header.x-id"),
+        Some(Value::StrList(vec!["1".into(), "2".into()]))
+    );
 }
