@@ -415,6 +415,15 @@ impl Connection {
         std::mem::take(&mut self.pairing.finished)
     }
 
+    /// Requests still waiting for the end of their exchange (spans to be).
+    pub fn open_requests(&self) -> u64 {
+        self.pairing
+            .pending
+            .iter()
+            .filter(|r| !r.suppressed)
+            .count() as u64
+    }
+
     /// Take the pairing loss counts accumulated so far.
     pub fn take_losses(&mut self) -> Losses {
         std::mem::take(&mut self.pairing.losses)

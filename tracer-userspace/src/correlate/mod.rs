@@ -33,6 +33,9 @@ pub struct Stats {
     pub events: u64,
     pub spans: u64,
     pub spans_without_response: u64,
+    /// Requests whose exchange was still open when the pipeline finished (shutdown): not
+    /// exported, since their responses may simply not have come yet.
+    pub open_at_finish: u64,
     pub unmatched_responses: u64,
     pub pending_overflow: u64,
     pub desyncs: u64,
@@ -233,7 +236,9 @@ impl Pipeline {
     /// arrived yet), and counted.
     pub fn finish(&mut self, out: &mut impl FnMut(HttpSpan)) {
         self.emit(out);
-        self.conns.drain(|_, _| {});
+        let mut open = 0;
+        self.conns.drain(|_, c| open += c.http.open_requests());
+        self.stats.open_at_finish += open;
     }
 
     /// Connections found since the last call to carry nothing more of use.

@@ -575,3 +575,44 @@ fn a_captured_header_is_one_attribute() {
         Some(Value::StrList(vec!["1".into(), "2".into()]))
     );
 }
+
+#[test]
+fn requests_open_at_finish_are_counted_not_exported() {
+    let (spans, stats) = Recording::new()
+        .open(SERVER_PID, SERVER_SOCK, IN, 10)
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            IN,
+            (100, 110),
+            b"GET /a HTTP/1.1\r\n\r\n",
+        )
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            OUT,
+            (120, 130),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        )
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            IN,
+            (200, 210),
+            b"GET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n",
+        )
+        // /b's response has begun, not ended.
+        .data(
+            SERVER_PID,
+            SERVER_SOCK,
+            OUT,
+            (300, 310),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+            40,
+        )
+        .run();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].path(), "/a");
+    assert_eq!(stats.open_at_finish, 2);
+    assert_eq!(stats.spans_without_response, 0);
+}
