@@ -13,7 +13,7 @@ use tracer_common::TraceIds;
 
 use super::{
     ids::{IdGen, TraceParent},
-    link::{Context, Linker},
+    link::{Context, Ends, Linker, Parent},
     span::{Kind, Response},
 };
 
@@ -24,6 +24,16 @@ pub struct Env<'a> {
     pub tgid: u32,
     pub local: std::net::SocketAddr,
     pub remote: std::net::SocketAddr,
+}
+
+impl Env<'_> {
+    fn ends(&self) -> Ends {
+        Ends {
+            tgid: self.tgid,
+            local: self.local,
+            remote: self.remote,
+        }
+    }
 }
 
 /// Requests awaiting responses on one connection; more are dropped (oldest first) and counted.
@@ -40,6 +50,9 @@ pub struct Pending {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub parent_span_id: Option<[u8; 8]>,
+    /// The parent lives in another process (it came with the request, or from a client
+    /// elsewhere on this host).
+    pub parent_remote: bool,
     pub trace_flags: u8,
     pub request_body_size: Option<u64>,
     /// The request already carried a `traceparent` the program wrote itself: it is
@@ -117,18 +130,17 @@ impl Sink for Feed<'_, '_> {
                 let parent = match self.kind {
                     // An incoming trace context wins; else the client end on this host.
                     Kind::Server => incoming
-                        .map(|tp| Context {
-                            trace_id: tp.trace_id,
-                            span_id: tp.parent_id,
-                            flags: tp.flags,
+                        .map(|tp| Parent {
+                            ctx: Context {
+                                trace_id: tp.trace_id,
+                                span_id: tp.parent_id,
+                                flags: tp.flags,
+                            },
+                            remote: true,
                         })
                         .or_else(|| {
-                            env.links.server_parent(
-                                env.local,
-                                env.remote,
-                                &head.method,
-                                &head.target,
-                            )
+                            env.links
+                                .server_parent(env.ends(), &head.method, &head.target)
                         }),
                     Kind::Client => {
                         suppressed = head.traceparent.is_some();
@@ -142,6 +154,7 @@ impl Sink for Feed<'_, '_> {
                                 Some(k) => parent.filter(|p| p.trace_id == k.trace_id),
                                 None => parent,
                             }
+                            .map(|ctx| Parent { ctx, remote: false })
                         }
                     }
                 };
@@ -149,7 +162,8 @@ impl Sink for Feed<'_, '_> {
                     Some(k) => k.span_id,
                     None => env.ids.span_id(),
                 };
-                let (trace_id, parent_span_id, trace_flags) = match (parent, &kernel) {
+                let (trace_id, parent_span_id, trace_flags) = match (parent.map(|p| p.ctx), &kernel)
+                {
                     (Some(p), _) => (p.trace_id, Some(p.span_id), p.flags),
                     (None, Some(k)) => (k.trace_id, None, k.flags),
                     (None, None) => (env.ids.trace_id(), None, 1),
@@ -161,14 +175,10 @@ impl Sink for Feed<'_, '_> {
                 };
                 match self.kind {
                     Kind::Server => env.links.serving_started(env.tgid, self.tid, ctx),
-                    Kind::Client if !suppressed => env.links.client_sent(
-                        env.local,
-                        env.remote,
-                        ctx,
-                        &head.method,
-                        &head.target,
-                        ts,
-                    ),
+                    Kind::Client if !suppressed => {
+                        env.links
+                            .client_sent(env.ends(), ctx, &head.method, &head.target, ts)
+                    }
                     Kind::Client => {}
                 }
                 let declared_body = if head.chunked {
@@ -187,6 +197,7 @@ impl Sink for Feed<'_, '_> {
                     trace_id,
                     span_id,
                     parent_span_id,
+                    parent_remote: parent.is_some_and(|p| p.remote),
                     trace_flags,
                     request_body_size: declared_body,
                     suppressed,

@@ -24,10 +24,27 @@ pub struct Context {
     pub flags: u8,
 }
 
+/// A parent found for a span, and whether it lives in another process (OTLP's "parent is
+/// remote").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parent {
+    pub ctx: Context,
+    pub remote: bool,
+}
+
+/// A connection as one traced process sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ends {
+    pub tgid: u32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
 /// A client request waiting for its server end.
 #[derive(Debug, Clone)]
 struct Sent {
     ctx: Context,
+    tgid: u32,
     method: String,
     target: String,
     at: u64,
@@ -78,16 +95,13 @@ impl Linker {
         }
     }
 
-    /// A client request left `local` for `remote`: remember it for the server end.
-    pub fn client_sent(
-        &mut self,
-        local: SocketAddr,
-        remote: SocketAddr,
-        ctx: Context,
-        method: &str,
-        target: &str,
-        at: u64,
-    ) {
+    /// A client request left on `conn`: remember it for the server end.
+    pub fn client_sent(&mut self, conn: Ends, ctx: Context, method: &str, target: &str, at: u64) {
+        let Ends {
+            tgid,
+            local,
+            remote,
+        } = conn;
         if self.sent.len() >= MAX_CONNS && !self.sent.contains_key(&(local, remote)) {
             self.expire(at);
             if self.sent.len() >= MAX_CONNS {
@@ -100,21 +114,21 @@ impl Linker {
         }
         queue.push_back(Sent {
             ctx,
+            tgid,
             method: method.to_string(),
             target: target.to_string(),
             at,
         });
     }
 
-    /// A server on `local` received a request from `remote`: the client span that sent it,
-    /// when that client is traced on this host.
-    pub fn server_parent(
-        &mut self,
-        local: SocketAddr,
-        remote: SocketAddr,
-        method: &str,
-        target: &str,
-    ) -> Option<Context> {
+    /// A server received a request on `conn`: the client span that sent it, when that client
+    /// is traced on this host.
+    pub fn server_parent(&mut self, conn: Ends, method: &str, target: &str) -> Option<Parent> {
+        let Ends {
+            tgid,
+            local,
+            remote,
+        } = conn;
         let key = (remote, local);
         let queue = self.sent.get_mut(&key)?;
         // Requests are answered in order; one the server never saw (it was already reading
@@ -124,7 +138,10 @@ impl Linker {
                 break None;
             };
             if sent.method == method && sent.target == target {
-                break Some(sent.ctx);
+                break Some(Parent {
+                    ctx: sent.ctx,
+                    remote: sent.tgid != tgid,
+                });
             }
         };
         if queue.is_empty() {
@@ -193,37 +210,53 @@ mod tests {
         }
     }
 
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
+    /// Process `tgid`'s view of a loopback connection between two ports.
+    fn ends(tgid: u32, local: u16, remote: u16) -> Ends {
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Ends {
+            tgid,
+            local: addr(local),
+            remote: addr(remote),
+        }
     }
 
     #[test]
     fn server_finds_the_client_span_of_its_connection_in_order() {
         let mut l = Linker::default();
-        l.client_sent(addr(5000), addr(80), ctx(1), "GET", "/a", 10);
-        l.client_sent(addr(5000), addr(80), ctx(2), "GET", "/b", 20);
-        assert_eq!(
-            l.server_parent(addr(80), addr(5000), "GET", "/a"),
-            Some(ctx(1))
-        );
-        assert_eq!(
-            l.server_parent(addr(80), addr(5000), "GET", "/b"),
-            Some(ctx(2))
-        );
-        assert_eq!(l.server_parent(addr(80), addr(5000), "GET", "/c"), None);
+        l.client_sent(ends(2, 5000, 80), ctx(1), "GET", "/a", 10);
+        l.client_sent(ends(2, 5000, 80), ctx(2), "GET", "/b", 20);
+        let found = |l: &mut Linker, target| {
+            l.server_parent(ends(1, 80, 5000), "GET", target)
+                .map(|p| p.ctx)
+        };
+        assert_eq!(found(&mut l, "/a"), Some(ctx(1)));
+        assert_eq!(found(&mut l, "/b"), Some(ctx(2)));
+        assert_eq!(found(&mut l, "/c"), None);
         // Another connection's requests are never taken.
-        l.client_sent(addr(5001), addr(80), ctx(3), "GET", "/a", 30);
-        assert_eq!(l.server_parent(addr(80), addr(5000), "GET", "/a"), None);
+        l.client_sent(ends(2, 5001, 80), ctx(3), "GET", "/a", 30);
+        assert_eq!(found(&mut l, "/a"), None);
         assert_eq!(l.stats.same_host, 2);
+    }
+
+    #[test]
+    fn a_client_in_another_process_is_a_remote_parent_one_in_the_same_is_not() {
+        let mut l = Linker::default();
+        l.client_sent(ends(2, 5000, 80), ctx(1), "GET", "/", 10);
+        l.client_sent(ends(1, 5001, 80), ctx(2), "GET", "/", 20);
+        let other = l.server_parent(ends(1, 80, 5000), "GET", "/").unwrap();
+        let same = l.server_parent(ends(1, 80, 5001), "GET", "/").unwrap();
+        assert_eq!((other.ctx, other.remote), (ctx(1), true));
+        assert_eq!((same.ctx, same.remote), (ctx(2), false));
     }
 
     #[test]
     fn a_request_the_server_missed_is_skipped() {
         let mut l = Linker::default();
-        l.client_sent(addr(5000), addr(80), ctx(1), "GET", "/missed", 10);
-        l.client_sent(addr(5000), addr(80), ctx(2), "POST", "/seen", 20);
+        l.client_sent(ends(2, 5000, 80), ctx(1), "GET", "/missed", 10);
+        l.client_sent(ends(2, 5000, 80), ctx(2), "POST", "/seen", 20);
         assert_eq!(
-            l.server_parent(addr(80), addr(5000), "POST", "/seen"),
+            l.server_parent(ends(1, 80, 5000), "POST", "/seen")
+                .map(|p| p.ctx),
             Some(ctx(2))
         );
     }
@@ -268,8 +301,8 @@ mod tests {
     #[test]
     fn unclaimed_requests_expire() {
         let mut l = Linker::default();
-        l.client_sent(addr(5000), addr(80), ctx(1), "GET", "/", 10);
+        l.client_sent(ends(2, 5000, 80), ctx(1), "GET", "/", 10);
         l.expire(10 + SENT_TTL_NS + 1);
-        assert_eq!(l.server_parent(addr(80), addr(5000), "GET", "/"), None);
+        assert_eq!(l.server_parent(ends(1, 80, 5000), "GET", "/"), None);
     }
 }

@@ -327,6 +327,7 @@ impl Pipeline {
                 trace_id: r.trace_id,
                 span_id: r.span_id,
                 parent_span_id: r.parent_span_id,
+                parent_remote: r.parent_remote,
                 trace_flags: r.trace_flags,
                 tracestate: r.head.tracestate.clone(),
                 kind: f.kind,

@@ -48,6 +48,9 @@ pub struct HttpSpan {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub parent_span_id: Option<[u8; 8]>,
+    /// The parent lives in another process: it came with the request (`traceparent`), or is
+    /// a traced client's span elsewhere on this host. In-process parents are not remote.
+    pub parent_remote: bool,
     pub trace_flags: u8,
     pub tracestate: Option<String>,
     pub kind: Kind,
@@ -291,7 +294,7 @@ fn push_headers(a: &mut Vec<(Key, Value)>, prefix: &str, headers: &[(String, Str
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample(kind: Kind) -> HttpSpan {
@@ -299,6 +302,7 @@ mod tests {
             trace_id: [1; 16],
             span_id: [2; 8],
             parent_span_id: None,
+            parent_remote: false,
             trace_flags: 1,
             tracestate: None,
             kind,

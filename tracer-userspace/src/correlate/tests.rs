@@ -513,6 +513,7 @@ fn a_request_sent_while_serving_one_is_its_child() {
     let back = spans.iter().find(|s| s.kind == Kind::Client).unwrap();
     assert_eq!(back.trace_id, front.trace_id);
     assert_eq!(back.parent_span_id, Some(front.span_id));
+    assert!(!back.parent_remote, "the parent is in the same process");
     assert_eq!(stats.links.in_process, 1);
 }
 
@@ -615,4 +616,26 @@ fn requests_open_at_finish_are_counted_not_exported() {
     assert_eq!(spans[0].path(), "/a");
     assert_eq!(stats.open_at_finish, 2);
     assert_eq!(stats.spans_without_response, 0);
+}
+
+#[test]
+fn remote_parents_are_those_from_another_process() {
+    let (spans, _) = python_exchange().run();
+    let server = spans.iter().find(|s| s.kind == Kind::Server).unwrap();
+    let client = spans.iter().find(|s| s.kind == Kind::Client).unwrap();
+    assert!(server.parent_remote, "curl's span, in another process");
+    assert!(!client.parent_remote, "no parent");
+    let req = b"GET / HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
+    let (spans, _) = Recording::new()
+        .open(SERVER_PID, SERVER_SOCK, IN, 10)
+        .all(SERVER_PID, SERVER_SOCK, IN, (100, 110), req)
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            OUT,
+            (200, 210),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        )
+        .run();
+    assert!(spans[0].parent_remote, "an incoming traceparent");
 }
