@@ -13,7 +13,7 @@ use tracer_common::TraceIds;
 
 use super::{
     ids::{IdGen, TraceParent},
-    link::{Context, Ends, Linker, Parent},
+    link::{Call, Context, Ends, Linker, Parent, Served},
     span::{Kind, Response},
 };
 
@@ -24,6 +24,10 @@ pub struct Env<'a> {
     pub tgid: u32,
     pub local: std::net::SocketAddr,
     pub remote: std::net::SocketAddr,
+    /// The connection's socket.
+    pub sock: u64,
+    /// Which thread accepted or connected the connection, and when, if that was seen.
+    pub opened: Option<Opened>,
 }
 
 impl Env<'_> {
@@ -34,6 +38,13 @@ impl Env<'_> {
             remote: self.remote,
         }
     }
+}
+
+/// A connection's accept or connect, as seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub tid: u32,
+    pub at: u64,
 }
 
 /// Requests awaiting responses on one connection; more are dropped (oldest first) and counted.
@@ -147,7 +158,16 @@ impl Sink for Feed<'_, '_> {
                         if suppressed {
                             None
                         } else {
-                            let parent = env.links.client_parent(env.tgid, self.tid);
+                            // The call began at its connect when this thread connected for it.
+                            let connected_at = env
+                                .opened
+                                .filter(|o| o.tid == self.tid && p.heads == 1)
+                                .map(|o| o.at);
+                            let call = Call {
+                                sent_at: ts,
+                                connected_at,
+                            };
+                            let parent = env.links.client_parent(env.tgid, self.tid, call);
                             match &kernel {
                                 // The injected trace is the one the callee continues: a
                                 // parent in another trace would split the span from it.
@@ -174,7 +194,16 @@ impl Sink for Feed<'_, '_> {
                     flags: trace_flags,
                 };
                 match self.kind {
-                    Kind::Server => env.links.serving_started(env.tgid, self.tid, ctx),
+                    Kind::Server => env.links.serving_started(
+                        env.tgid,
+                        self.tid,
+                        ctx,
+                        ts,
+                        Served {
+                            sock: env.sock,
+                            accepted_by: env.opened.map(|o| o.tid),
+                        },
+                    ),
                     Kind::Client if !suppressed => {
                         env.links
                             .client_sent(env.ends(), ctx, &head.method, &head.target, ts)
@@ -204,7 +233,7 @@ impl Sink for Feed<'_, '_> {
                     response: None,
                 }));
             }
-            Message::Response { head, .. } => {
+            Message::Response { head, ts } => {
                 p.ignore_end = false;
                 if (100..200).contains(&head.status) && head.status != 101 {
                     p.ignore_end = true;
@@ -219,7 +248,7 @@ impl Sink for Feed<'_, '_> {
                             // The server answers: its work for this request is done.
                             self.env
                                 .links
-                                .serving_ended(self.env.tgid, r.tid, Some(self.tid));
+                                .serving_ended(self.env.tgid, r.tid, Some(self.tid), ts);
                         }
                         r.response = Some(head);
                     }
@@ -251,10 +280,16 @@ impl Feed<'_, '_> {
         if self.side == Side::Request {
             // A declared length is known from the head (the response may even finish first);
             // a chunked body's size only now.
-            if let Some(r) = p.pending.back_mut()
-                && r.head.chunked
-            {
-                r.request_body_size = size;
+            if let Some(r) = p.pending.back_mut() {
+                if r.head.chunked {
+                    r.request_body_size = size;
+                }
+                if self.kind == Kind::Server {
+                    // The whole request is in: its handler starts from here.
+                    self.env
+                        .links
+                        .request_read(self.env.tgid, self.tid, r.span_id, ts);
+                }
             }
             return;
         }
@@ -410,7 +445,7 @@ impl Connection {
         let kind = self.role.unwrap_or(Kind::Server);
         for request in self.pairing.pending.drain(..) {
             if kind == Kind::Server && request.response.is_none() {
-                env.links.serving_ended(env.tgid, request.tid, None);
+                env.links.serving_ended(env.tgid, request.tid, None, end);
             }
             self.pairing.finished.push(Finished {
                 kind,

@@ -20,7 +20,7 @@ use crate::{
 };
 
 use self::{
-    exchange::{Connection, Env, Finished},
+    exchange::{Connection, Env, Finished, Opened},
     ids::IdGen,
     link::{LinkStats, Linker},
     process::Processes,
@@ -56,6 +56,8 @@ struct Conn {
     muted: bool,
     local: std::net::SocketAddr,
     remote: std::net::SocketAddr,
+    /// The accept or connect that opened it, when seen.
+    opened: Option<Opened>,
     comm: [u8; tracer_common::COMM_LEN],
 }
 
@@ -148,7 +150,10 @@ impl Pipeline {
                 };
                 let exe = String::from_utf8_lossy(ev.payload);
                 self.processes.learn(h.tgid, comm_str(&h.comm), &exe);
-                self.conn(key, ev, Some(role));
+                self.conn(key, ev, Some(role)).conn.opened = Some(Opened {
+                    tid: h.tid,
+                    at: h.ts_exit_ns,
+                });
             }
             kind::DATA => {
                 let ingress = ev.is_ingress();
@@ -169,6 +174,8 @@ impl Pipeline {
                     tgid: key.tgid,
                     local: c.conn.local,
                     remote: c.conn.remote,
+                    sock: key.sock,
+                    opened: c.conn.opened,
                 };
                 c.conn.http.data(ingress, chunk, h.tid, &mut env);
                 if !c.conn.muted && c.conn.http.is_done() {
@@ -280,6 +287,7 @@ impl Pipeline {
                 muted: false,
                 local,
                 remote,
+                opened: None,
                 comm,
             });
         ConnRef {
@@ -299,6 +307,8 @@ impl Pipeline {
             tgid: key.tgid,
             local: conn.local,
             remote: conn.remote,
+            sock: key.sock,
+            opened: conn.opened,
         };
         conn.http.close(ts, &mut env);
         let losses = conn.http.take_losses();
