@@ -16,12 +16,11 @@
 //! what the thread can run between requests:
 //!
 //! - A **dedicated** thread reads requests from one connection, accepted by another thread
-//!   (a thread per connection: Python's `ThreadingHTTPServer`, blocking servlet containers).
-//!   It serves its requests one after another and runs nothing else in between: while it
-//!   serves exactly one request, what it sends belongs to that request.
+//!   (a thread per connection: Python's `ThreadingHTTPServer`). It serves its requests one
+//!   after another and runs nothing else in between: while it serves exactly one request,
+//!   what it sends belongs to that request.
 //! - A **shared** thread (it accepted the connection itself, or serves several connections,
-//!   or had two requests in flight at once, or its connection's accept was not seen) may run
-//!   the leftover work of an earlier request (timers, background tasks) while it serves a
+//!   or its connection's accept was not seen) may run the leftover work of an earlier request (timers, background tasks) while it serves a
 //!   later one. Its send is linked only when it begins within [`CALL_WINDOW_NS`] of the last
 //!   read of the request it serves, with nothing else read or answered in between: the
 //!   synchronous start of that request's handler. A call made later (after an `await`, a
@@ -72,10 +71,11 @@ struct Sent {
 }
 
 /// How long after the last read of the request a shared thread serves its send may begin and
-/// still be that request's: the synchronous part of a handler (measured: under 1 ms for
-/// express and aiohttp on loopback), with room for a loaded machine. Work deferred by an
-/// earlier request that happens to start this soon after a read cannot be told apart.
-pub const CALL_WINDOW_NS: u64 = 10_000_000;
+/// still be that request's: the synchronous start of a handler. Warm express and aiohttp
+/// handlers begin their call 0.3 to 2 ms after the read; the first request of a fresh Node
+/// process took 4 to 15 ms on a loaded 2-core machine. Work deferred by an earlier request
+/// that happens to begin this soon after a read cannot be told apart from it.
+pub const CALL_WINDOW_NS: u64 = 50_000_000;
 
 /// What a thread has shown of how it serves requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +184,18 @@ impl Linker {
                     .connected_at
                     .filter(|&c| c >= first)
                     .unwrap_or(call.sent_at);
-                if began.saturating_sub(last) > CALL_WINDOW_NS {
+                let gap = began.saturating_sub(last);
+                log::debug!(
+                    "thread {tid} of {tgid} began a call {} us after reading the request it \
+                     serves: {}",
+                    gap / 1_000,
+                    if gap > CALL_WINDOW_NS {
+                        "no parent (late)"
+                    } else {
+                        "its child"
+                    }
+                );
+                if gap > CALL_WINDOW_NS {
                     self.stats.late += 1;
                     return None;
                 }
@@ -482,9 +493,15 @@ mod tests {
         l.serving_started(P, LOOP, ctx(1), 0, own(7));
         l.request_read(P, LOOP, ctx(1).span_id, 50 * MS);
         assert_eq!(l.client_parent(P, LOOP, send(51 * MS)), Some(ctx(1)));
+        let edge = 50 * MS + CALL_WINDOW_NS;
+        assert_eq!(l.client_parent(P, LOOP, send(edge)), Some(ctx(1)));
+        assert_eq!(l.client_parent(P, LOOP, send(edge + 1)), None);
         // Another request's bytes do not move the window.
         l.request_read(P, LOOP, ctx(9).span_id, 500 * MS);
-        assert_eq!(l.client_parent(P, LOOP, send(100 * MS)), None);
+        assert_eq!(
+            l.client_parent(P, LOOP, send(50 * MS + CALL_WINDOW_NS + 1)),
+            None
+        );
     }
 
     /// Read A, answer A, read B (slow, in flight), A's timer sends C: C is not B's. At C's
@@ -525,15 +542,16 @@ mod tests {
         assert_eq!(l.stats.in_process, 0);
     }
 
-    /// A dedicated thread that starts serving a second connection, or had two requests in
-    /// flight, is shared from then on.
+    /// A dedicated thread that starts serving a second connection is shared from then on; so
+    /// is a thread whose connection's accept was not seen.
     #[test]
     fn a_thread_reading_several_connections_is_shared() {
         let mut l = Linker::default();
         l.serving_started(P, LOOP, ctx(1), 0, handed(7));
         l.serving_ended(P, LOOP, Some(LOOP), MS);
         l.serving_started(P, LOOP, ctx(2), 10 * MS, handed(8));
-        assert_eq!(l.client_parent(P, LOOP, send(100 * MS)), None, "late");
+        let late = 10 * MS + CALL_WINDOW_NS + 1;
+        assert_eq!(l.client_parent(P, LOOP, send(late)), None, "late");
         assert_eq!(l.client_parent(P, LOOP, send(11 * MS)), Some(ctx(2)));
         // The accept was not seen: shared.
         l.serving_started(
