@@ -5,8 +5,10 @@
 //! or, as the agent does, no parent.
 
 use std::{
-    process::{Child, Command, Stdio},
-    thread::sleep,
+    io::{Read, Write},
+    net::TcpStream,
+    process::Command,
+    thread::{sleep, spawn},
     time::Duration,
 };
 
@@ -76,13 +78,24 @@ fn spans_of<'a>(spans: &'a [Received], pid: u32, server: bool, p: &str) -> Vec<&
     v
 }
 
-/// `curl URL` running in the background.
-fn curl_in_background(url: &str) -> Child {
-    Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "--max-time", "10", url])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starting curl")
+/// `GET path` on a connection of its own, from this process (no client program to start:
+/// the next request follows within microseconds); returns the status.
+fn get(port: u16, path: &str) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the app");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response)
+        .expect("reading the response");
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
 }
 
 /// OTLP span flags: the parent-is-remote bits (`SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK`,
@@ -99,25 +112,24 @@ const CONCURRENT: usize = 2;
 /// `/hook` answers, then calls `/webhook` 150 ms later while `/slow` (800 ms) is in flight.
 fn webhooks(app: App) {
     let mut s = setup(app);
-    let base = format!("http://127.0.0.1:{}", s.app.port);
+    let port = s.app.port;
     for round in 0..SEQUENTIAL + CONCURRENT {
         let slow = if round < SEQUENTIAL {
-            assert_eq!(curl(&format!("{base}/hook"), &[]).status, 200);
-            curl_in_background(&format!("{base}/slow"))
+            assert_eq!(get(port, "/hook"), 200);
+            spawn(move || get(port, "/slow"))
         } else {
-            let slow = curl_in_background(&format!("{base}/slow"));
-            // Time for curl to start and its request to be read (no signal of that exists);
-            // the spans' times below check that it was.
+            let slow = spawn(move || get(port, "/slow"));
+            // Time for the request to be read (the app gives no signal of that); the spans'
+            // times below check that it was.
             sleep(Duration::from_millis(100));
-            assert_eq!(curl(&format!("{base}/hook"), &[]).status, 200);
+            assert_eq!(get(port, "/hook"), 200);
             slow
         };
-        let out = slow.wait_with_output().expect("waiting for curl");
-        assert!(out.status.success());
+        assert_eq!(slow.join().unwrap(), 200);
     }
     let rounds = SEQUENTIAL + CONCURRENT;
-    // Per round: curl's two CLIENT spans, the app's SERVER spans of /hook and /slow, its
-    // CLIENT span of /webhook, and the downstream's SERVER span of it.
+    // Per round: this process's two CLIENT spans, the app's SERVER spans of /hook and /slow,
+    // its CLIENT span of /webhook, and the downstream's SERVER span of it.
     let spans = s.receiver.wait_spans(6 * rounds, |_| true);
     s.agent.stop();
     assert_eq!(spans.len(), 6 * rounds, "spans: {:#?}", summary(&spans));
