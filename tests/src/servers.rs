@@ -285,3 +285,42 @@ pub fn go_binary() -> PathBuf {
         })
         .clone()
 }
+
+/// `scripts/express_app.js` on `port` (an express app on Node's event loop), calling out to
+/// `downstream`. Express comes from `cargo xtask setup --test` (into `scripts/node_modules`).
+pub fn express_app(port: u16, downstream: u16) -> Server {
+    let found = Command::new("node")
+        .args(["-e", "require.resolve('express')"])
+        .current_dir(script(""))
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "the npm package express is missing: run `cargo xtask setup --test`"
+    );
+    spawn_server(
+        Command::new("node")
+            .arg(script("express_app.js"))
+            .args([port.to_string(), downstream.to_string()]),
+        port,
+    )
+}
+
+/// `scripts/aiohttp_app.py` on `port` (an aiohttp app on asyncio's event loop), calling out
+/// to `downstream`. aiohttp comes from `cargo xtask setup --test`.
+pub fn aiohttp_app(port: u16, downstream: u16) -> Server {
+    let found = Command::new("python3")
+        .args(["-c", "import aiohttp"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "the Python package aiohttp is missing: run `cargo xtask setup --test`"
+    );
+    spawn_server(
+        Command::new("python3")
+            .arg(script("aiohttp_app.py"))
+            .args([port.to_string(), downstream.to_string()]),
+        port,
+    )
+}

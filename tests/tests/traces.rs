@@ -118,6 +118,51 @@ fn three_services(extra: &[&str]) {
     assert_eq!(traces.len(), 1, "exactly one trace");
 }
 
+/// Requests one after another through the same services: each its own trace, every parent
+/// right. Node's event loop serves them one at a time, each call made as its request is read.
+#[test]
+fn requests_one_at_a_time_are_one_trace_each() {
+    const ROUNDS: usize = 3;
+    let receiver = Receiver::start();
+    let c = chain();
+    let mut agent = agent(&receiver, &c, &[]);
+    let url = format!("http://127.0.0.1:{}/chain", c.python.port);
+    let runs: Vec<_> = (0..ROUNDS).map(|_| curl(&url, &[])).collect();
+    assert!(runs.iter().all(|r| r.status == 200));
+    let spans = receiver.wait_spans(6 * ROUNDS, |_| true);
+    agent.stop();
+    assert_eq!(
+        spans.len(),
+        6 * ROUNDS,
+        "curl, python x2, node x2, java per request"
+    );
+    // The spans of `pid` of one kind, in start order: request i's is the i-th.
+    let of = |pid: u32, server: bool| {
+        let mut v: Vec<&Received> = spans
+            .iter()
+            .filter(|s| s.pid() == pid && s.is_server() == server)
+            .collect();
+        v.sort_by_key(|s| s.span.start_time_unix_nano);
+        assert_eq!(v.len(), ROUNDS);
+        v
+    };
+    let (py_server, py_client) = (of(c.python.pid(), true), of(c.python.pid(), false));
+    let (node_server, node_client) = (of(c.node.pid(), true), of(c.node.pid(), false));
+    let java_server = of(c.java.pid(), true);
+    for (i, run) in runs.iter().enumerate() {
+        let curl_client = span(&spans, run.pid, false);
+        assert!(curl_client.span.parent_span_id.is_empty());
+        parent_of(py_server[i], curl_client);
+        parent_of(py_client[i], py_server[i]);
+        parent_of(node_server[i], py_client[i]);
+        parent_of(node_client[i], node_server[i]);
+        parent_of(java_server[i], node_client[i]);
+    }
+    let traces: std::collections::HashSet<_> =
+        spans.iter().map(|s| s.span.trace_id.clone()).collect();
+    assert_eq!(traces.len(), ROUNDS, "one trace per request");
+}
+
 #[test]
 fn an_incoming_traceparent_is_continued_through_the_chain() {
     incoming_traceparent(&[]);

@@ -139,11 +139,13 @@ pub async fn replay(path: &Path, config: SinkConfig) -> anyhow::Result<()> {
     let (_, stats) = worker.await.context("the replay task failed")??;
     let exported = exporter.await.context("the export task failed")?;
     log::info!(
-        "replayed {} events: {} spans ({} exported, {} failed to export)",
+        "replayed {} events: {} spans ({} exported, {} failed to export), open requests not \
+         exported: {}",
         stats.events,
         stats.spans,
         exported.exported,
-        exported.failed
+        exported.failed,
+        stats.open_at_finish
     );
     Ok(())
 }
@@ -251,11 +253,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     log::info!(
-        "stopped: {} spans ({} exported, {} failed to export, {} dropped at the queue), {} events{}",
+        "stopped: {} spans ({} exported, {} failed to export, {} dropped at the queue), \
+         open requests not exported: {}, {} events{}",
         s.spans,
         final_stats.exported,
         final_stats.failed,
         dropped,
+        s.open_at_finish,
         s.events,
         counters
             .map(|c| format!(", kernel: {}", kernel_report(&c)))

@@ -32,6 +32,7 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("python3", "python3"),
     ("node", "nodejs"),
+    ("npm", "npm"),
     ("java", "openjdk-17-jdk-headless"),
     ("go", "golang-go"),
     ("ip", "iproute2"),
@@ -40,7 +41,12 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
 const TEST_PYTHON_PACKAGES: &[&str] = &[
     "opentelemetry-sdk==1.39.1",
     "opentelemetry-exporter-otlp-proto-http==1.39.1",
+    "aiohttp==3.14.5",
 ];
+/// npm packages the end-to-end tests use (an express app), installed into `tests/scripts`
+/// where the scripts find them. Installed in one command: `npm install --no-save` removes
+/// the packages it is not given.
+const TEST_NODE_PACKAGES: &[&str] = &["express@5.3.0"];
 /// The crates whose tests need neither root nor a kernel.
 const HOST_CRATES: &[&str] = &["tracer-common", "tracer-userspace", "xtask"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -267,10 +273,14 @@ fn setup(test: bool) -> anyhow::Result<()> {
         )?;
     }
 
+    if test {
+        install_node_packages()?;
+    }
+
     if test
         && output(Command::new("python3").args([
             "-c",
-            "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http",
+            "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, aiohttp",
         ]))
         .is_none()
     {
@@ -544,6 +554,28 @@ fn soak(minutes: u64, rate: u64) -> anyhow::Result<()> {
             "requests sent: {sent}; RSS after 1 min {} KiB, at the end {} KiB, peak {max} KiB; fds {} -> {}",
             first.1, last.1, first.2, last.2
         );
+    }
+    Ok(())
+}
+
+/// Install [`TEST_NODE_PACKAGES`] into `tests/scripts/node_modules` unless they are there.
+fn install_node_packages() -> anyhow::Result<()> {
+    let dir = workspace().join("tests/scripts");
+    let missing = TEST_NODE_PACKAGES.iter().any(|p| {
+        let (name, version) = p.rsplit_once('@').expect("packages are name@version");
+        let manifest = dir.join("node_modules").join(name).join("package.json");
+        !std::fs::read_to_string(manifest)
+            .is_ok_and(|m| m.contains(&format!("\"version\": \"{version}\"")))
+    });
+    if missing {
+        eprintln!("xtask: installing {}", TEST_NODE_PACKAGES.join(" "));
+        status(
+            Command::new("npm")
+                .args(["install", "--no-save", "--no-package-lock", "--no-audit"])
+                .args(["--no-fund", "--prefix"])
+                .arg(&dir)
+                .args(TEST_NODE_PACKAGES),
+        )?;
     }
     Ok(())
 }

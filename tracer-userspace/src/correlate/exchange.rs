@@ -13,7 +13,7 @@ use tracer_common::TraceIds;
 
 use super::{
     ids::{IdGen, TraceParent},
-    link::{Context, Linker},
+    link::{Call, Context, Ends, Linker, Parent, Served},
     span::{Kind, Response},
 };
 
@@ -24,6 +24,27 @@ pub struct Env<'a> {
     pub tgid: u32,
     pub local: std::net::SocketAddr,
     pub remote: std::net::SocketAddr,
+    /// The connection's socket.
+    pub sock: u64,
+    /// Which thread accepted or connected the connection, and when, if that was seen.
+    pub opened: Option<Opened>,
+}
+
+impl Env<'_> {
+    fn ends(&self) -> Ends {
+        Ends {
+            tgid: self.tgid,
+            local: self.local,
+            remote: self.remote,
+        }
+    }
+}
+
+/// A connection's accept or connect, as seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub tid: u32,
+    pub at: u64,
 }
 
 /// Requests awaiting responses on one connection; more are dropped (oldest first) and counted.
@@ -40,6 +61,9 @@ pub struct Pending {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub parent_span_id: Option<[u8; 8]>,
+    /// The parent lives in another process (it came with the request, or from a client
+    /// elsewhere on this host).
+    pub parent_remote: bool,
     pub trace_flags: u8,
     pub request_body_size: Option<u64>,
     /// The request already carried a `traceparent` the program wrote itself: it is
@@ -117,31 +141,40 @@ impl Sink for Feed<'_, '_> {
                 let parent = match self.kind {
                     // An incoming trace context wins; else the client end on this host.
                     Kind::Server => incoming
-                        .map(|tp| Context {
-                            trace_id: tp.trace_id,
-                            span_id: tp.parent_id,
-                            flags: tp.flags,
+                        .map(|tp| Parent {
+                            ctx: Context {
+                                trace_id: tp.trace_id,
+                                span_id: tp.parent_id,
+                                flags: tp.flags,
+                            },
+                            remote: true,
                         })
                         .or_else(|| {
-                            env.links.server_parent(
-                                env.local,
-                                env.remote,
-                                &head.method,
-                                &head.target,
-                            )
+                            env.links
+                                .server_parent(env.ends(), &head.method, &head.target)
                         }),
                     Kind::Client => {
                         suppressed = head.traceparent.is_some();
                         if suppressed {
                             None
                         } else {
-                            let parent = env.links.client_parent(env.tgid, self.tid);
+                            // The call began at its connect when this thread connected for it.
+                            let connected_at = env
+                                .opened
+                                .filter(|o| o.tid == self.tid && p.heads == 1)
+                                .map(|o| o.at);
+                            let call = Call {
+                                sent_at: ts,
+                                connected_at,
+                            };
+                            let parent = env.links.client_parent(env.tgid, self.tid, call);
                             match &kernel {
                                 // The injected trace is the one the callee continues: a
                                 // parent in another trace would split the span from it.
                                 Some(k) => parent.filter(|p| p.trace_id == k.trace_id),
                                 None => parent,
                             }
+                            .map(|ctx| Parent { ctx, remote: false })
                         }
                     }
                 };
@@ -149,7 +182,8 @@ impl Sink for Feed<'_, '_> {
                     Some(k) => k.span_id,
                     None => env.ids.span_id(),
                 };
-                let (trace_id, parent_span_id, trace_flags) = match (parent, &kernel) {
+                let (trace_id, parent_span_id, trace_flags) = match (parent.map(|p| p.ctx), &kernel)
+                {
                     (Some(p), _) => (p.trace_id, Some(p.span_id), p.flags),
                     (None, Some(k)) => (k.trace_id, None, k.flags),
                     (None, None) => (env.ids.trace_id(), None, 1),
@@ -160,15 +194,20 @@ impl Sink for Feed<'_, '_> {
                     flags: trace_flags,
                 };
                 match self.kind {
-                    Kind::Server => env.links.serving_started(env.tgid, self.tid, ctx),
-                    Kind::Client if !suppressed => env.links.client_sent(
-                        env.local,
-                        env.remote,
+                    Kind::Server => env.links.serving_started(
+                        env.tgid,
+                        self.tid,
                         ctx,
-                        &head.method,
-                        &head.target,
                         ts,
+                        Served {
+                            sock: env.sock,
+                            accepted_by: env.opened.map(|o| o.tid),
+                        },
                     ),
+                    Kind::Client if !suppressed => {
+                        env.links
+                            .client_sent(env.ends(), ctx, &head.method, &head.target, ts)
+                    }
                     Kind::Client => {}
                 }
                 let declared_body = if head.chunked {
@@ -187,13 +226,14 @@ impl Sink for Feed<'_, '_> {
                     trace_id,
                     span_id,
                     parent_span_id,
+                    parent_remote: parent.is_some_and(|p| p.remote),
                     trace_flags,
                     request_body_size: declared_body,
                     suppressed,
                     response: None,
                 }));
             }
-            Message::Response { head, .. } => {
+            Message::Response { head, ts } => {
                 p.ignore_end = false;
                 if (100..200).contains(&head.status) && head.status != 101 {
                     p.ignore_end = true;
@@ -208,7 +248,7 @@ impl Sink for Feed<'_, '_> {
                             // The server answers: its work for this request is done.
                             self.env
                                 .links
-                                .serving_ended(self.env.tgid, r.tid, Some(self.tid));
+                                .serving_ended(self.env.tgid, r.tid, Some(self.tid), ts);
                         }
                         r.response = Some(head);
                     }
@@ -240,10 +280,16 @@ impl Feed<'_, '_> {
         if self.side == Side::Request {
             // A declared length is known from the head (the response may even finish first);
             // a chunked body's size only now.
-            if let Some(r) = p.pending.back_mut()
-                && r.head.chunked
-            {
-                r.request_body_size = size;
+            if let Some(r) = p.pending.back_mut() {
+                if r.head.chunked {
+                    r.request_body_size = size;
+                }
+                if self.kind == Kind::Server {
+                    // The whole request is in: its handler starts from here.
+                    self.env
+                        .links
+                        .request_read(self.env.tgid, self.tid, r.span_id, ts);
+                }
             }
             return;
         }
@@ -399,7 +445,7 @@ impl Connection {
         let kind = self.role.unwrap_or(Kind::Server);
         for request in self.pairing.pending.drain(..) {
             if kind == Kind::Server && request.response.is_none() {
-                env.links.serving_ended(env.tgid, request.tid, None);
+                env.links.serving_ended(env.tgid, request.tid, None, end);
             }
             self.pairing.finished.push(Finished {
                 kind,
@@ -413,6 +459,15 @@ impl Connection {
     /// Take the exchanges finished so far.
     pub fn take_finished(&mut self) -> Vec<Finished> {
         std::mem::take(&mut self.pairing.finished)
+    }
+
+    /// Requests still waiting for the end of their exchange (spans to be).
+    pub fn open_requests(&self) -> u64 {
+        self.pairing
+            .pending
+            .iter()
+            .filter(|r| !r.suppressed)
+            .count() as u64
     }
 
     /// Take the pairing loss counts accumulated so far.

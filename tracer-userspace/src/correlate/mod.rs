@@ -20,7 +20,7 @@ use crate::{
 };
 
 use self::{
-    exchange::{Connection, Env, Finished},
+    exchange::{Connection, Env, Finished, Opened},
     ids::IdGen,
     link::{LinkStats, Linker},
     process::Processes,
@@ -33,6 +33,9 @@ pub struct Stats {
     pub events: u64,
     pub spans: u64,
     pub spans_without_response: u64,
+    /// Requests whose exchange was still open when the pipeline finished (shutdown): not
+    /// exported, since their responses may simply not have come yet.
+    pub open_at_finish: u64,
     pub unmatched_responses: u64,
     pub pending_overflow: u64,
     pub desyncs: u64,
@@ -53,6 +56,8 @@ struct Conn {
     muted: bool,
     local: std::net::SocketAddr,
     remote: std::net::SocketAddr,
+    /// The accept or connect that opened it, when seen.
+    opened: Option<Opened>,
     comm: [u8; tracer_common::COMM_LEN],
 }
 
@@ -145,7 +150,10 @@ impl Pipeline {
                 };
                 let exe = String::from_utf8_lossy(ev.payload);
                 self.processes.learn(h.tgid, comm_str(&h.comm), &exe);
-                self.conn(key, ev, Some(role));
+                self.conn(key, ev, Some(role)).conn.opened = Some(Opened {
+                    tid: h.tid,
+                    at: h.ts_exit_ns,
+                });
             }
             kind::DATA => {
                 let ingress = ev.is_ingress();
@@ -166,6 +174,8 @@ impl Pipeline {
                     tgid: key.tgid,
                     local: c.conn.local,
                     remote: c.conn.remote,
+                    sock: key.sock,
+                    opened: c.conn.opened,
                 };
                 c.conn.http.data(ingress, chunk, h.tid, &mut env);
                 if !c.conn.muted && c.conn.http.is_done() {
@@ -233,7 +243,9 @@ impl Pipeline {
     /// arrived yet), and counted.
     pub fn finish(&mut self, out: &mut impl FnMut(HttpSpan)) {
         self.emit(out);
-        self.conns.drain(|_, _| {});
+        let mut open = 0;
+        self.conns.drain(|_, c| open += c.http.open_requests());
+        self.stats.open_at_finish += open;
     }
 
     /// Connections found since the last call to carry nothing more of use.
@@ -275,6 +287,7 @@ impl Pipeline {
                 muted: false,
                 local,
                 remote,
+                opened: None,
                 comm,
             });
         ConnRef {
@@ -294,6 +307,8 @@ impl Pipeline {
             tgid: key.tgid,
             local: conn.local,
             remote: conn.remote,
+            sock: key.sock,
+            opened: conn.opened,
         };
         conn.http.close(ts, &mut env);
         let losses = conn.http.take_losses();
@@ -322,6 +337,7 @@ impl Pipeline {
                 trace_id: r.trace_id,
                 span_id: r.span_id,
                 parent_span_id: r.parent_span_id,
+                parent_remote: r.parent_remote,
                 trace_flags: r.trace_flags,
                 tracestate: r.head.tracestate.clone(),
                 kind: f.kind,

@@ -48,6 +48,9 @@ pub struct HttpSpan {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub parent_span_id: Option<[u8; 8]>,
+    /// The parent lives in another process: it came with the request (`traceparent`), or is
+    /// a traced client's span elsewhere on this host. In-process parents are not remote.
+    pub parent_remote: bool,
     pub trace_flags: u8,
     pub tracestate: Option<String>,
     pub kind: Kind,
@@ -270,16 +273,19 @@ impl HttpSpan {
     }
 }
 
-/// Captured headers as `{prefix}{name}` attributes, each a list of the values in order.
+/// Captured headers as `{prefix}{name}` attributes: one per name, whatever its case or how
+/// often it appears (asked for twice, or sent in several lines), holding every value in the
+/// order sent, as the conventions say (`http.request.header.<key>`, lower case, string array).
 fn push_headers(a: &mut Vec<(Key, Value)>, prefix: &str, headers: &[(String, String)]) {
-    let mut names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
-    names.dedup();
-    for name in names {
-        let values = headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-            .collect();
+    let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
+    for (name, value) in headers {
+        let name = name.to_ascii_lowercase();
+        match grouped.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, values)) => values.push(value.clone()),
+            None => grouped.push((name, vec![value.clone()])),
+        }
+    }
+    for (name, values) in grouped {
         a.push((
             Cow::Owned(format!("{prefix}{name}")),
             Value::StrList(values),
@@ -288,7 +294,7 @@ fn push_headers(a: &mut Vec<(Key, Value)>, prefix: &str, headers: &[(String, Str
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample(kind: Kind) -> HttpSpan {
@@ -296,6 +302,7 @@ mod tests {
             trace_id: [1; 16],
             span_id: [2; 8],
             parent_span_id: None,
+            parent_remote: false,
             trace_flags: 1,
             tracestate: None,
             kind,
@@ -393,6 +400,46 @@ mod tests {
         assert_eq!(
             get(&s.attributes(), "http.request.header.x-id"),
             Some(&Value::StrList(vec!["1".into(), "2".into()]))
+        );
+    }
+
+    /// A header sent in several lines, apart from each other, or named in another case: one
+    /// attribute, with every value in order.
+    #[test]
+    fn captured_headers_give_one_attribute_per_name() {
+        let mut s = sample(Kind::Server);
+        s.request_headers = vec![
+            ("x-id".into(), "1".into()),
+            ("accept".into(), "*/*".into()),
+            ("X-Id".into(), "2".into()),
+            ("x-id".into(), "3".into()),
+        ];
+        s.response.as_mut().unwrap().headers = vec![
+            ("set-cookie".into(), "a=1".into()),
+            ("x-id".into(), "r".into()),
+            ("Set-Cookie".into(), "b=2".into()),
+        ];
+        let a = s.attributes();
+        let mut keys: Vec<&str> = a.iter().map(|(k, _)| k.as_ref()).collect();
+        let all = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), all, "duplicate keys in {keys:?}");
+        assert_eq!(
+            get(&a, "http.request.header.x-id"),
+            Some(&Value::StrList(vec!["1".into(), "2".into(), "3".into()]))
+        );
+        assert_eq!(
+            get(&a, "http.request.header.accept"),
+            Some(&Value::StrList(vec!["*/*".into()]))
+        );
+        assert_eq!(
+            get(&a, "http.response.header.set-cookie"),
+            Some(&Value::StrList(vec!["a=1".into(), "b=2".into()]))
+        );
+        assert_eq!(
+            get(&a, "http.response.header.x-id"),
+            Some(&Value::StrList(vec!["r".into()]))
         );
     }
 

@@ -102,6 +102,12 @@ impl Recording {
         self.data(pid, sock, dir, ts, bytes, n)
     }
 
+    /// The last event was made by thread `tid` (by default the process's first thread).
+    fn by(mut self, tid: u32) -> Self {
+        self.events.last_mut().expect("an event").0.tid = tid;
+        self
+    }
+
     fn close(mut self, pid: u32, sock: u64, ts: u64) -> Self {
         self.events.push((
             Self::header(pid, sock, kind::CLOSE, 0, (ts, ts)),
@@ -111,6 +117,10 @@ impl Recording {
     }
 
     fn run(&self) -> (Vec<HttpSpan>, super::Stats) {
+        self.run_capturing(super::Capture::default())
+    }
+
+    fn run_capturing(&self, capture: super::Capture) -> (Vec<HttpSpan>, super::Stats) {
         let mut processes = Processes::new();
         for (pid, name) in [(SERVER_PID, "server"), (CLIENT_PID, "client")] {
             processes.insert(Process {
@@ -120,7 +130,8 @@ impl Recording {
                 executable_path: None,
             });
         }
-        let mut p = Pipeline::new(Limits::default(), IdGen::seeded(7), processes);
+        let mut p =
+            Pipeline::new(Limits::default(), IdGen::seeded(7), processes).capturing(capture);
         let mut spans = Vec::new();
         for (h, payload) in &self.events {
             let ev = Event {
@@ -508,6 +519,7 @@ fn a_request_sent_while_serving_one_is_its_child() {
     let back = spans.iter().find(|s| s.kind == Kind::Client).unwrap();
     assert_eq!(back.trace_id, front.trace_id);
     assert_eq!(back.parent_span_id, Some(front.span_id));
+    assert!(!back.parent_remote, "the parent is in the same process");
     assert_eq!(stats.links.in_process, 1);
 }
 
@@ -527,4 +539,231 @@ fn an_instrumented_client_keeps_its_own_span() {
         .run();
     assert!(spans.is_empty(), "the SDK's span stands for this request");
     assert_eq!(stats.suppressed_instrumented, 1);
+}
+
+/// A header asked for twice in different cases, sent twice with another captured header
+/// between: one attribute with both values.
+#[test]
+fn a_captured_header_is_one_attribute() {
+    let capture = super::Capture {
+        headers: std::sync::Arc::from(vec![
+            "x-id".to_string(),
+            "X-ID".to_string(),
+            "accept".to_string(),
+            "x-id".to_string(),
+        ]),
+        query: false,
+    };
+    let (spans, _) = Recording::new()
+        .open(SERVER_PID, SERVER_SOCK, IN, 10)
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            IN,
+            (100, 110),
+            b"GET / HTTP/1.1\r\nX-Id: 1\r\nAccept: */*\r\nx-id: 2\r\n\r\n",
+        )
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            OUT,
+            (200, 210),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        )
+        .run_capturing(capture);
+    let attrs = spans[0].attributes();
+    let ids: Vec<_> = attrs
+        .iter()
+        .filter(|(k, _)| k.starts_with("http.request.header."))
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(
+        attr(&spans[0], "http.request.header.x-id"),
+        Some(Value::StrList(vec!["1".into(), "2".into()]))
+    );
+}
+
+#[test]
+fn requests_open_at_finish_are_counted_not_exported() {
+    let (spans, stats) = Recording::new()
+        .open(SERVER_PID, SERVER_SOCK, IN, 10)
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            IN,
+            (100, 110),
+            b"GET /a HTTP/1.1\r\n\r\n",
+        )
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            OUT,
+            (120, 130),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        )
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            IN,
+            (200, 210),
+            b"GET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n",
+        )
+        // /b's response has begun, not ended.
+        .data(
+            SERVER_PID,
+            SERVER_SOCK,
+            OUT,
+            (300, 310),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+            40,
+        )
+        .run();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].path(), "/a");
+    assert_eq!(stats.open_at_finish, 2);
+    assert_eq!(stats.spans_without_response, 0);
+}
+
+#[test]
+fn remote_parents_are_those_from_another_process() {
+    let (spans, _) = python_exchange().run();
+    let server = spans.iter().find(|s| s.kind == Kind::Server).unwrap();
+    let client = spans.iter().find(|s| s.kind == Kind::Client).unwrap();
+    assert!(server.parent_remote, "curl's span, in another process");
+    assert!(!client.parent_remote, "no parent");
+    let req = b"GET / HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
+    let (spans, _) = Recording::new()
+        .open(SERVER_PID, SERVER_SOCK, IN, 10)
+        .all(SERVER_PID, SERVER_SOCK, IN, (100, 110), req)
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            OUT,
+            (200, 210),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        )
+        .run();
+    assert!(spans[0].parent_remote, "an incoming traceparent");
+}
+
+const MS: u64 = 1_000_000;
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+/// An event loop (pid 100, one thread that accepts and reads) that serves `/first`, answers
+/// it, then reads `/slow`; a call leaves on a new connection, connected at `connect` and
+/// sent 1 ms later. Returns the span of the call and of `/slow`.
+fn event_loop_call(connect: u64) -> (HttpSpan, HttpSpan, super::Stats) {
+    const FIRST: u64 = 0xa1;
+    const SLOW: u64 = 0xa2;
+    const CALL: u64 = 0xa3;
+    let (spans, stats) = Recording::new()
+        .open(SERVER_PID, FIRST, IN, 0)
+        .all(
+            SERVER_PID,
+            FIRST,
+            IN,
+            (MS, MS + 10),
+            b"GET /first HTTP/1.1\r\n\r\n",
+        )
+        .all(SERVER_PID, FIRST, OUT, (2 * MS, 2 * MS + 10), OK)
+        .open(SERVER_PID, SLOW, IN, 3 * MS)
+        .all(
+            SERVER_PID,
+            SLOW,
+            IN,
+            (4 * MS, 4 * MS + 10),
+            b"GET /slow HTTP/1.1\r\n\r\n",
+        )
+        .open(SERVER_PID, CALL, OUT, connect)
+        .all(
+            SERVER_PID,
+            CALL,
+            OUT,
+            (connect + MS, connect + MS + 10),
+            b"POST /call HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        )
+        .all(
+            SERVER_PID,
+            CALL,
+            IN,
+            (connect + 2 * MS, connect + 2 * MS + 10),
+            OK,
+        )
+        .all(SERVER_PID, SLOW, OUT, (800 * MS, 800 * MS + 10), OK)
+        .run();
+    assert_eq!(spans.len(), 3);
+    let find = |path: &str| spans.iter().find(|s| s.path() == path).unwrap().clone();
+    (find("/call"), find("/slow"), stats)
+}
+
+/// Read `/first`, answer it, read `/slow`, and `/first`'s timer calls out 150 ms later: the
+/// call is not `/slow`'s, and gets no parent.
+#[test]
+fn an_event_loop_call_long_after_the_read_gets_no_parent() {
+    let (call, slow, stats) = event_loop_call(152 * MS);
+    assert_eq!(call.parent_span_id, None);
+    assert_ne!(call.trace_id, slow.trace_id);
+    assert_eq!((stats.links.in_process, stats.links.late), (0, 1));
+}
+
+/// The same loop, with `/slow`'s handler connecting at once: the call is its child.
+#[test]
+fn an_event_loop_call_begun_right_after_the_read_is_its_child() {
+    let (call, slow, stats) = event_loop_call(4 * MS + 300_000);
+    assert_eq!(call.parent_span_id, Some(slow.span_id));
+    assert_eq!(call.trace_id, slow.trace_id);
+    assert_eq!(stats.links.in_process, 1);
+}
+
+/// Thread per connection: the main thread (tid 101) accepts, a thread of the connection's
+/// own (tid 300) reads, calls out 200 ms later, and answers. Its second request on the same
+/// connection too.
+#[test]
+fn a_thread_per_connection_call_is_its_child_whenever_it_is_made() {
+    const CONN: u64 = 0xb1;
+    const CALL: u64 = 0xb2;
+    const T: u32 = 300;
+    let mut r = Recording::new().open(SERVER_PID, CONN, IN, 0);
+    for i in 0..2u64 {
+        let t = i * 1_000 * MS;
+        let req = format!("GET /front/{i} HTTP/1.1\r\n\r\n");
+        r = r
+            .all(SERVER_PID, CONN, IN, (t + MS, t + MS + 10), req.as_bytes())
+            .by(T)
+            .open(SERVER_PID, CALL + i, OUT, t + 200 * MS)
+            .by(T)
+            .all(
+                SERVER_PID,
+                CALL + i,
+                OUT,
+                (t + 201 * MS, t + 201 * MS + 10),
+                b"GET /back HTTP/1.1\r\n\r\n",
+            )
+            .by(T)
+            .all(
+                SERVER_PID,
+                CALL + i,
+                IN,
+                (t + 202 * MS, t + 202 * MS + 10),
+                OK,
+            )
+            .by(T)
+            .all(SERVER_PID, CONN, OUT, (t + 203 * MS, t + 203 * MS + 10), OK)
+            .by(T);
+    }
+    let (spans, stats) = r.run();
+    assert_eq!(spans.len(), 4);
+    for i in 0..2 {
+        let front = spans
+            .iter()
+            .find(|s| s.path() == format!("/front/{i}"))
+            .unwrap();
+        let back = spans
+            .iter()
+            .filter(|s| s.kind == Kind::Client)
+            .nth(i)
+            .unwrap();
+        assert_eq!(back.parent_span_id, Some(front.span_id), "request {i}");
+    }
+    assert_eq!(stats.links.in_process, 2);
 }

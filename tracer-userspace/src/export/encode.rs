@@ -174,11 +174,49 @@ impl Encoder {
             varint_field(STATUS_CODE, STATUS_ERROR, &mut self.value);
         }
         len_field(SPAN_STATUS, &self.value, out);
-        let remote = if s.parent_span_id.is_some() {
-            FLAG_HAS_IS_REMOTE | FLAG_IS_REMOTE
-        } else {
-            FLAG_HAS_IS_REMOTE
-        };
-        fixed32_field(SPAN_FLAGS, s.trace_flags as u32 | remote, out);
+        fixed32_field(SPAN_FLAGS, span_flags(s), out);
+    }
+}
+
+/// The span's `flags`: the W3C trace flags, and whether its parent is remote, which is always
+/// known here: only a parent in another process is (one that came with the request, or a
+/// traced client elsewhere on this host); an in-process parent and no parent are not.
+pub fn span_flags(s: &HttpSpan) -> u32 {
+    let remote = s.parent_span_id.is_some() && s.parent_remote;
+    s.trace_flags as u32 | FLAG_HAS_IS_REMOTE | if remote { FLAG_IS_REMOTE } else { 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::trace::v1::SpanFlags;
+
+    use super::*;
+    use crate::correlate::span::tests::sample;
+
+    #[test]
+    fn only_a_parent_in_another_process_is_remote() {
+        let has = SpanFlags::ContextHasIsRemoteMask as u32;
+        let is = SpanFlags::ContextIsRemoteMask as u32;
+        let mut s = sample(Kind::Server);
+        assert_eq!(
+            span_flags(&s),
+            0x01 | has,
+            "a root span: its parent is not remote"
+        );
+        s.parent_span_id = Some([9; 8]);
+        s.parent_remote = true;
+        assert_eq!(
+            span_flags(&s),
+            0x01 | has | is,
+            "from a traceparent or another process"
+        );
+        let mut c = sample(Kind::Client);
+        c.parent_span_id = Some([9; 8]);
+        c.parent_remote = false;
+        assert_eq!(
+            span_flags(&c),
+            0x01 | has,
+            "the server span of the same thread"
+        );
     }
 }

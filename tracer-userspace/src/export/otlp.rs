@@ -570,9 +570,10 @@ pub fn proto_span(span: &HttpSpan, clock: &Clock) -> Span {
         span_id: span.span_id.to_vec(),
         trace_state: span.tracestate.clone().unwrap_or_default(),
         parent_span_id: span.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
-        // W3C flags, and the specification's "parent is remote" bits when there is a parent.
+        // W3C flags, and the specification's "parent is remote" bits: known, and set for a
+        // parent in another process.
         flags: span.trace_flags as u32
-            | if span.parent_span_id.is_some() {
+            | if span.parent_span_id.is_some() && span.parent_remote {
                 0x300
             } else {
                 0x100
@@ -634,7 +635,10 @@ mod tests {
         // One span without a response, one with a parent and trace state.
         spans[0].response = None;
         spans[1].parent_span_id = Some([7; 8]);
+        spans[1].parent_remote = true;
         spans[1].tracestate = Some("vendor=1".into());
+        spans[2].parent_span_id = Some([8; 8]);
+        spans[2].parent_remote = false;
         let mut otlp = Otlp::new(&OtlpConfig {
             endpoint: "http://127.0.0.1:9/v1/traces".into(),
             protocol: Protocol::HttpProtobuf,
