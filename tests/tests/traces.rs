@@ -280,3 +280,59 @@ fn a_traceparent_past_the_capture_window_is_continued() {
     assert_eq!(hex(&span.span.trace_id), trace);
     assert_eq!(hex(&span.span.parent_span_id), "10f067aa0ba902b8");
 }
+
+/// curl -> Python -> Python -> Python, three thread-per-request services that start fast
+/// everywhere (also inside the kernel matrix's emulated guests, where Java takes too long).
+fn python_chain(extra: &[&str]) {
+    let receiver = Receiver::start();
+    let (a, b, c) = (free_port(), free_port(), free_port());
+    let last = tracer_e2e::servers::python_framings(c);
+    let middle = spawn_server(
+        Command::new("python3")
+            .arg(script("proxy.py"))
+            .args([b.to_string(), c.to_string()]),
+        b,
+    );
+    let first = spawn_server(
+        Command::new("python3")
+            .arg(script("proxy.py"))
+            .args([a.to_string(), b.to_string()]),
+        a,
+    );
+    let ports: Vec<String> = [a, b, c].iter().map(u16::to_string).collect();
+    let mut args = vec![
+        "--port", &ports[0], "--port", &ports[1], "--port", &ports[2],
+    ];
+    args.extend(extra);
+    let mut agent = Agent::exporting(&receiver, &args);
+    let run = curl(&format!("http://127.0.0.1:{a}/chain"), &[]);
+    assert_eq!(run.status, 200);
+    let spans = receiver.wait_spans(6, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 6, "curl, python x2, python x2, python");
+    let curl_client = span(&spans, run.pid, false);
+    let a_server = span(&spans, first.pid(), true);
+    let a_client = span(&spans, first.pid(), false);
+    let b_server = span(&spans, middle.pid(), true);
+    let b_client = span(&spans, middle.pid(), false);
+    let c_server = span(&spans, last.pid(), true);
+    assert!(curl_client.span.parent_span_id.is_empty());
+    parent_of(a_server, curl_client);
+    parent_of(a_client, a_server);
+    parent_of(b_server, a_client);
+    parent_of(b_client, b_server);
+    parent_of(c_server, b_client);
+    let traces: std::collections::HashSet<_> =
+        spans.iter().map(|s| s.span.trace_id.clone()).collect();
+    assert_eq!(traces.len(), 1, "exactly one trace");
+}
+
+#[test]
+fn python_chain_one_trace() {
+    python_chain(&[]);
+}
+
+#[test]
+fn python_chain_one_trace_with_propagate() {
+    python_chain(&["--propagate"]);
+}
