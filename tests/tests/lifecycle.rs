@@ -377,13 +377,15 @@ fn check_reports_each_feature() {
             "no {name} line: {text}"
         );
     }
-    // The agent's own programs go through the verifier.
+    // The agent's own programs go through the verifier. `--propagate` is optional: some
+    // kernels' verifiers refuse its program (the kernel matrix runs this test on them too).
     for name in ["capture", "head search", "propagate", "tracepoint"] {
         let line = text
             .lines()
             .find(|l| l.contains(&format!("  {name} ")))
             .unwrap_or_else(|| panic!("no {name} line: {text}"));
-        assert!(line.starts_with("pass"), "{line}");
+        let optional_failure = name == "propagate" && line.ends_with("(optional)");
+        assert!(line.starts_with("pass") || optional_failure, "{line}");
     }
     assert!(
         text.contains("the agent's 24 tracepoint programs load"),
