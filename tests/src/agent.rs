@@ -65,7 +65,9 @@ impl Agent {
             stderr,
             stdout,
         };
-        let ready = crate::wait_for(Duration::from_secs(20), || {
+        // A bound, not a wait: under the kernel matrix's emulation, start-up on 6.1 (its
+        // verifier is slower) has taken 25 s.
+        let ready = crate::wait_for(Duration::from_secs(90), || {
             if let Ok(Some(status)) = agent.child.as_mut().unwrap().try_wait() {
                 panic!(
                     "tracer exited with {status} before ready: {:?}",

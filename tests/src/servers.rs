@@ -59,7 +59,8 @@ impl Drop for TempDir {
 }
 
 fn wait_listening(port: u16) {
-    let up = crate::wait_for(Duration::from_secs(15), || {
+    // A bound, not a wait: interpreters start slowly under the kernel matrix's emulation.
+    let up = crate::wait_for(Duration::from_secs(60), || {
         TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
     });
     assert!(
