@@ -487,6 +487,74 @@ fn stream(log: &Path, offset: &mut u64) {
     }
 }
 
+/// A kernel crash as the console reported it.
+#[derive(Debug)]
+struct Crash {
+    /// The report's first line, and where the kernel was (`RIP: ...`) when there is one.
+    headline: String,
+    /// The report without its register dump and code bytes.
+    lines: Vec<String>,
+}
+
+impl Crash {
+    /// A breakpoint the kernel's own handler does not know: a stray `int3` left in code the
+    /// kernel was patching, which QEMU's software emulation produces now and then (also at
+    /// boot, with no program of ours loaded). Any other crash is a failure of the run.
+    fn is_emulation_fault(&self) -> bool {
+        self.headline.contains("int3")
+    }
+}
+
+/// The first kernel crash in a console log, if any.
+fn kernel_crash(console: &str) -> Option<Crash> {
+    const STARTS: &[&str] = &[
+        "BUG:",
+        "Oops",
+        "general protection fault",
+        "kernel BUG at",
+        "watchdog: BUG",
+        "Kernel panic",
+    ];
+    // Console lines carry a `[   72.402549] ` timestamp.
+    let text = |line: &str| -> String {
+        let t = line.trim_start();
+        match t.strip_prefix('[').and_then(|r| r.split_once("] ")) {
+            Some((_, rest)) => rest.to_string(),
+            None => t.to_string(),
+        }
+    };
+    let all: Vec<String> = console.lines().map(text).collect();
+    let first = all
+        .iter()
+        .position(|l| STARTS.iter().any(|s| l.starts_with(s)))?;
+    // Register dumps (`RAX: ...`, `R10: ...`, `FS:  ...`, `PKRU: ...`) and code bytes say
+    // nothing a reader of this report can use.
+    let noise = |l: &str| {
+        l.starts_with("Code:")
+            || l.split_once(':').is_some_and(|(name, _)| {
+                !["RIP", "CPU"].contains(&name)
+                    && (2..=4).contains(&name.len())
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+            })
+    };
+    let mut lines = Vec::new();
+    for l in &all[first..] {
+        if !noise(l) {
+            lines.push(l.clone());
+        }
+        if l.starts_with("Kernel panic") || lines.len() >= 40 {
+            break;
+        }
+    }
+    let mut headline = all[first].clone();
+    if let Some(rip) = lines.iter().find(|l| l.starts_with("RIP:")) {
+        headline = format!("{headline}; {rip}");
+    }
+    Some(Crash { headline, lines })
+}
+
 fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
@@ -561,10 +629,17 @@ fn boot(vng: &Path, vmlinuz: &Path, dir: &Path, limit: Duration) -> anyhow::Resu
     let boot_time = boot_time.or_else(|| booted.exists().then(|| start.elapsed()));
     let shown = status.map_or("stopped by xtask".to_string(), |s| s.to_string());
     let Some(boot_time) = boot_time else {
-        return Ok(Boot::Failed(format!(
-            "vng ended ({shown}) before the guest command ran; the console's last lines:\n{}",
-            tail(&log_path, 30)
-        )));
+        let console = fs::read_to_string(&log_path).unwrap_or_default();
+        return Ok(Boot::Failed(match kernel_crash(&console) {
+            Some(crash) => format!(
+                "vng ended ({shown}) before the guest command ran; the kernel crashed:\n{}",
+                crash.lines.join("\n")
+            ),
+            None => format!(
+                "vng ended ({shown}) before the guest command ran; the console's last lines:\n{}",
+                tail(&log_path, 30)
+            ),
+        }));
     };
     let result = match fs::read_to_string(out.join("result")) {
         Ok(text) => text
@@ -572,13 +647,35 @@ fn boot(vng: &Path, vmlinuz: &Path, dir: &Path, limit: Duration) -> anyhow::Resu
             .parse::<i64>()
             .map_err(|e| format!("out/result holds {text:?}: {e}")),
         Err(_) => {
-            eprintln!(
-                "xtask: the guest stopped before its command finished; the console's last lines:\n{}",
-                tail(&log_path, 40)
-            );
-            Err(format!(
-                "the guest stopped before its command finished (vng: {shown})"
-            ))
+            let console = fs::read_to_string(&log_path).unwrap_or_default();
+            match kernel_crash(&console) {
+                Some(crash) if crash.is_emulation_fault() => {
+                    return Ok(Boot::Failed(format!(
+                        "the guest's kernel stopped on a stray int3 (an emulation fault): {}",
+                        crash.headline
+                    )));
+                }
+                Some(crash) => {
+                    eprintln!(
+                        "xtask: the guest's kernel crashed:\n{}",
+                        crash.lines.join("\n")
+                    );
+                    Err(format!(
+                        "the guest's kernel crashed: {}\n{}",
+                        crash.headline,
+                        crash.lines.join("\n")
+                    ))
+                }
+                None => {
+                    eprintln!(
+                        "xtask: the guest stopped before its command finished; the console's last lines:\n{}",
+                        tail(&log_path, 40)
+                    );
+                    Err(format!(
+                        "the guest stopped before its command finished (vng: {shown})"
+                    ))
+                }
+            }
         }
     };
     Ok(Boot::Ran(boot_time, result))
@@ -754,6 +851,61 @@ mod tests {
     fn versions_order_numerically() {
         assert!(version_key("6.1.0-56-amd64") > version_key("6.1.0-9-amd64"));
         assert!(version_key("6.12.117+deb12-amd64") > version_key("6.12.57+deb12-amd64"));
+    }
+
+    const PANIC: &str = "[   70.1] virtme-ng-init: starting script
+[   72.402001] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI
+[   72.402100] CPU: 1 UID: 0 PID: 0 Comm: swapper/1 Not tainted 6.12.117+deb12-amd64 #1
+[   72.402200] RIP: 0010:tcp_v4_rcv+0x5a1/0x1080
+[   72.402300] Code: 48 8b 44 24 08 <cc> 1f 44 00 00
+[   72.402400] RSP: 0018:ffffb0c9c0003c88 EFLAGS: 00000246
+[   72.402549] R10: 0000000000000001 R11: ffffffffade5a380 R12: ff3b31c0802fa100
+[   72.402562] FS:  00007f9f00808cc0(0000) GS:ff3b31c0bcb00000(0000) knlGS:0000000000000000
+[   72.402586] PKRU: 55555554
+[   72.402600] Call Trace:
+[   72.402700]  <IRQ>
+[   72.402750]  ip_protocol_deliver_rcu+0x3b/0x190
+[   72.402812] Kernel panic - not syncing: Fatal exception in interrupt
+[   72.404124] Kernel Offset: 0x2b200000 from 0xffffffff81000000
+";
+
+    #[test]
+    fn a_crash_is_reported_without_its_register_dump() {
+        let crash = kernel_crash(PANIC).expect("a crash");
+        assert_eq!(
+            crash.headline,
+            "Oops: int3: 0000 [#1] PREEMPT SMP NOPTI; RIP: 0010:tcp_v4_rcv+0x5a1/0x1080"
+        );
+        assert_eq!(
+            crash.lines.first().unwrap(),
+            "Oops: int3: 0000 [#1] PREEMPT SMP NOPTI"
+        );
+        assert_eq!(
+            crash.lines.last().unwrap(),
+            "Kernel panic - not syncing: Fatal exception in interrupt"
+        );
+        let text = crash.lines.join("\n");
+        for kept in ["Comm: swapper/1", "Call Trace:", "ip_protocol_deliver_rcu"] {
+            assert!(text.contains(kept), "{text}");
+        }
+        for dropped in ["Code:", "RSP:", "R10:", "FS:", "PKRU:", "Kernel Offset"] {
+            assert!(!text.contains(dropped), "{text}");
+        }
+        assert!(crash.is_emulation_fault());
+    }
+
+    #[test]
+    fn only_a_stray_int3_counts_as_an_emulation_fault() {
+        let gp = PANIC.replace("Oops: int3: 0000", "Oops: general protection fault: 0000");
+        assert!(!kernel_crash(&gp).unwrap().is_emulation_fault());
+        let null = "[ 1.0] BUG: kernel NULL pointer dereference, address: 0000000000000008\n";
+        let crash = kernel_crash(null).unwrap();
+        assert_eq!(
+            crash.headline,
+            "BUG: kernel NULL pointer dereference, address: 0000000000000008"
+        );
+        assert!(!crash.is_emulation_fault());
+        assert!(kernel_crash("[ 1.0] virtme-ng-init: udev is done\n").is_none());
     }
 
     #[test]
