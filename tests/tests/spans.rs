@@ -10,8 +10,10 @@ use tracer_e2e::{
     servers::{BIG_FILE_LEN, curl, curl_many, exe_name, nginx, python_http},
 };
 
-/// How long a loopback write may still be returning after its reader has the bytes.
-const LOOPBACK_SLACK_NS: u64 = 2_000_000;
+/// How long a loopback write may still be returning after its reader has the bytes: well
+/// under a millisecond on an idle machine, but the writer can be preempted between the two,
+/// for tens of milliseconds under the kernel matrix's emulation on a busy host.
+const LOOPBACK_SLACK_NS: u64 = 50_000_000;
 
 fn now_ns() -> u64 {
     SystemTime::now()

@@ -151,28 +151,32 @@ fn read<T>(base: *const u8, offset: u32) -> Result<T, Walk> {
     unsafe { bpf_probe_read_kernel(base.add(offset as usize).cast()) }.map_err(|_| Walk::Failed)
 }
 
+/// The `struct sock` of descriptor `fd` of the current task when it is a stream socket, without
+/// caching anything (a socket about to connect has no tuple yet).
 #[inline(always)]
-fn walk(fd: u32, info: &mut ConnInfo) -> Result<(), Walk> {
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let files: *const u8 = read(task, config!(offsets.task_files))?;
-    let fdt: *const u8 = read(files, config!(offsets.files_fdt))?;
-    let max_fds: u32 = read(fdt, config!(offsets.fdt_max_fds))?;
-    if fd >= max_fds {
-        return Err(Walk::Failed);
-    }
-    let fd_array: *const u8 = read(fdt, config!(offsets.fdt_fd))?;
-    let file: *const u8 = read(fd_array, fd * 8)?;
+pub fn fd_sock(fd: u32) -> Option<u64> {
+    let file = fd_file(fd).ok()?;
+    let socket = file_socket(file).ok()?;
+    stream_sock(socket).ok().map(|sk| sk as u64)
+}
+
+/// The `struct socket` of a file that is a socket.
+#[inline(always)]
+fn file_socket(file: *const u8) -> Result<*const u8, Walk> {
     if file.is_null() {
         return Err(Walk::Failed);
     }
-    info.file = file as u64;
     let inode: *const u8 = read(file, config!(offsets.file_f_inode))?;
     let mode: u16 = read(inode, config!(offsets.inode_i_mode))?;
     if mode & S_IFMT != S_IFSOCK {
         return Err(Walk::NotTcp);
     }
-    let socket: *const u8 = read(file, config!(offsets.file_private_data))?;
-    info.socket = socket as u64;
+    read(file, config!(offsets.file_private_data))
+}
+
+/// The `struct sock` of a stream socket.
+#[inline(always)]
+fn stream_sock(socket: *const u8) -> Result<*const u8, Walk> {
     let sock_type: u16 = read(socket, config!(offsets.socket_type))?;
     if sock_type != SOCK_STREAM {
         return Err(Walk::NotTcp);
@@ -181,6 +185,19 @@ fn walk(fd: u32, info: &mut ConnInfo) -> Result<(), Walk> {
     if sk.is_null() {
         return Err(Walk::Failed);
     }
+    Ok(sk)
+}
+
+#[inline(always)]
+fn walk(fd: u32, info: &mut ConnInfo) -> Result<(), Walk> {
+    let file = fd_file(fd).map_err(|_| Walk::Failed)?;
+    if file.is_null() {
+        return Err(Walk::Failed);
+    }
+    info.file = file as u64;
+    let socket = file_socket(file)?;
+    info.socket = socket as u64;
+    let sk = stream_sock(socket)?;
     let family: u16 = read(sk, config!(offsets.sk_family))?;
     let protocol: u16 = read(sk, config!(offsets.sk_protocol))?;
     if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {

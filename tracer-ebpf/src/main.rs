@@ -259,7 +259,8 @@ fn connect_enter(ctx: &TracePointContext) -> Result<u32, u32> {
     let call = Inflight {
         ts_enter: 0,
         file: 0,
-        buf: 0,
+        // The socket marked for `--propagate`'s sock_ops program, until the call returns.
+        buf: propagate::connect_called(fd as i32),
         iovcnt: 0,
         fd: fd as i32,
         mode: MODE_PLAIN,
@@ -277,6 +278,7 @@ fn connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let call = *unsafe { INFLIGHT.get(pid_tgid) }.ok_or(0u32)?;
     let _ = INFLIGHT.remove(pid_tgid);
+    propagate::connect_returned(call.buf);
     let ret: i64 = unsafe { ctx.read_at(RET) }.map_err(|_| 0u32)?;
     if ret != 0 && ret != -EINPROGRESS {
         return Ok(0);

@@ -19,7 +19,8 @@
 use aya_ebpf::{
     bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB, sk_action},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel_buf,
         generated::{bpf_get_socket_cookie, bpf_loop, bpf_msg_pull_data},
     },
     macros::{map, sk_msg, sock_ops},
@@ -51,10 +52,41 @@ pub static PROPAGATED: SockHash<u64> = SockHash::with_max_entries(65536, 0);
 #[map(name = "LOST")]
 static LOST: Queue<u64> = Queue::with_max_entries(4096, 0);
 
+/// Sockets of traced tasks inside a connect() call, keyed by `struct sock` address: set and
+/// cleared by the connect tracepoints, which know the caller. The sock_ops program runs inside
+/// the call but may not ask which task it runs for on older kernels (6.1): it checks the mark.
+#[map]
+static IN_CONNECT: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+
 /// Connections between connect() (where the caller is known) and establishment (where the
-/// sock hash may be updated).
+/// sock hash may be updated), keyed by socket cookie (never reused while the kernel runs).
 #[map]
 static CONNECTING: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// A traced task calls connect() on `fd`: mark its socket for the sock_ops program. Returns
+/// the socket's address (0 when `fd` is not a stream socket), for [`connect_returned`].
+#[inline(always)]
+pub fn connect_called(fd: i32) -> u64 {
+    if config!(propagate) == 0 || fd < 0 {
+        return 0;
+    }
+    match crate::conn::fd_sock(fd as u32) {
+        Some(sk) => {
+            let _ = IN_CONNECT.insert(sk, 1, 0);
+            sk
+        }
+        None => 0,
+    }
+}
+
+/// The connect() call on socket `sk` returned: by then the SYN (and the sock_ops callback
+/// that saw the mark) is behind it.
+#[inline(always)]
+pub fn connect_returned(sk: u64) {
+    if sk != 0 {
+        let _ = IN_CONNECT.remove(sk);
+    }
+}
 
 /// The trace context of the request each thread is serving, keyed by pid_tgid.
 #[map]
@@ -273,38 +305,26 @@ fn header_line(b: &mut ScanBuf, start: u32) {
     }
 }
 
-/// Scan the first `n` bytes of `b.data` as the start of an HTTP/1.x request. Returns false
-/// when they do not start one.
+/// Scan the first `Scan::n` bytes of `b.data` as the start of an HTTP/1.x request. Returns
+/// false when they do not start one.
 ///
 /// Takes a raw pointer: the bpf_loop step writes the scan through its own pointer to the same
 /// map value, so no reference may stay live across that call (the compiler would keep the
 /// values it wrote before it).
 #[inline(always)]
-pub fn scan_request<A: ScanArea>(ptr: *mut ScanBuf, n: u32) -> bool {
+///
+/// `n` is read from map memory (`Scan::n`, where the caller leaves it), not passed: a length
+/// in a register shares the verifier's knowledge with the one it came from, and each compare
+/// of the scan would split the caller's state (older verifiers, 6.1, then check the bpf_loop
+/// step once per split, and give up).
+pub fn scan_request<A: ScanArea>(ptr: *mut ScanBuf) -> bool {
+    let n = unsafe { core::ptr::read_volatile(&(*ptr).scan.n) };
     let b = unsafe { &mut *ptr };
     let n = if n as usize > SCAN_MAX {
         SCAN_MAX as u32
     } else {
         n
     };
-    // A method: 1 to 15 upper-case letters, then a space.
-    let mut m = 0u32;
-    while m < 16 {
-        if m >= n {
-            return false;
-        }
-        let c = at(&b.data, m);
-        if c == b' ' {
-            break;
-        }
-        if !c.is_ascii_uppercase() {
-            return false;
-        }
-        m += 1;
-    }
-    if m == 0 || m == 16 {
-        return false;
-    }
     let s = &mut b.scan;
     s.line_end = 0;
     s.head_end = 0;
@@ -312,13 +332,41 @@ pub fn scan_request<A: ScanArea>(ptr: *mut ScanBuf, n: u32) -> bool {
     s.traceparent_at = 0;
     s.chunked = 0;
     s.content_length = 0;
-    s.from = m;
+    s.from = 0;
     s.n = n;
     s.last_start = 0;
+    // A method: 1 to 15 upper-case letters, then a space. Where it ends goes to map memory,
+    // and nothing after the loop keeps it in a register.
+    let mut m = 0u32;
+    loop {
+        if m >= 16 || m >= n {
+            return false;
+        }
+        let c = at(&b.data, m);
+        if c == b' ' {
+            if m == 0 {
+                return false;
+            }
+            b.scan.from = m;
+            break;
+        }
+        if !c.is_ascii_uppercase() {
+            return false;
+        }
+        m += 1;
+    }
+    // Older verifiers (6.1) check the bpf_loop step once per state that reaches the call,
+    // and compare states only at some instructions, such as the one after a helper call: this
+    // call makes the paths out of the method loop (one per method length) meet in one state
+    // first, so the step is checked once, not once per method length.
+    unsafe { bpf_get_smp_processor_id() };
     // Line ends, through bpf_loop: the verifier checks the step once, not once per byte.
+    let count = unsafe {
+        core::ptr::read_volatile(&(*ptr).scan.n) - core::ptr::read_volatile(&(*ptr).scan.from)
+    };
     unsafe {
         bpf_loop(
-            n - m,
+            count,
             line_step::<A> as *mut core::ffi::c_void,
             core::ptr::null_mut(),
             0,
@@ -448,9 +496,22 @@ pub fn after_copy() {
     {
         return;
     }
-    if !scan_request::<Syscalls>(ptr, n) {
+    unsafe { core::ptr::write_volatile(&mut (*ptr).scan.n, n) };
+    if !scan_request::<Syscalls>(ptr) {
         return;
     }
+    // Read again rather than kept across the scan: values live across it split the
+    // verifier's state there (see `scan_request`).
+    let header = unsafe { &(*buf).header };
+    let (captured, total) = unsafe {
+        (
+            core::ptr::read_volatile(&header.captured_len),
+            core::ptr::read_volatile(&header.total_len),
+        )
+    };
+    let n = core::cmp::min(captured, SCAN_MAX as u32);
+    let large = total > captured as u64;
+    let propagate = config!(propagate) != 0;
     let b = unsafe { &mut *ptr };
     let far = large
         && b.scan.head_end == 0
@@ -629,10 +690,14 @@ pub fn tracer_sock_ops(ctx: SockOpsContext) -> u32 {
     if config!(propagate) != 0 {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
         match ctx.op() {
-            // In the connecting task: the filters apply.
+            // Inside the connect() call: the tracepoint marked the socket when the caller is
+            // traced.
             BPF_SOCK_OPS_TCP_CONNECT_CB => {
+                let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk } as u64;
                 let remote = u32::from_be(ctx.remote_port()) as u16;
-                if traced_task().is_some() && ports_pass(ctx.local_port() as u16, remote) {
+                if unsafe { IN_CONNECT.get(sk) }.is_some()
+                    && ports_pass(ctx.local_port() as u16, remote)
+                {
                     let _ = CONNECTING.insert(cookie, 1, 0);
                 }
             }
@@ -706,12 +771,19 @@ fn inject(ctx: &SkMsgContext) -> Option<()> {
         return None;
     }
     // A request should start here.
-    let n = core::cmp::min(size, SCAN_MAX as u64) as u32;
+    let ptr = Sends::buf()?;
+    // The lengths below are taken from a copy of the size read back from map memory: `size`
+    // stays live to the end, and a length linked to it would make each compare of the scan
+    // split the verifier's state (see `scan_request`).
+    unsafe { core::ptr::write_volatile(&mut (*ptr).scan.n, ctx.size()) };
+    let n = core::cmp::min(
+        unsafe { core::ptr::read_volatile(&(*ptr).scan.n) },
+        SCAN_MAX as u32,
+    );
     if unsafe { bpf_msg_pull_data(ctx.msg, 0, n, 0) } != 0 {
         lose(sk);
         return None;
     }
-    let ptr = Sends::buf()?;
     let b = unsafe { &mut *ptr };
     let avail = (ctx.data_end() - ctx.data()) as u32;
     // The mask is for older verifiers (6.1), which do not carry the bound of `n` through the
@@ -729,7 +801,8 @@ fn inject(ctx: &SkMsgContext) -> Option<()> {
         lose(sk);
         return None;
     }
-    if !scan_request::<Sends>(ptr, n) {
+    unsafe { core::ptr::write_volatile(&mut (*ptr).scan.n, n) };
+    if !scan_request::<Sends>(ptr) {
         lose(sk);
         return None;
     }

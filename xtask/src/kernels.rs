@@ -32,19 +32,16 @@ pub const PACKAGES: &[&str] = &[
 /// virtme-ng, from PyPI; its command is `vng`.
 pub const VIRTME_NG: &str = "virtme-ng==1.42";
 
-/// The kernel series of the matrix, the Debian package that installs each, and whether
-/// `--propagate` is expected to work there. 6.1's verifier gives up on the sk_msg program
-/// ("BPF program is too large", a million instructions processed), so there the agent is
-/// tested without it.
-const SERIES: &[(&str, &str, bool)] = &[
-    ("6.1", "linux-image-amd64", false),
-    ("6.12", "linux-image-6.12-amd64", true),
+/// The kernel series of the matrix, and the Debian package that installs each.
+const SERIES: &[(&str, &str)] = &[
+    ("6.1", "linux-image-amd64"),
+    ("6.12", "linux-image-6.12-amd64"),
 ];
 
 /// The end-to-end tests run in each guest (test binary, exact test names): loading and
 /// `tracer check`, capture, detach on SIGINT and SIGKILL, filters, a trace linked across
-/// two hosts (network namespaces) by `--propagate`, and a chain of three services linked on
-/// one host, with and without `--propagate`. The curl -> Python -> Node -> Java chain of
+/// two hosts (network namespaces) by `--propagate`, a chain of three services linked on one
+/// host, with and without `--propagate`, and a `traceparent` found past the capture window. The curl -> Python -> Node -> Java chain of
 /// `traces` is left out: under emulation `java Server.java` takes 18-28 s to listen, past the
 /// tests' 15 s.
 const E2E_SUBSET: &[(&str, &[&str])] = &[
@@ -73,6 +70,7 @@ const E2E_SUBSET: &[(&str, &[&str])] = &[
         &[
             "python_chain_one_trace",
             "python_chain_one_trace_with_propagate",
+            "a_traceparent_past_the_capture_window_is_continued",
         ],
     ),
 ];
@@ -198,7 +196,7 @@ fn build_e2e(agent: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
 /// The script the guest runs. Its first action writes `out/booted`, its last `out/result`
 /// (the number of failed steps, or the exit code of a custom command); what it prints goes to
 /// `out/guest.log`.
-fn guest_script(dir: &Path, custom: bool, e2e: bool, propagate: bool) -> anyhow::Result<String> {
+fn guest_script(dir: &Path, custom: bool, e2e: bool) -> anyhow::Result<String> {
     let path = std::env::var("PATH").unwrap_or_default();
     if path.contains('\'') {
         bail!("PATH contains a single quote, which the guest script cannot take");
@@ -217,7 +215,6 @@ exec >> "$O/guest.log" 2>&1
 export PATH='/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{path}'
 export TRACER_BIN="$D/bin/tracer"
 failed=0
-PROPAGATE={propagate}
 pass() {{ echo "PASS  $*" | tee -a "$O/summary"; }}
 fail() {{ echo "FAIL  $*" | tee -a "$O/summary"; failed=$((failed + 1)); }}
 note() {{ echo "note  $*" | tee -a "$O/summary"; }}
@@ -267,7 +264,6 @@ for c in "python3 -c pass" "curl --version" "nginx -v" "node -e 0" "java -versio
 done
 "#,
         dir = quoted(dir)?,
-        propagate = u8::from(propagate),
     );
     if custom {
         s.push_str(
@@ -362,11 +358,7 @@ smoke() {
 }
 
 smoke smoke
-if [ "$PROPAGATE" = 1 ]; then
-    smoke smoke-propagate --propagate
-else
-    note "--propagate is not tested on this kernel (its verifier refuses the sk_msg program)"
-fi
+smoke smoke-propagate --propagate
 kill $hp 2> /dev/null
 wait $hp 2> /dev/null
 "#,
@@ -374,15 +366,6 @@ wait $hp 2> /dev/null
     if e2e {
         s.push_str(&format!("\ncd {}\n", quoted(&tests_dir)?));
         for (bin, tests) in E2E_SUBSET {
-            // Where --propagate does not load, the tests that need it are left out.
-            let tests: Vec<&str> = tests
-                .iter()
-                .copied()
-                .filter(|t| propagate || !t.contains("propagate"))
-                .collect();
-            if tests.is_empty() {
-                continue;
-            }
             s.push_str(&format!(
                 r#"
 echo "==== guest: end-to-end {bin}: {tests}"
@@ -683,7 +666,7 @@ fn boot(vng: &Path, vmlinuz: &Path, dir: &Path, limit: Duration) -> anyhow::Resu
 
 /// Prepare `target/kernels/SERIES/` and boot the kernel, retrying a boot that failed.
 fn run_kernel(
-    (series, package, propagate): (&'static str, &str, bool),
+    (series, package): (&'static str, &str),
     vng: &Path,
     agent: &Path,
     e2e: &[(String, PathBuf)],
@@ -710,7 +693,7 @@ fn run_kernel(
     }
     fs::write(
         dir.join("guest.sh"),
-        guest_script(&dir, custom, !e2e.is_empty(), propagate)?,
+        guest_script(&dir, custom, !e2e.is_empty())?,
     )
     .context("writing guest.sh")?;
 
@@ -799,7 +782,7 @@ pub fn run(opts: Opts) -> anyhow::Result<()> {
     };
     let chosen: Vec<_> = SERIES
         .iter()
-        .filter(|(s, _, _)| opts.kernel == "all" || opts.kernel == *s)
+        .filter(|(s, _)| opts.kernel == "all" || opts.kernel == *s)
         .collect();
     forward_signals();
     let mut reports = Vec::new();
@@ -910,7 +893,7 @@ mod tests {
 
     #[test]
     fn guest_script_marks_boot_first_and_result_last() {
-        let s = guest_script(Path::new("/x/y"), false, true, true).unwrap();
+        let s = guest_script(Path::new("/x/y"), false, true).unwrap();
         let first = s
             .lines()
             .find(|l| l.contains("out/") || l.contains("\"$O/"));

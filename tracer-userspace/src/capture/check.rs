@@ -13,7 +13,7 @@ use aya::{
     },
 };
 
-use tracer_common::{DEFAULT_CAPTURE, PROCESS_EXIT, TRACEPOINTS};
+use tracer_common::{AFTER_COPY_PROGRAM, DEFAULT_CAPTURE, PROCESS_EXIT, TRACEPOINTS};
 
 use super::{EBPF_OBJECT, btf, tracefs};
 
@@ -215,6 +215,39 @@ where
     load(program).map_err(|e| format!("{name} is refused: {}", verifier_gist(e)))
 }
 
+/// How much of the verifier's budget (a million instructions processed per program) the
+/// heaviest of `names` took, as `" (the verifier's work: at most N of 1,000,000 instructions,
+/// NAME)"`; empty where the kernel does not say (before 5.16).
+fn verifier_work<'n>(ebpf: &Ebpf, names: impl IntoIterator<Item = &'n str>) -> String {
+    let heaviest = names
+        .into_iter()
+        .filter_map(|name| {
+            let info = ebpf.program(name)?.info().ok()?;
+            Some((info.verified_instruction_count()?, name))
+        })
+        .max();
+    match heaviest {
+        Some((n, name)) => format!(
+            " (the verifier's work: at most {} of 1,000,000 instructions, {name})",
+            thousands(n)
+        ),
+        None => String::new(),
+    }
+}
+
+/// `12345` as `12,345`.
+fn thousands(n: u32) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The agent's own programs, loaded as the agent loads them (with this kernel's struct
 /// offsets): the syscall capture (required), the search of request heads, and `--propagate`.
 fn agent_programs() -> Vec<Item> {
@@ -230,17 +263,18 @@ fn agent_programs() -> Vec<Item> {
             )];
         }
     };
-    let capture = TRACEPOINTS
-        .iter()
-        .copied()
-        .chain([PROCESS_EXIT.1])
+    let names = || TRACEPOINTS.iter().copied().chain([PROCESS_EXIT.1]);
+    let capture = names()
         .try_for_each(|name| load_agent_program::<TracePoint>(&mut ebpf, name, |p| p.load()));
     let count = TRACEPOINTS.len() + 1;
     let mut out = vec![match capture {
         Ok(()) => item(
             "capture",
             true,
-            format!("the agent's {count} tracepoint programs load"),
+            format!(
+                "the agent's {count} tracepoint programs load{}",
+                verifier_work(&ebpf, names())
+            ),
             true,
         ),
         Err(e) => item("capture", false, e, true),
@@ -249,7 +283,10 @@ fn agent_programs() -> Vec<Item> {
         Ok(()) => item(
             "head search",
             true,
-            "loads (traceparent past the capture window; --propagate's context)".into(),
+            format!(
+                "loads (traceparent past the capture window; --propagate's context){}",
+                verifier_work(&ebpf, [AFTER_COPY_PROGRAM])
+            ),
             false,
         ),
         Err(e) => item(
@@ -265,7 +302,10 @@ fn agent_programs() -> Vec<Item> {
         Ok(()) => item(
             "propagate",
             true,
-            "the sk_msg and sock_ops programs load (not attached by check)".into(),
+            format!(
+                "the sk_msg and sock_ops programs load (not attached by check){}",
+                verifier_work(&ebpf, ["tracer_sk_msg", "tracer_sock_ops"])
+            ),
             false,
         ),
         Err(e) => item("propagate", false, e, false),
@@ -461,4 +501,18 @@ pub fn can_run(items: &[Item]) -> bool {
         && items
             .iter()
             .any(|i| i.name == "capture" && i.verdict == Verdict::Pass)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thousands;
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(16240), "16,240");
+        assert_eq!(thousands(1000000), "1,000,000");
+    }
 }
