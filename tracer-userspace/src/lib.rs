@@ -1,6 +1,7 @@
 //! tracer's agent: kernel events in, HTTP spans out. The binary (`main.rs`) parses the command
 //! line and calls [`app`]; the modules follow the flow of the bytes:
-//! [`capture`] -> [`conn`] -> [`protocol`] -> [`correlate`] -> [`export`].
+//! [`capture`] -> [`conn`] -> [`protocol`] -> [`correlate`] -> [`export`]; [`metrics`] serves
+//! the agent's own counters.
 
 pub mod app;
 pub mod capture;
@@ -13,4 +14,5 @@ pub mod filter;
 pub mod fuzzing;
 #[cfg(test)]
 mod golden;
+pub mod metrics;
 pub mod protocol;

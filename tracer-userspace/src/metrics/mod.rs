@@ -1,0 +1,332 @@
+//! A side exit beside the flow: the agent's own counters (pipeline, export queue, kernel) as
+//! OpenMetrics text for a scraper. The capture loop takes a [`Snapshot`]; [`render`] writes
+//! it. No span passes through here.
+
+use std::fmt;
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+use tracer_common::counter;
+
+use crate::{correlate::Stats, export::ExportStats};
+
+/// The media type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The kernel-side counters, indexed as `tracer_common::counter`.
+pub type KernelCounters = [u64; counter::COUNT as usize];
+
+/// The numbers of the periodic `stats:` report, taken together by the capture loop.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub pipeline: Stats,
+    pub export: ExportStats,
+    /// Spans dropped because the export queue was full.
+    pub queue_dropped: u64,
+    /// Spans waiting in the export queue.
+    pub queue_depth: u64,
+    /// Ring-buffer records that did not decode as events.
+    pub decode_errors: u64,
+    /// The kernel-side counters, or why they could not be read.
+    pub kernel: Result<KernelCounters, String>,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            pipeline: Stats::default(),
+            export: ExportStats::default(),
+            queue_dropped: 0,
+            queue_depth: 0,
+            decode_errors: 0,
+            kernel: Ok([0; counter::COUNT as usize]),
+        }
+    }
+}
+
+/// `snapshot` as an OpenMetrics text exposition, every name prefixed `tracer_` and ended by
+/// `# EOF`. The kernel families are left out when the kernel counters could not be read.
+pub fn render(snapshot: Snapshot) -> Result<String, fmt::Error> {
+    let mut registry = Registry::with_prefix("tracer");
+    registry.register_collector(Box::new(Families(snapshot)));
+    let mut out = String::with_capacity(4096);
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+/// The families of one scrape, from values taken once (hence a collector of constants rather
+/// than live metric handles).
+#[derive(Debug)]
+struct Families(Snapshot);
+
+impl Collector for Families {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let s = &self.0;
+        let p = &s.pipeline;
+        let e = &mut enc;
+        // Counter names get `_total` from the encoder.
+        counter(
+            e,
+            "spans",
+            "HTTP spans produced (finished exchanges)",
+            p.spans,
+        )?;
+        counter(
+            e,
+            "spans_exported",
+            "Spans the sinks took (acknowledged by the OTLP receiver, or printed)",
+            s.export.exported,
+        )?;
+        counter(
+            e,
+            "spans_export_failed",
+            "Spans lost because their export failed after retries",
+            s.export.failed,
+        )?;
+        counter(
+            e,
+            "spans_dropped",
+            "Spans dropped because the export queue was full",
+            s.queue_dropped,
+        )?;
+        gauge(
+            e,
+            "export_queue_depth",
+            "Spans waiting in the export queue",
+            s.queue_depth,
+        )?;
+        counter(
+            e,
+            "spans_without_response",
+            "Spans of requests that ended without a response",
+            p.spans_without_response,
+        )?;
+        counter(
+            e,
+            "events",
+            "Kernel events the pipeline has taken in",
+            p.events,
+        )?;
+        counter(
+            e,
+            "event_decode_errors",
+            "Ring-buffer records that did not decode as events",
+            s.decode_errors,
+        )?;
+        gauge(e, "connections", "Connections followed now", p.connections)?;
+        counter_family(
+            e,
+            "connections_evicted",
+            "Connections evicted from the table: idle too long, or the table was full",
+            "reason",
+            &[("idle", p.evicted_idle), ("full", p.evicted_full)],
+        )?;
+        counter(
+            e,
+            "unmatched_responses",
+            "Responses with no request to pair with (counted when their connection ends)",
+            p.unmatched_responses,
+        )?;
+        counter(
+            e,
+            "pending_overflow",
+            "Requests dropped because too many were waiting for responses on one connection \
+             (counted when it ends)",
+            p.pending_overflow,
+        )?;
+        counter(
+            e,
+            "desyncs",
+            "Times a connection's message boundaries were lost (counted when it ends)",
+            p.desyncs,
+        )?;
+        if let Ok(k) = &s.kernel {
+            counter(
+                e,
+                "kernel_events",
+                "Events the probes wrote to the ring buffer",
+                k[counter::EVENTS as usize],
+            )?;
+            let losses: Vec<(&str, u64)> = counter::NAMES
+                .iter()
+                .zip(k)
+                .enumerate()
+                .filter(|&(i, _)| i != counter::EVENTS as usize)
+                .map(|(_, (&name, &v))| (name, v))
+                .collect();
+            counter_family(
+                e,
+                "kernel_losses",
+                "Kernel-side losses by reason, named as in the stats report: events lost to a \
+                 full ring buffer (ringbuf_full), payloads unread or cut short, syscalls or \
+                 connections not followed",
+                "reason",
+                &losses,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let c = ConstCounter::new(value);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let g = ConstGauge::new(value);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// One counter family with one label, a sample per `(label value, count)`.
+fn counter_family(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    samples: &[(&str, u64)],
+) -> fmt::Result {
+    let mut family = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for &(value, count) in samples {
+        let labels = [(label, value)];
+        ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// Samples of an exposition, `name{labels}` -> value.
+    fn samples(text: &str) -> BTreeMap<String, f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (k, v) = l.rsplit_once(' ').expect("a sample line");
+                (k.to_string(), v.parse().expect("a number"))
+            })
+            .collect()
+    }
+
+    fn snapshot() -> Snapshot {
+        let mut kernel = [0; counter::COUNT as usize];
+        for (i, v) in kernel.iter_mut().enumerate() {
+            *v = 1000 + i as u64;
+        }
+        Snapshot {
+            pipeline: Stats {
+                events: 37,
+                spans: 8,
+                spans_without_response: 1,
+                unmatched_responses: 2,
+                pending_overflow: 3,
+                desyncs: 4,
+                evicted_full: 5,
+                evicted_idle: 6,
+                connections: 7,
+                ..Stats::default()
+            },
+            export: ExportStats {
+                exported: 6,
+                failed: 2,
+            },
+            queue_dropped: 9,
+            queue_depth: 11,
+            decode_errors: 12,
+            kernel: Ok(kernel),
+        }
+    }
+
+    #[test]
+    fn every_family_carries_its_value() {
+        let text = render(snapshot()).unwrap();
+        let got = samples(&text);
+        let mut want: BTreeMap<String, f64> = [
+            ("tracer_spans_total", 8.0),
+            ("tracer_spans_exported_total", 6.0),
+            ("tracer_spans_export_failed_total", 2.0),
+            ("tracer_spans_dropped_total", 9.0),
+            ("tracer_export_queue_depth", 11.0),
+            ("tracer_spans_without_response_total", 1.0),
+            ("tracer_events_total", 37.0),
+            ("tracer_event_decode_errors_total", 12.0),
+            ("tracer_connections", 7.0),
+            ("tracer_connections_evicted_total{reason=\"idle\"}", 6.0),
+            ("tracer_connections_evicted_total{reason=\"full\"}", 5.0),
+            ("tracer_unmatched_responses_total", 2.0),
+            ("tracer_pending_overflow_total", 3.0),
+            ("tracer_desyncs_total", 4.0),
+            ("tracer_kernel_events_total", 1000.0),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for (i, name) in counter::NAMES.iter().enumerate().skip(1) {
+            want.insert(
+                format!("tracer_kernel_losses_total{{reason=\"{name}\"}}"),
+                1000.0 + i as f64,
+            );
+        }
+        assert_eq!(got, want, "{text}");
+        assert!(
+            want.contains_key("tracer_kernel_losses_total{reason=\"ringbuf_full\"}"),
+            "ring-buffer drops are a reason of their own"
+        );
+    }
+
+    #[test]
+    fn the_exposition_is_openmetrics() {
+        let text = render(snapshot()).unwrap();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        for family in ["spans", "kernel_losses", "connections_evicted"] {
+            assert!(
+                text.contains(&format!("# TYPE tracer_{family} counter\n")),
+                "{family}: {text}"
+            );
+        }
+        for family in ["export_queue_depth", "connections"] {
+            assert!(
+                text.contains(&format!("# TYPE tracer_{family} gauge\n")),
+                "{family}: {text}"
+            );
+        }
+        // Every counter's samples end in `_total`; every family has help.
+        let counters: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+            .collect();
+        assert!(counters.len() >= 10, "{text}");
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            if let Some(family) = name.strip_suffix("_total") {
+                assert!(counters.contains(&family), "{line}");
+            } else {
+                assert!(
+                    !counters.contains(&name),
+                    "a counter without _total: {line}"
+                );
+            }
+        }
+        for family in &counters {
+            assert!(text.contains(&format!("# HELP {family} ")), "{family}");
+        }
+    }
+
+    #[test]
+    fn unreadable_kernel_counters_leave_out_only_their_families() {
+        let text = render(Snapshot {
+            kernel: Err("the map is gone".into()),
+            ..snapshot()
+        })
+        .unwrap();
+        assert!(!text.contains("tracer_kernel_"), "{text}");
+        assert_eq!(samples(&text)["tracer_spans_exported_total"], 6.0);
+    }
+}
