@@ -1,6 +1,8 @@
 //! A side exit beside the flow: the agent's own counters (pipeline, export queue, kernel) as
 //! OpenMetrics text for a scraper. The capture loop takes a [`Snapshot`]; [`render`] writes
-//! it. No span passes through here.
+//! it; [`serve`] answers `GET /metrics` with it. No span passes through here.
+
+pub mod serve;
 
 use std::fmt;
 
