@@ -5,6 +5,7 @@
 use std::{
     fs::File,
     io::{BufReader, BufWriter},
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -37,6 +38,10 @@ use crate::{
     },
     export::{self, ExportStats, Sinks, otlp, terminal::Terminal},
     filter::Filter,
+    metrics::{
+        Snapshot,
+        serve::{self, Scrape},
+    },
 };
 
 /// Where spans go and what they carry, resolved from flags and environment.
@@ -52,6 +57,8 @@ pub struct Config {
     pub capture_bytes: u32,
     /// Inject `traceparent` into outgoing requests (`--propagate`).
     pub propagate: bool,
+    /// Serve the counters at `0.0.0.0:PORT/metrics` (`--prometheus-port`).
+    pub prometheus_port: Option<u16>,
     pub sinks: SinkConfig,
     /// Also write every captured event to this file.
     pub record: Option<PathBuf>,
@@ -156,7 +163,15 @@ const POLL_EVERY: Duration = Duration::from_millis(20);
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 const REPORT_EVERY: Duration = Duration::from_secs(60);
 
+/// Scrapes waiting for the capture loop; a scraper past this waits in its own task.
+const SCRAPES_QUEUED: usize = 4;
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Bound before the probes load, so that a port in use fails start-up at once.
+    let metrics_server = match config.prometheus_port {
+        Some(port) => Some(serve::Server::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?),
+        None => None,
+    };
     let mut probes = Probes::attach(&config.filter, config.capture_bytes, config.propagate)?;
     let ring = probes.take_events()?;
     // Start-up parsed the kernel's BTF (megabytes, now freed): give that memory back.
@@ -205,6 +220,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut report = tokio::time::interval(REPORT_EVERY);
     report.tick().await;
 
+    // Each scrape asks this loop for a snapshot, answered between two ring-buffer reads: the
+    // pipeline's counts are as of the last read (at most POLL_EVERY old, less the events held
+    // for reordering), the export counts as of the exporter's last batch or reap (at most
+    // 500 ms old), the kernel's are read for the scrape.
+    let (scrape_tx, mut scrapes) = mpsc::channel::<Scrape>(SCRAPES_QUEUED);
+    let metrics_task = match metrics_server {
+        Some(server) => {
+            if let Ok(addr) = server.local_addr() {
+                log::info!("serving metrics at http://{addr}/metrics");
+            }
+            Some(tokio::spawn(server.run(scrape_tx.clone())))
+        }
+        None => None,
+    };
+
     let destination = match &config.sinks.otlp {
         Some(c) => format!("exporting to {} ({:?})", c.endpoint, c.protocol),
         None => "printing spans here (no OTLP endpoint configured)".to_string(),
@@ -228,9 +258,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 flow.drain(ring.get_mut())?;
                 flow.apply_mutes(&mut probes);
             }
+            Some(reply) = scrapes.recv() => {
+                let _ = reply.send(flow.snapshot(&probes, &stats_rx));
+            }
             _ = housekeeping.tick() => flow.housekeeping(),
             _ = report.tick() => {
-                log_report(&probes, &flow, &stats_rx);
+                log_report(&flow.snapshot(&probes, &stats_rx));
                 if let Err(e) = probes.sweep_mutes() {
                     log::debug!("sweeping the mutes of exited processes failed: {e}");
                 }
@@ -239,6 +272,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     log::info!("shutting down: detaching probes and flushing spans");
+    // The endpoint's counters would stop moving from here on: close it.
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    drop(scrape_tx);
     // Detach first so nothing new arrives, then take what the ring still holds.
     let counters = probes.counters().ok();
     drop(probes);
@@ -277,15 +315,19 @@ fn kernel_report(c: &[u64; counter::COUNT as usize]) -> String {
         .join(" ")
 }
 
-fn log_report(probes: &Probes, flow: &Flow, export: &watch::Receiver<ExportStats>) {
-    let (dropped, decode_errors) = (flow.dropped, flow.decode_errors);
-    let s = flow.pipeline.stats();
-    let e = *export.borrow();
-    let kernel = probes
-        .counters()
-        .map(|c| kernel_report(&c))
-        .unwrap_or_else(|err| format!("unreadable ({err})"));
-    let queue_depth = export::QUEUE_CAPACITY - flow.tx.capacity();
+fn log_report(snapshot: &Snapshot) {
+    let Snapshot {
+        pipeline: s,
+        export: e,
+        queue_dropped: dropped,
+        queue_depth,
+        decode_errors,
+        kernel,
+    } = snapshot;
+    let kernel = match kernel {
+        Ok(c) => kernel_report(c),
+        Err(err) => format!("unreadable ({err})"),
+    };
     log::info!(
         "stats: spans={} exported={} export_failed={} queue_depth={queue_depth} queue_dropped={} \
          no_response={} connections={} unmatched_responses={} desyncs={} evicted_idle={} \
@@ -329,6 +371,18 @@ impl Flow {
                 }
                 *dropped += 1;
             }
+        }
+    }
+
+    /// The counters as they are now, for the report and for scrapes.
+    fn snapshot(&self, probes: &Probes, export: &watch::Receiver<ExportStats>) -> Snapshot {
+        Snapshot {
+            pipeline: self.pipeline.stats(),
+            export: *export.borrow(),
+            queue_dropped: self.dropped,
+            queue_depth: (export::QUEUE_CAPACITY - self.tx.capacity()) as u64,
+            decode_errors: self.decode_errors,
+            kernel: probes.counters().map_err(|e| e.to_string()),
         }
     }
 

@@ -112,6 +112,18 @@ pub struct Cli {
     /// This changes the traced programs' traffic; off by default.
     #[arg(long, env = "TRACER_PROPAGATE", global = true)]
     pub propagate: bool,
+
+    /// Serve the agent's own counters (spans, export, queue, kernel-side losses) at
+    /// http://0.0.0.0:PORT/metrics in the OpenMetrics text format, for Prometheus. Off by
+    /// default.
+    #[arg(
+        long,
+        value_name = "PORT",
+        env = "TRACER_PROMETHEUS_PORT",
+        global = true,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub prometheus_port: Option<u16>,
 }
 
 /// What to do instead of tracing live.
@@ -166,6 +178,40 @@ mod tests {
         assert_eq!(cli.otlp_protocol, Some(Protocol::Grpc));
         assert_eq!(cli.output, Some(Output::Json));
         assert_eq!(cli.capture_bytes, tracer_common::DEFAULT_CAPTURE);
+        assert_eq!(cli.prometheus_port, None, "off by default");
+    }
+
+    #[test]
+    fn prometheus_port_parses_and_refuses_what_is_not_a_port() {
+        let cli = Cli::try_parse_from(["tracer", "--prometheus-port", "9464"]).unwrap();
+        assert_eq!(cli.prometheus_port, Some(9464));
+        let cli = Cli::try_parse_from(["tracer", "record", "x.rec", "--prometheus-port", "1"]);
+        assert_eq!(cli.unwrap().prometheus_port, Some(1));
+        for bad in ["0", "65536", "-1", "http", ""] {
+            let err = Cli::try_parse_from(["tracer", &format!("--prometheus-port={bad}")])
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                err.contains(&format!(
+                    "invalid value '{bad}' for '--prometheus-port <PORT>'"
+                )),
+                "{bad}: {err}"
+            );
+        }
+        let err = Cli::try_parse_from(["tracer", "--prometheus-port"])
+            .expect_err("a port is required")
+            .to_string();
+        assert!(err.contains("--prometheus-port <PORT>"), "{err}");
+    }
+
+    #[test]
+    fn help_documents_the_prometheus_port() {
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("--prometheus-port <PORT>"), "{help}");
+        assert!(help.contains("/metrics"), "{help}");
+        assert!(help.contains("TRACER_PROMETHEUS_PORT"), "{help}");
     }
 
     #[test]

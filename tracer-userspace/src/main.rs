@@ -71,7 +71,12 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let record = match cli.command {
-        Some(cli::Command::Replay { file }) => return runtime.block_on(app::replay(&file, sinks)),
+        Some(cli::Command::Replay { file }) => {
+            if cli.prometheus_port.is_some() {
+                log::warn!("--prometheus-port is ignored by replay: it serves live counters only");
+            }
+            return runtime.block_on(app::replay(&file, sinks));
+        }
         Some(cli::Command::Record { file }) => Some(file),
         Some(cli::Command::Check) | None => None,
     };
@@ -83,6 +88,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         },
         capture_bytes: cli.capture_bytes,
         propagate: cli.propagate,
+        prometheus_port: cli.prometheus_port,
         sinks,
         record,
     };

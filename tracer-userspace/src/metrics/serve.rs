@@ -28,10 +28,12 @@ const LINGER_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot serve metrics on {addr}: {source}; choose another --prometheus-port")]
+    // The cause is part of the message, not a source, so that a report of the whole chain
+    // names it once.
+    #[error("cannot serve metrics on {addr}: {error}; choose another --prometheus-port")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -67,7 +69,7 @@ impl Server {
     pub async fn bind(addr: SocketAddr) -> Result<Server, ServeError> {
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| ServeError::Bind { addr, source })?;
+            .map_err(|error| ServeError::Bind { addr, error })?;
         Ok(Server {
             listener,
             deadlines: Deadlines::default(),
@@ -446,5 +448,8 @@ mod tests {
         );
         assert!(text.contains("in use"), "{text}");
         assert!(text.contains("--prometheus-port"), "{text}");
+        // As the agent prints it: the whole chain, the cause once.
+        let printed = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(printed.matches("in use").count(), 1, "{printed}");
     }
 }
