@@ -1,7 +1,9 @@
 //! The agent under test, run as a child process.
 
 use std::{
-    io::{BufRead, BufReader},
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
@@ -24,6 +26,8 @@ pub struct Agent {
     child: Option<Child>,
     stderr: Arc<Mutex<Vec<String>>>,
     stdout: Arc<Mutex<Vec<String>>>,
+    /// The agent's `--prometheus-port`, when it was given one.
+    metrics_port: Option<u16>,
 }
 
 fn collect(pipe: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
@@ -64,6 +68,7 @@ impl Agent {
             child: Some(child),
             stderr,
             stdout,
+            metrics_port: prometheus_port(args),
         };
         // A bound, not a wait: under the kernel matrix's emulation, start-up on 6.1 (its
         // verifier is slower) has taken 25 s.
@@ -152,6 +157,89 @@ impl Drop for Agent {
             let _ = c.wait();
         }
     }
+}
+
+/// The value of `--prometheus-port` in `args`.
+fn prometheus_port(args: &[&str]) -> Option<u16> {
+    args.iter().enumerate().find_map(|(i, a)| {
+        let v = match a.strip_prefix("--prometheus-port") {
+            Some("") => args.get(i + 1)?,
+            Some(rest) => rest.strip_prefix('=')?,
+            None => return None,
+        };
+        v.parse().ok()
+    })
+}
+
+impl Agent {
+    /// One scrape of the agent's `/metrics` (it must have been started with
+    /// `--prometheus-port`): every sample, `name{labels}` -> value.
+    pub fn metrics(&self) -> BTreeMap<String, f64> {
+        let port = self
+            .metrics_port
+            .expect("the agent was started without --prometheus-port");
+        let (status, body) = http_get(port, "/metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        assert!(body.ends_with("# EOF\n"), "a whole exposition: {body}");
+        parse_metrics(&body)
+    }
+
+    /// Scrape until `done` holds or `limit` passes; the last scrape either way, for the
+    /// caller's assertions to show.
+    pub fn metrics_when(
+        &self,
+        limit: Duration,
+        done: impl Fn(&BTreeMap<String, f64>) -> bool,
+    ) -> BTreeMap<String, f64> {
+        let mut last = BTreeMap::new();
+        crate::wait_for(limit, || {
+            last = self.metrics();
+            done(&last).then_some(())
+        });
+        last
+    }
+}
+
+/// The samples of an OpenMetrics or Prometheus text exposition, `name{labels}` -> value.
+pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            // Labels may hold spaces; the value follows them (or the name).
+            let end = l.rfind('}').map_or(0, |i| i + 1);
+            let split = end
+                + l[end..]
+                    .find(' ')
+                    .unwrap_or_else(|| panic!("no value: {l}"));
+            let value = l[split..].split_whitespace().next().unwrap_or_default();
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("no value: {l}"));
+            (l[..split].to_string(), value)
+        })
+        .collect()
+}
+
+/// `GET path` on 127.0.0.1:`port` with `Connection: close`: the status and the body.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connecting to 127.0.0.1:{port}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("sending a request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("reading the response");
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head: {out:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {head:?}"));
+    (status, body.to_string())
 }
 
 /// Ids of the eBPF programs process `pid` holds descriptors of.

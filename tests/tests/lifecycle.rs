@@ -1,17 +1,33 @@
-//! The agent's life: ready, terminal output, clean SIGTERM/SIGINT, clear errors, and an
-//! unreachable backend that costs spans but nothing else.
+//! The agent's life: ready, terminal output, clean SIGTERM/SIGINT, clear errors, an
+//! unreachable backend that costs spans but nothing else, and the counters it serves at
+//! `/metrics` (read here instead of its log lines), garbage on that port included.
 
 use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::TcpStream,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use tracer_e2e::{
-    agent::{Agent, binary, loaded_program_ids},
+    agent::{Agent, binary, http_get, loaded_program_ids},
     free_port,
     servers::{curl, python_http},
     wait_for,
 };
+
+const SPANS: &str = "tracer_spans_total";
+const EXPORTED: &str = "tracer_spans_exported_total";
+const FAILED: &str = "tracer_spans_export_failed_total";
+const DROPPED: &str = "tracer_spans_dropped_total";
+const RINGBUF_FULL: &str = "tracer_kernel_losses_total{reason=\"ringbuf_full\"}";
+
+/// A sample of a scrape, which must be there.
+fn sample(m: &BTreeMap<String, f64>, key: &str) -> f64 {
+    *m.get(key)
+        .unwrap_or_else(|| panic!("no {key} in the scrape: {m:?}"))
+}
 
 /// Run the agent as `nobody`, with no capabilities.
 fn unprivileged(args: &[&str]) -> std::process::Output {
@@ -50,7 +66,16 @@ fn any_loaded(ids: &[u64]) -> bool {
 #[test]
 fn terminal_output_without_a_backend_and_clean_sigterm() {
     let server = python_http(free_port());
-    let mut agent = Agent::start(&["--port", &server.port.to_string()], &[]);
+    let metrics_port = free_port().to_string();
+    let mut agent = Agent::start(
+        &[
+            "--port",
+            &server.port.to_string(),
+            "--prometheus-port",
+            &metrics_port,
+        ],
+        &[],
+    );
     let ids = agent.program_ids();
     assert!(ids.len() >= 20, "the agent holds its programs: {ids:?}");
     assert!(any_loaded(&ids), "programs are loaded while running");
@@ -77,17 +102,31 @@ fn terminal_output_without_a_backend_and_clean_sigterm() {
         client_line.contains(&format!("curl[{}]", run.pid)),
         "{client_line}"
     );
+    // Printed spans count as exported once the batch is written.
+    let m = agent.metrics_when(Duration::from_secs(10), |m| m.get(EXPORTED) == Some(&2.0));
+    assert_eq!(sample(&m, SPANS), 2.0, "{m:?}");
+    assert_eq!(sample(&m, EXPORTED), 2.0, "{m:?}");
+    assert_eq!(sample(&m, FAILED), 0.0, "{m:?}");
+    assert_eq!(sample(&m, DROPPED), 0.0, "{m:?}");
+    assert_eq!(sample(&m, "tracer_export_queue_depth"), 0.0, "{m:?}");
+    assert_eq!(sample(&m, RINGBUF_FULL), 0.0, "{m:?}");
+    assert!(sample(&m, "tracer_kernel_events_total") >= 4.0, "{m:?}");
+    assert!(sample(&m, "tracer_events_total") >= 4.0, "{m:?}");
 
     let status = agent.stop_within(Duration::from_secs(5));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
     assert!(!any_loaded(&ids), "nothing left loaded after exit");
+    // The stop report, for people, says what the last scrape said: nothing was added or lost
+    // in the shutdown flush.
     assert!(
-        agent
-            .stderr()
-            .iter()
-            .any(|l| l.contains("stopped: 2 spans")),
+        agent.stderr().iter().any(|l| l
+            .contains("stopped: 2 spans (2 exported, 0 failed to export, 0 dropped at the queue)")),
         "{:?}",
         agent.stderr()
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", metrics_port.parse::<u16>().unwrap())).is_err(),
+        "the metrics port is closed with the agent"
     );
 }
 
@@ -118,8 +157,16 @@ fn json_output_and_sigint() {
 fn unreachable_backend_loses_spans_not_the_agent() {
     let server = python_http(free_port());
     let dead = format!("http://127.0.0.1:{}", free_port());
+    let metrics_port = free_port().to_string();
     let mut agent = Agent::start(
-        &["--port", &server.port.to_string(), "--otlp-endpoint", &dead],
+        &[
+            "--port",
+            &server.port.to_string(),
+            "--otlp-endpoint",
+            &dead,
+            "--prometheus-port",
+            &metrics_port,
+        ],
         &[],
     );
     for _ in 0..3 {
@@ -130,10 +177,122 @@ fn unreachable_backend_loses_spans_not_the_agent() {
     }
     let warned = wait_export_failure(&agent, Duration::from_secs(15));
     assert!(warned, "export failures are reported: {:?}", agent.stderr());
+    // Every span's export ends, in failure, once its retries are spent.
+    let m = agent.metrics_when(Duration::from_secs(20), |m| m.get(FAILED) == Some(&6.0));
+    assert_eq!(sample(&m, SPANS), 6.0, "{m:?}");
+    assert_eq!(sample(&m, FAILED), 6.0, "{m:?}");
+    assert_eq!(sample(&m, EXPORTED), 0.0, "{m:?}");
+    assert_eq!(sample(&m, DROPPED), 0.0, "{m:?}");
+    assert_eq!(sample(&m, RINGBUF_FULL), 0.0, "{m:?}");
     agent.stop();
-    let last = agent.stderr().join("\n");
-    assert!(last.contains("stopped: 6 spans"), "{last}");
-    assert!(!last.contains("0 failed to export"), "{last}");
+}
+
+/// Connect to the metrics port, send `bytes` (as much of them as the agent takes) and keep
+/// the connection open, unread.
+fn send_to(port: u16, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the metrics port");
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The agent may answer and close before taking it all.
+    let _ = s.write_all(bytes);
+    s
+}
+
+/// Send `bytes` to the metrics port, say that is all, and take the answer.
+fn exchange(port: u16, bytes: &[u8]) -> String {
+    let s = send_to(port, bytes);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    answer(s)
+}
+
+/// What the agent answered on `s`, if anything, before it closed.
+fn answer(mut s: TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn garbage_on_the_metrics_port_harms_nothing() {
+    let server = python_http(free_port());
+    let port = free_port();
+    let mut agent = Agent::start(
+        &[
+            "--port",
+            &server.port.to_string(),
+            "--prometheus-port",
+            &port.to_string(),
+            "--output",
+            "none",
+        ],
+        &[],
+    );
+    // Random bytes (xorshift, fixed seed).
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let random: Vec<u8> = (0..64 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let r = exchange(port, &random);
+    assert!(r.is_empty() || r.starts_with("HTTP/1.1 400 "), "{r}");
+    // Requests whose head never ends, more of them than are served at once, left open.
+    let hanging: Vec<TcpStream> = (0..24)
+        .map(|_| send_to(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n"))
+        .collect();
+    // A 1 MB header.
+    let mut big = b"GET /metrics HTTP/1.1\r\nX-Big: ".to_vec();
+    big.resize(big.len() + 1024 * 1024, b'a');
+    let r = exchange(port, &big);
+    assert!(r.is_empty() || r.starts_with("HTTP/1.1 431 "), "{r}");
+    // A scrape waits at most for the hanging clients' deadline, and is answered.
+    let (status, body) = http_get(port, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    for s in hanging {
+        assert_eq!(answer(s), "", "a head that never ends gets no answer");
+    }
+    assert_eq!(http_get(port, "/").0, 404);
+
+    // Capture went on meanwhile.
+    for _ in 0..2 {
+        assert_eq!(
+            curl(&format!("http://127.0.0.1:{}/", server.port), &[]).status,
+            200
+        );
+    }
+    let m = agent.metrics_when(Duration::from_secs(10), |m| m.get(EXPORTED) == Some(&4.0));
+    assert_eq!(sample(&m, SPANS), 4.0, "{m:?}");
+    assert_eq!(sample(&m, EXPORTED), 4.0, "{m:?}");
+    assert_eq!(sample(&m, RINGBUF_FULL), 0.0, "{m:?}");
+    agent.stop();
+    let log = agent.stderr().join("\n");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn a_metrics_port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").expect("binding a port");
+    let port = taken.local_addr().unwrap().port();
+    let (code, err) = run_agent(&["--port", "80", "--prometheus-port", &port.to_string()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        err.trim(),
+        format!(
+            "tracer: error: cannot serve metrics on 0.0.0.0:{port}: Address already in use \
+             (os error 98); choose another --prometheus-port"
+        ),
+        "one clear line, before ready"
+    );
+    // Not a port at all: clap says so.
+    let (code, err) = run_agent(&["--prometheus-port", "http"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("invalid value 'http' for '--prometheus-port <PORT>'"),
+        "{err}"
+    );
 }
 
 fn run_agent(args: &[&str]) -> (Option<i32>, String) {
@@ -294,12 +453,15 @@ fn export_recovers_when_the_backend_comes_back() {
     let server = python_http(free_port());
     let otlp_port = free_port();
     let endpoint = format!("http://127.0.0.1:{otlp_port}");
+    let metrics_port = free_port().to_string();
     let mut agent = Agent::start(
         &[
             "--port",
             &server.port.to_string(),
             "--otlp-endpoint",
             &endpoint,
+            "--prometheus-port",
+            &metrics_port,
         ],
         &[],
     );
@@ -320,14 +482,23 @@ fn export_recovers_when_the_backend_comes_back() {
         );
     }
     let up = receiver.wait_spans(4, |s| s.attr("url.path").str() == "/up");
-    agent.stop();
     assert_eq!(up.len(), 4, "spans flow again once the backend is back");
-    let last = agent.stderr().join("\n");
-    assert!(last.contains("stopped: 10 spans"), "{last}");
-    assert!(
-        !last.contains(" 0 failed to export"),
-        "the outage is counted: {last}"
+    // Requests still retrying when the receiver came back may have got through: every span
+    // is settled one way or the other, the outage costs some and the receiver got the rest.
+    let m = agent.metrics_when(Duration::from_secs(20), |m| {
+        m.get(EXPORTED).unwrap_or(&0.0) + m.get(FAILED).unwrap_or(&0.0) == 10.0
+    });
+    agent.stop();
+    assert_eq!(sample(&m, SPANS), 10.0, "{m:?}");
+    assert_eq!(sample(&m, EXPORTED) + sample(&m, FAILED), 10.0, "{m:?}");
+    assert!(sample(&m, FAILED) >= 1.0, "the outage is counted: {m:?}");
+    assert_eq!(
+        sample(&m, EXPORTED) as usize,
+        receiver.spans().len(),
+        "exported means received: {m:?}"
     );
+    assert_eq!(sample(&m, DROPPED), 0.0, "{m:?}");
+    assert_eq!(sample(&m, RINGBUF_FULL), 0.0, "{m:?}");
 }
 
 #[test]
