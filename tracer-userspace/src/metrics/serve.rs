@@ -1,12 +1,20 @@
-//! `GET /metrics` over HTTP/1.1: a small responder on a tokio listener. One request per
-//! connection, each connection in its own task with a bounded head and a deadline, so a
+//! `GET /metrics` over HTTP/1.1: hyper's server on a tokio listener. One request per
+//! connection, each connection in its own task with a bounded head and deadlines, so a
 //! garbage or slow client costs a task for a few seconds and never reaches the capture loop.
 //! Counters come from the capture loop on request (see [`Scrape`]).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::{mpsc, oneshot},
     task::JoinSet,
@@ -19,12 +27,10 @@ pub type Scrape = oneshot::Sender<Snapshot>;
 
 /// Connections served at once; further ones wait in the kernel's accept queue.
 const MAX_CONNECTIONS: usize = 16;
-/// Largest request head read; a longer one gets 431.
+/// Largest request head read (hyper's smallest read buffer); a longer one gets 431.
 const MAX_HEAD: usize = 8 * 1024;
 /// Most header lines parsed; more get 431.
 const MAX_HEADERS: usize = 32;
-/// Most bytes read and discarded after answering (see [`serve`]).
-const LINGER_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -37,23 +43,24 @@ pub enum ServeError {
     },
 }
 
-/// How long a connection may take for each step.
+/// How long a connection may take.
 #[derive(Debug, Clone, Copy)]
 struct Deadlines {
     /// To send a whole request head.
-    read: Duration,
+    head: Duration,
     /// For the capture loop to answer.
     snapshot: Duration,
-    /// To take the response and close (see [`serve`]).
-    write: Duration,
+    /// For the whole connection, taking the answer included, so that a client that does not
+    /// read cannot hold a slot.
+    connection: Duration,
 }
 
 impl Default for Deadlines {
     fn default() -> Self {
         Deadlines {
-            read: Duration::from_secs(5),
+            head: Duration::from_secs(5),
             snapshot: Duration::from_secs(5),
-            write: Duration::from_secs(5),
+            connection: Duration::from_secs(15),
         }
     }
 }
@@ -83,6 +90,15 @@ impl Server {
     /// Serve until the task is dropped (which drops every connection's task with it).
     /// Scrapes go to `scrapes`; when no one answers there, `/metrics` answers 503.
     pub async fn run(self, scrapes: mpsc::Sender<Scrape>) {
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(self.deadlines.head)
+            .max_buf_size(MAX_HEAD)
+            .max_headers(MAX_HEADERS)
+            .keep_alive(false)
+            // A client may close its sending side once the request is out and still read.
+            .half_close(true)
+            .title_case_headers(true);
         let mut conns = JoinSet::new();
         loop {
             while conns.try_join_next().is_some() {}
@@ -99,233 +115,131 @@ impl Server {
                     continue;
                 }
             };
-            conns.spawn(serve(stream, scrapes.clone(), self.deadlines));
+            conns.spawn(serve(http.clone(), stream, scrapes.clone(), self.deadlines));
         }
     }
 }
 
-/// One connection: read a head, answer, close.
-async fn serve(mut stream: TcpStream, scrapes: mpsc::Sender<Scrape>, deadlines: Deadlines) {
-    let response = match tokio::time::timeout(deadlines.read, read_head(&mut stream)).await {
-        Ok(Ok(Head::Request(route))) => answer(route, &scrapes, deadlines.snapshot).await,
-        Ok(Ok(Head::Malformed)) => Response::text(400, "Bad Request", "malformed request\n"),
-        Ok(Ok(Head::TooLarge)) => Response::text(
-            431,
-            "Request Header Fields Too Large",
-            "request head too large\n",
+/// One connection: hyper reads a head (answering 400 or 431 itself when it cannot), asks
+/// [`answer`], writes the response and closes.
+async fn serve(
+    http: http1::Builder,
+    stream: TcpStream,
+    scrapes: mpsc::Sender<Scrape>,
+    deadlines: Deadlines,
+) {
+    let service = service_fn(|req| answer(req, &scrapes, deadlines.snapshot));
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(deadlines.connection, conn).await {
+        Ok(Ok(())) => {}
+        // Garbage, a head too slow or too large, a client gone: nothing more to do.
+        Ok(Err(e)) => log::debug!("serving a metrics connection failed: {e}"),
+        Err(_) => log::debug!(
+            "a metrics connection took longer than {:?}",
+            deadlines.connection
         ),
-        // Gone before a whole head, or too slow to send one: nothing to answer.
-        Ok(Ok(Head::Closed)) | Ok(Err(_)) | Err(_) => return,
-    };
-    let write = async {
-        stream.write_all(&response.to_bytes()).await?;
-        stream.shutdown().await?;
-        // Take what the client still sends (the rest of a head past the limit) until it
-        // closes, so that closing here does not reset the connection before the client has
-        // read the answer.
-        let mut left = LINGER_BYTES;
-        let mut sink = [0u8; 1024];
-        while left > 0 {
-            match stream.read(&mut sink).await? {
-                0 => break,
-                n => left = left.saturating_sub(n),
-            }
-        }
-        Ok::<_, std::io::Error>(())
-    };
-    if let Ok(Err(e)) = tokio::time::timeout(deadlines.write, write).await {
-        log::debug!("answering a metrics request failed: {e}");
     }
 }
 
-/// What a request asks for.
-#[derive(Debug, PartialEq, Eq)]
-enum Route {
-    Metrics { head_only: bool },
-    WrongMethod,
-    NotFound,
-}
-
-/// How reading a request head ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Head {
-    Request(Route),
-    Malformed,
-    TooLarge,
-    Closed,
-}
-
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Head> {
-    let mut buf = Vec::with_capacity(1024);
-    loop {
-        let mut chunk = [0u8; 1024];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(Head::Closed);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(head) = parse_head(&buf) {
-            return Ok(head);
-        }
+async fn answer<B>(
+    req: Request<B>,
+    scrapes: &mpsc::Sender<Scrape>,
+    deadline: Duration,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() != "/metrics" {
+        return Ok(text(StatusCode::NOT_FOUND, "try /metrics\n"));
     }
-}
-
-/// The outcome of the bytes read so far, or `None` while the head is incomplete.
-fn parse_head(buf: &[u8]) -> Option<Head> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => {
-            let (Some(method), Some(target)) = (req.method, req.path) else {
-                return Some(Head::Malformed);
-            };
-            Some(Head::Request(route(method, target)))
-        }
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => Some(Head::TooLarge),
-        Ok(httparse::Status::Partial) => None,
-        Err(httparse::Error::TooManyHeaders) => Some(Head::TooLarge),
-        Err(_) => Some(Head::Malformed),
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return Ok(r);
     }
-}
-
-fn route(method: &str, target: &str) -> Route {
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    if path != "/metrics" {
-        return Route::NotFound;
-    }
-    match method {
-        "GET" => Route::Metrics { head_only: false },
-        "HEAD" => Route::Metrics { head_only: true },
-        _ => Route::WrongMethod,
-    }
-}
-
-async fn answer(route: Route, scrapes: &mpsc::Sender<Scrape>, deadline: Duration) -> Response {
-    let head_only = match route {
-        Route::Metrics { head_only } => head_only,
-        Route::WrongMethod => {
-            let mut r = Response::text(405, "Method Not Allowed", "use GET\n");
-            r.allow = true;
-            return r;
-        }
-        Route::NotFound => return Response::text(404, "Not Found", "try /metrics\n"),
-    };
     let ask = async {
         let (tx, rx) = oneshot::channel();
         scrapes.send(tx).await.ok()?;
         rx.await.ok()
     };
     let Ok(Some(snapshot)) = tokio::time::timeout(deadline, ask).await else {
-        return Response::text(503, "Service Unavailable", "counters unavailable\n");
+        return Ok(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "counters unavailable\n",
+        ));
     };
-    match super::render(snapshot) {
-        Ok(body) => Response {
-            status: 200,
-            reason: "OK",
-            content_type: super::CONTENT_TYPE,
-            body: body.into_bytes(),
-            head_only,
-            allow: false,
-        },
-        Err(_) => Response::text(500, "Internal Server Error", "encoding failed\n"),
-    }
+    // hyper leaves the body out for HEAD and keeps its length.
+    Ok(match super::render(snapshot) {
+        Ok(body) => response(StatusCode::OK, super::CONTENT_TYPE, body.into()),
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
+    })
 }
 
-struct Response {
-    status: u16,
-    reason: &'static str,
-    content_type: &'static str,
-    body: Vec<u8>,
-    head_only: bool,
-    /// Add `Allow: GET, HEAD` (for 405).
-    allow: bool,
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    response(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(body.as_bytes()),
+    )
 }
 
-impl Response {
-    fn text(status: u16, reason: &'static str, body: &str) -> Response {
-        Response {
-            status,
-            reason,
-            content_type: "text/plain; charset=utf-8",
-            body: body.as_bytes().to_vec(),
-            head_only: false,
-            allow: false,
-        }
-    }
-
-    fn to_bytes(&self) -> Vec<u8> {
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-            self.status,
-            self.reason,
-            self.content_type,
-            self.body.len()
-        );
-        if self.allow {
-            out.push_str("Allow: GET, HEAD\r\n");
-        }
-        out.push_str("\r\n");
-        let mut out = out.into_bytes();
-        if !self.head_only {
-            out.extend_from_slice(&self.body);
-        }
-        out
-    }
+fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
     use super::*;
 
-    #[test]
-    fn heads_are_routed_or_refused() {
-        let ok = |m: &str, t: &str| parse_head(format!("{m} {t} HTTP/1.1\r\n\r\n").as_bytes());
-        assert_eq!(
-            ok("GET", "/metrics"),
-            Some(Head::Request(Route::Metrics { head_only: false }))
-        );
-        assert_eq!(
-            ok("GET", "/metrics?x=1"),
-            Some(Head::Request(Route::Metrics { head_only: false }))
-        );
-        assert_eq!(
-            ok("HEAD", "/metrics"),
-            Some(Head::Request(Route::Metrics { head_only: true }))
-        );
-        assert_eq!(
-            ok("POST", "/metrics"),
-            Some(Head::Request(Route::WrongMethod))
-        );
-        assert_eq!(ok("GET", "/"), Some(Head::Request(Route::NotFound)));
-        assert_eq!(
-            ok("GET", "/metrics/x"),
-            Some(Head::Request(Route::NotFound))
-        );
-        assert_eq!(parse_head(b"GET /metrics HTTP/1.1\r\nHost: x"), None);
-        assert_eq!(
-            parse_head(b"\x16\x03\x01\x02\x00\x01"),
-            Some(Head::Malformed)
-        );
-        let long = format!("GET /metrics HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
-        assert_eq!(parse_head(long.as_bytes()), Some(Head::TooLarge));
-        let many: String = (0..=MAX_HEADERS).map(|i| format!("H{i}: v\r\n")).collect();
-        let many = format!("GET /metrics HTTP/1.1\r\n{many}\r\n");
-        assert_eq!(parse_head(many.as_bytes()), Some(Head::TooLarge));
+    #[tokio::test]
+    async fn requests_are_routed_or_refused() {
+        let (tx, mut rx) = mpsc::channel::<Scrape>(4);
+        tokio::spawn(async move {
+            while let Some(reply) = rx.recv().await {
+                let _ = reply.send(Snapshot::default());
+            }
+        });
+        let status = async |method: Method, target: &str| {
+            let req = Request::builder()
+                .method(method)
+                .uri(target)
+                .body(())
+                .unwrap();
+            let r = answer(req, &tx, Duration::from_secs(5)).await.unwrap();
+            let allow = r.headers().get(header::ALLOW).cloned();
+            (r.status().as_u16(), allow)
+        };
+        assert_eq!(status(Method::GET, "/metrics").await, (200, None));
+        assert_eq!(status(Method::GET, "/metrics?x=1").await, (200, None));
+        assert_eq!(status(Method::HEAD, "/metrics").await, (200, None));
+        let allow = Some(HeaderValue::from_static("GET, HEAD"));
+        assert_eq!(status(Method::POST, "/metrics").await, (405, allow));
+        assert_eq!(status(Method::GET, "/").await.0, 404);
+        assert_eq!(status(Method::GET, "/metrics/x").await.0, 404);
+        assert_eq!(status(Method::POST, "/x").await.0, 404);
     }
 
     /// A server on a loopback port whose scrapes get `Snapshot::default()` with 3 spans,
-    /// or no answer at all when `answered` is false.
+    /// or no answer at all (the request held) when `answered` is false.
     async fn start(deadlines: Deadlines, answered: bool) -> SocketAddr {
         let mut server = Server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         server.deadlines = deadlines;
         let addr = server.local_addr().unwrap();
         let (tx, mut rx) = mpsc::channel::<Scrape>(4);
         tokio::spawn(async move {
+            // Unanswered requests are held, not dropped: a loop that is busy, not gone.
+            let mut held = Vec::new();
             while let Some(reply) = rx.recv().await {
                 if answered {
                     let mut s = Snapshot::default();
                     s.pipeline.spans = 3;
                     let _ = reply.send(s);
+                } else {
+                    held.push(reply);
                 }
             }
         });
@@ -367,6 +281,7 @@ mod tests {
             head.contains(&format!("Content-Length: {}", body.len())),
             "{r}"
         );
+        assert!(head.contains("Connection: close"), "{r}");
         let r = get(addr, "/").await;
         assert!(r.starts_with("HTTP/1.1 404 "), "{r}");
         let r = exchange(addr, b"DELETE /metrics HTTP/1.1\r\n\r\n").await;
@@ -375,6 +290,10 @@ mod tests {
         let r = exchange(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
         assert!(r.ends_with("\r\n\r\n"), "no body for HEAD: {r}");
+        assert!(
+            r.contains(&format!("Content-Length: {}", body.len())),
+            "{r}"
+        );
     }
 
     #[tokio::test]
@@ -384,12 +303,20 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
         let r = exchange(addr, b"").await;
         assert_eq!(r, "", "a client that sends nothing and leaves gets nothing");
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("H{i}: v\r\n")).collect();
+        let r = exchange(
+            addr,
+            format!("GET /metrics HTTP/1.1\r\n{many}\r\n").as_bytes(),
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 431 "), "too many headers: {r}");
         // A head past the limit is refused without waiting for the rest of it.
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET /metrics HTTP/1.1\r\nX: ").await.unwrap();
-        s.write_all(&[b'a'; 2 * MAX_HEAD]).await.unwrap();
+        s.write_all(&[b'a'; MAX_HEAD]).await.unwrap();
         let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out).await;
+        let got = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+        assert!(got.is_ok(), "still waiting for the rest of the head");
         let r = String::from_utf8_lossy(&out);
         assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
         assert!(get(addr, "/metrics").await.starts_with("HTTP/1.1 200 "));
@@ -398,7 +325,7 @@ mod tests {
     #[tokio::test]
     async fn slow_clients_are_cut_off_and_do_not_block_scrapes() {
         let deadlines = Deadlines {
-            read: Duration::from_millis(300),
+            head: Duration::from_millis(300),
             ..Deadlines::default()
         };
         let addr = start(deadlines, true).await;
@@ -434,6 +361,20 @@ mod tests {
         let addr = start(deadlines, false).await;
         let r = get(addr, "/metrics").await;
         assert!(r.starts_with("HTTP/1.1 503 "), "{r}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_has_an_overall_deadline() {
+        // The loop never answers and would be waited for long; the connection's own deadline
+        // ends it first, without an answer.
+        let deadlines = Deadlines {
+            snapshot: Duration::from_secs(30),
+            connection: Duration::from_millis(300),
+            ..Deadlines::default()
+        };
+        let addr = start(deadlines, false).await;
+        let got = tokio::time::timeout(Duration::from_secs(5), get(addr, "/metrics")).await;
+        assert_eq!(got.as_deref(), Ok(""), "closed at the deadline");
     }
 
     #[tokio::test]
