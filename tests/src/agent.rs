@@ -200,6 +200,12 @@ impl Agent {
     }
 }
 
+/// A sample of a scrape, which must be there.
+pub fn sample(m: &BTreeMap<String, f64>, key: &str) -> f64 {
+    *m.get(key)
+        .unwrap_or_else(|| panic!("no {key} in the scrape: {m:?}"))
+}
+
 /// The samples of an OpenMetrics or Prometheus text exposition, `name{labels}` -> value.
 pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
     text.lines()

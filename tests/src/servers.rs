@@ -90,6 +90,52 @@ pub fn python_http(port: u16) -> Server {
     server
 }
 
+/// A self-signed certificate for `localhost` and `127.0.0.1`, and its key, made with the
+/// `openssl` command in `dir`: (certificate, key).
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// `scripts/https_server.py`: Python's http.server over TLS, with a certificate of its own;
+/// `/big` answers 5 MB.
+pub fn python_https(port: u16) -> Server {
+    let dir = TempDir::new("https");
+    let (cert, key) = self_signed(dir.path());
+    let mut server = spawn_server(
+        Command::new("python3")
+            .arg(script("https_server.py"))
+            .arg(port.to_string())
+            .args([&cert, &key]),
+        port,
+    );
+    server._dir = Some(dir);
+    server
+}
+
 /// Size of the big static file nginx serves (`/static/big.bin`, `/sendfile/big.bin`).
 pub const BIG_FILE_LEN: usize = 300_000;
 
@@ -271,20 +317,32 @@ pub fn run_client(cmd: &mut Command) -> ClientRun {
 /// The Go test program (`scripts/go`), built once per test process with Debian's Go.
 pub fn go_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| go_build("gohttp", &[])).clone()
+}
+
+/// The Go test program without its symbol table (`-ldflags=-s -w`), as release builds ship.
+pub fn go_binary_stripped() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e/gohttp");
-            let status = Command::new("go")
-                .args(["build", "-o"])
-                .arg(&out)
-                .arg(".")
-                .current_dir(script("go"))
-                .status()
-                .expect("running go build");
-            assert!(status.success(), "go build failed");
-            out
-        })
+        .get_or_init(|| go_build("gohttp-stripped", &["-ldflags=-s -w"]))
         .clone()
+}
+
+fn go_build(name: &str, flags: &[&str]) -> PathBuf {
+    let out = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/e2e")
+        .join(name);
+    let status = Command::new("go")
+        .arg("build")
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(".")
+        .current_dir(script("go"))
+        .status()
+        .expect("running go build");
+    assert!(status.success(), "go build failed");
+    out
 }
 
 /// `scripts/express_app.js` on `port` (an express app on Node's event loop), calling out to

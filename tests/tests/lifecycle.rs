@@ -3,7 +3,6 @@
 //! `/metrics` (read here instead of its log lines), garbage on that port included.
 
 use std::{
-    collections::BTreeMap,
     io::{Read, Write},
     net::TcpStream,
     process::{Command, Stdio},
@@ -11,7 +10,7 @@ use std::{
 };
 
 use tracer_e2e::{
-    agent::{Agent, binary, http_get, loaded_program_ids},
+    agent::{Agent, binary, http_get, loaded_program_ids, sample},
     free_port,
     servers::{curl, python_http},
     wait_for,
@@ -22,12 +21,6 @@ const EXPORTED: &str = "tracer_spans_exported_total";
 const FAILED: &str = "tracer_spans_export_failed_total";
 const DROPPED: &str = "tracer_spans_dropped_total";
 const RINGBUF_FULL: &str = "tracer_kernel_losses_total{reason=\"ringbuf_full\"}";
-
-/// A sample of a scrape, which must be there.
-fn sample(m: &BTreeMap<String, f64>, key: &str) -> f64 {
-    *m.get(key)
-        .unwrap_or_else(|| panic!("no {key} in the scrape: {m:?}"))
-}
 
 /// Run the agent as `nobody`, with no capabilities.
 fn unprivileged(args: &[&str]) -> std::process::Output {

@@ -279,10 +279,21 @@ pub struct EventHeader {
     pub kind: u8,
     pub direction: u8,
     pub syscall: u8,
-    pub _pad: [u8; 5],
+    /// Where the bytes come from ([`source`]).
+    pub source: u8,
+    pub _pad: [u8; 4],
     pub tuple: ConnTuple,
     /// Name of the process (its main thread), NUL padded.
     pub comm: [u8; COMM_LEN],
+}
+
+/// Where an event's bytes come from. One TCP connection can carry both: its ciphertext
+/// crosses the socket, its plaintext passes through a TLS library. The agent keeps them apart.
+pub mod source {
+    /// The socket syscalls: the bytes as they cross the socket.
+    pub const SOCKET: u8 = 0;
+    /// A TLS library's plaintext of the connection.
+    pub const TLS: u8 = 1;
 }
 
 /// Size of [`EventHeader`] in bytes.

@@ -42,6 +42,7 @@ pub fn start(
     h.kind = kind;
     h.direction = direction;
     h.syscall = syscall;
+    h.source = tracer_common::source::SOCKET;
     h.tuple = conn.tuple;
     h.comm = process_comm().unwrap_or_default();
     Some(buf)

@@ -868,7 +868,8 @@ fn inject(ctx: &SkMsgContext) -> Option<()> {
         kind: kind::INJECT,
         direction: direction::EGRESS,
         syscall: 0,
-        _pad: [0; 5],
+        source: tracer_common::source::SOCKET,
+        _pad: [0; 4],
         tuple: Default::default(),
         comm: process_comm().unwrap_or_default(),
     };

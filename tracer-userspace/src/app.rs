@@ -331,7 +331,7 @@ fn log_report(snapshot: &Snapshot) {
     log::info!(
         "stats: spans={} exported={} export_failed={} queue_depth={queue_depth} queue_dropped={} \
          no_response={} connections={} unmatched_responses={} desyncs={} evicted_idle={} \
-         evicted_full={} pending_overflow={} decode_errors={} kernel: {kernel}",
+         evicted_full={} pending_overflow={} tls_connections={} decode_errors={} kernel: {kernel}",
         s.spans,
         e.exported,
         e.failed,
@@ -343,6 +343,7 @@ fn log_report(snapshot: &Snapshot) {
         s.evicted_idle,
         s.evicted_full,
         s.pending_overflow,
+        s.tls_connections,
         decode_errors,
     );
 }

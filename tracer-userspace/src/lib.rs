@@ -16,3 +16,4 @@ pub mod fuzzing;
 mod golden;
 pub mod metrics;
 pub mod protocol;
+pub mod tls;

@@ -489,8 +489,64 @@ pub fn run() -> Vec<Item> {
     if items[1].verdict == Verdict::Pass {
         items.extend(agent_programs());
         items.extend(hooks());
+        items.extend(tls_libraries(
+            &crate::tls::libraries(crate::tls::all_pids()),
+        ));
     }
     items
+}
+
+/// Libraries listed one per line; past this many, the rest are counted.
+const TLS_SHOWN: usize = 12;
+
+/// The TLS libraries the running processes use, one line each (information: the agent does
+/// not read TLS plaintext yet).
+fn tls_libraries(libraries: &[crate::tls::Library]) -> Vec<Item> {
+    let info = |detail: String| Item {
+        name: "tls library",
+        verdict: Verdict::Info,
+        detail,
+        required: false,
+    };
+    if libraries.is_empty() {
+        return vec![info("none found in the running processes".into())];
+    }
+    let mut sorted: Vec<&crate::tls::Library> = libraries.iter().collect();
+    sorted.sort_by(|a, b| b.pids.len().cmp(&a.pids.len()).then(a.path.cmp(&b.path)));
+    let mut out: Vec<Item> = sorted
+        .iter()
+        .take(TLS_SHOWN)
+        .map(|lib| {
+            let f = &lib.found;
+            let what = match f.kind {
+                crate::tls::Kind::OpenSsl => "OpenSSL",
+                crate::tls::Kind::Go => "Go crypto/tls",
+            };
+            let mut functions = f.names().join(", ");
+            if f.stripped {
+                functions.push_str("; stripped, found in .gopclntab");
+            }
+            functions.push_str(if f.returns_probeable() {
+                "; each returns only by ret"
+            } else {
+                "; not each returns by ret"
+            });
+            let n = lib.pids.len();
+            let processes = if n == 1 {
+                format!("process {}", lib.pids[0])
+            } else {
+                format!("{n} processes")
+            };
+            info(format!(
+                "{what} in {} ({functions}), {processes}",
+                lib.path.display()
+            ))
+        })
+        .collect();
+    if sorted.len() > TLS_SHOWN {
+        out.push(info(format!("and {} more", sorted.len() - TLS_SHOWN)));
+    }
+    out
 }
 
 /// Whether the agent can run, given a report.

@@ -21,6 +21,8 @@ pub enum DecodeError {
     Payload { claimed: usize, present: usize },
     #[error("unknown event kind {0}")]
     Kind(u8),
+    #[error("unknown byte source {0}")]
+    Source(u8),
 }
 
 impl<'a> Event<'a> {
@@ -44,6 +46,9 @@ impl<'a> Event<'a> {
                 | kind::TRACEPARENT
         ) {
             return Err(DecodeError::Kind(header.kind));
+        }
+        if crate::conn::Source::from_wire(header.source).is_none() {
+            return Err(DecodeError::Source(header.source));
         }
         let claimed = header.captured_len as usize;
         let payload = record
@@ -146,6 +151,15 @@ mod tests {
         assert!(matches!(
             Event::decode(&record(h, b"")),
             Err(DecodeError::Kind(99))
+        ));
+        let h = EventHeader {
+            kind: kind::DATA,
+            source: 7,
+            ..Default::default()
+        };
+        assert!(matches!(
+            Event::decode(&record(h, b"")),
+            Err(DecodeError::Source(7))
         ));
     }
 

@@ -5,11 +5,45 @@
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
-/// A connection as the kernel identifies it: the process and its `struct sock`.
+/// Where a connection's bytes come from. A TLS connection has both: ciphertext crosses its
+/// socket, plaintext passes through its TLS library. Each is a connection of its own to the
+/// pipeline, so the two streams never mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    /// The socket syscalls.
+    Socket,
+    /// A TLS library's plaintext.
+    Tls,
+}
+
+impl Source {
+    pub const ALL: [Source; 2] = [Source::Socket, Source::Tls];
+
+    /// The source an event header names (`tracer_common::source`); `None` for a value the
+    /// kernel side does not write.
+    pub fn from_wire(value: u8) -> Option<Source> {
+        match value {
+            tracer_common::source::SOCKET => Some(Source::Socket),
+            tracer_common::source::TLS => Some(Source::Tls),
+            _ => None,
+        }
+    }
+}
+
+/// A connection as the kernel identifies it: the process, its `struct sock`, and which of the
+/// connection's byte streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnKey {
     pub tgid: u32,
     pub sock: u64,
+    pub source: Source,
+}
+
+impl ConnKey {
+    /// The same connection's other byte stream.
+    pub fn with_source(self, source: Source) -> ConnKey {
+        ConnKey { source, ..self }
+    }
 }
 
 /// Limits of a [`Table`].
@@ -157,7 +191,15 @@ mod tests {
     fn a_process_exit_removes_only_its_connections() {
         let mut t = Table::new(Limits::default());
         for (tgid, sock) in [(1, 10), (1, 11), (2, 20)] {
-            t.get_or_insert(ConnKey { tgid, sock }, 0, || sock);
+            t.get_or_insert(
+                ConnKey {
+                    tgid,
+                    sock,
+                    source: Source::Socket,
+                },
+                0,
+                || sock,
+            );
         }
         let mut gone: Vec<u64> = t.remove_process(1).into_iter().map(|(_, s)| s).collect();
         gone.sort();
@@ -170,7 +212,11 @@ mod tests {
     use super::*;
 
     fn key(sock: u64) -> ConnKey {
-        ConnKey { tgid: 1, sock }
+        ConnKey {
+            tgid: 1,
+            sock,
+            source: Source::Socket,
+        }
     }
 
     #[test]

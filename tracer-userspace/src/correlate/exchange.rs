@@ -327,6 +327,8 @@ pub struct Connection {
     /// the open event or the first message says.
     role: Option<Kind>,
     probes: u8,
+    /// Its first bytes were TLS records: ciphertext, of no use to the parser.
+    tls: bool,
     requests: Reader,
     responses: Reader,
     pairing: Pairing,
@@ -343,6 +345,7 @@ impl Connection {
         Connection {
             role,
             probes: 0,
+            tls: false,
             requests: Reader::capturing(Side::Request, capture_headers.clone()),
             responses: Reader::capturing(Side::Response, capture_headers.clone()),
             pairing: Pairing::default(),
@@ -350,6 +353,11 @@ impl Connection {
             late_traceparent: None,
             last_ns: 0,
         }
+    }
+
+    /// SERVER or CLIENT, once known.
+    pub fn role(&self) -> Option<Kind> {
+        self.role
     }
 
     /// The kernel chose the ids of the next request to start on this connection: a server
@@ -366,7 +374,11 @@ impl Connection {
     /// Bytes moved on the connection. `ingress` is true for bytes into the traced process.
     pub fn data(&mut self, ingress: bool, chunk: Chunk<'_>, tid: u32, env: &mut Env<'_>) {
         self.last_ns = self.last_ns.max(chunk.ts_last);
-        if self.pairing.switched {
+        if self.pairing.switched || self.tls {
+            return;
+        }
+        if self.pairing.heads == 0 && crate::protocol::starts_tls(chunk.data) {
+            self.tls = true;
             return;
         }
         let role = match self.role {
@@ -418,9 +430,14 @@ impl Connection {
     }
 
     /// Whether nothing more can be learnt from this connection's bytes: it does not carry
-    /// HTTP/1.x, or it switched protocols.
+    /// HTTP/1.x, it carries TLS ciphertext, or it switched protocols.
     pub fn is_done(&self) -> bool {
-        (self.pairing.heads == 0 && self.probes >= MAX_PROBES) || self.pairing.switched
+        (self.pairing.heads == 0 && self.probes >= MAX_PROBES) || self.pairing.switched || self.tls
+    }
+
+    /// Whether its bytes are TLS records (ciphertext).
+    pub fn carries_tls(&self) -> bool {
+        self.tls
     }
 
     /// The connection ended at `ts`: close-delimited bodies end, and requests still waiting

@@ -15,7 +15,7 @@ use tracer_common::{direction, kind};
 
 use crate::{
     capture::event::{Event, comm_str, endpoints, trace_ids},
-    conn::{ConnKey, Limits, Table},
+    conn::{ConnKey, Limits, Source, Table},
     protocol::http1::stream::Chunk,
 };
 
@@ -42,6 +42,9 @@ pub struct Stats {
     pub evicted_full: u64,
     pub evicted_idle: u64,
     pub connections: u64,
+    /// Connections whose socket bytes turned out to be TLS records: not parsed, and no longer
+    /// copied by the kernel.
+    pub tls_connections: u64,
     /// Client spans not exported: the program sent its own `traceparent` (instrumented).
     pub suppressed_instrumented: u64,
     pub links: LinkStats,
@@ -136,13 +139,13 @@ impl Pipeline {
         let key = ConnKey {
             tgid: h.tgid,
             sock: h.sock,
+            // Decoding refused any other value.
+            source: Source::from_wire(h.source).unwrap_or(Source::Socket),
         };
         match h.kind {
             kind::OPEN => {
                 // A new connection on a reused socket address: finish whatever was there.
-                if let Some(old) = self.conns.remove(&key) {
-                    self.retire(key, old, h.ts_exit_ns);
-                }
+                self.retire_all(key, h.ts_exit_ns);
                 let role = if h.direction == direction::INGRESS {
                     Kind::Server
                 } else {
@@ -178,18 +181,25 @@ impl Pipeline {
                     opened: c.conn.opened,
                 };
                 c.conn.http.data(ingress, chunk, h.tid, &mut env);
+                let mut tls = false;
                 if !c.conn.muted && c.conn.http.is_done() {
                     c.conn.muted = true;
-                    c.mutes.push(Mute {
-                        tgid: key.tgid,
-                        fd: h.fd,
-                        sock: key.sock,
-                    });
+                    tls = c.conn.http.carries_tls();
+                    // The kernel can stop copying a socket's bytes; a TLS library's plaintext
+                    // of a connection that carries nothing of use is only ignored here.
+                    if key.source == Source::Socket {
+                        c.mutes.push(Mute {
+                            tgid: key.tgid,
+                            fd: h.fd,
+                            sock: key.sock,
+                        });
+                    }
                 }
                 let (local, remote, comm) = (c.conn.local, c.conn.remote, c.conn.comm);
                 for f in c.conn.http.take_finished() {
                     c.finished.push((key, local, remote, comm, f));
                 }
+                self.stats.tls_connections += u64::from(tls);
             }
             kind::CONTEXT | kind::INJECT => {
                 if let Some(ids) = trace_ids(ev.payload) {
@@ -210,11 +220,7 @@ impl Pipeline {
                     self.conn(key, ev, None).conn.http.expect_traceparent(value);
                 }
             }
-            kind::CLOSE => {
-                if let Some(conn) = self.conns.remove(&key) {
-                    self.retire(key, conn, h.ts_exit_ns);
-                }
-            }
+            kind::CLOSE => self.retire_all(key, h.ts_exit_ns),
             kind::EXIT => {
                 // The kernel closed the process's sockets: its connections end here.
                 for (k, conn) in self.conns.remove_process(h.tgid) {
@@ -279,6 +285,15 @@ impl Pipeline {
         let comm = ev.header.comm;
         let fd = ev.header.fd;
         let headers = self.capture.headers.clone();
+        // A TLS library's plaintext starts after its socket was accepted or connected: what
+        // the socket's open said (the role, who opened it) holds for the plaintext too.
+        let (role, opened) = match (key.source, role) {
+            (Source::Tls, None) => self
+                .conns
+                .get_mut(&key.with_source(Source::Socket))
+                .map_or((None, None), |s| (s.http.role(), s.opened)),
+            _ => (role, None),
+        };
         let conn = self
             .conns
             .get_or_insert(key, ev.header.ts_exit_ns, || Conn {
@@ -287,7 +302,7 @@ impl Pipeline {
                 muted: false,
                 local,
                 remote,
-                opened: None,
+                opened,
                 comm,
             });
         ConnRef {
@@ -296,6 +311,16 @@ impl Pipeline {
             links: &mut self.links,
             finished: &mut self.finished,
             mutes: &mut self.mutes,
+        }
+    }
+
+    /// The socket of `key` closed or was reused: finish both of its byte streams.
+    fn retire_all(&mut self, key: ConnKey, ts: u64) {
+        for source in Source::ALL {
+            let key = key.with_source(source);
+            if let Some(conn) = self.conns.remove(&key) {
+                self.retire(key, conn, ts);
+            }
         }
     }
 

@@ -102,6 +102,12 @@ impl Recording {
         self.data(pid, sock, dir, ts, bytes, n)
     }
 
+    /// The last event's bytes are a TLS library's plaintext (by default: socket bytes).
+    fn tls(mut self) -> Self {
+        self.events.last_mut().expect("an event").0.source = tracer_common::source::TLS;
+        self
+    }
+
     /// The last event was made by thread `tid` (by default the process's first thread).
     fn by(mut self, tid: u32) -> Self {
         self.events.last_mut().expect("an event").0.tid = tid;
@@ -121,6 +127,15 @@ impl Recording {
     }
 
     fn run_capturing(&self, capture: super::Capture) -> (Vec<HttpSpan>, super::Stats) {
+        let (spans, stats, _) = self.run_muting(capture);
+        (spans, stats)
+    }
+
+    /// Also the connections the pipeline asked the kernel to stop copying.
+    fn run_muting(
+        &self,
+        capture: super::Capture,
+    ) -> (Vec<HttpSpan>, super::Stats, Vec<super::Mute>) {
         let mut processes = Processes::new();
         for (pid, name) in [(SERVER_PID, "server"), (CLIENT_PID, "client")] {
             processes.insert(Process {
@@ -133,15 +148,17 @@ impl Recording {
         let mut p =
             Pipeline::new(Limits::default(), IdGen::seeded(7), processes).capturing(capture);
         let mut spans = Vec::new();
+        let mut mutes = Vec::new();
         for (h, payload) in &self.events {
             let ev = Event {
                 header: *h,
                 payload,
             };
             p.on_event(&ev, &mut |s| spans.push(s));
+            mutes.extend(p.take_mutes());
         }
         p.finish(&mut |s| spans.push(s));
-        (spans, p.stats())
+        (spans, p.stats(), mutes)
     }
 }
 
@@ -766,4 +783,138 @@ fn a_thread_per_connection_call_is_its_child_whenever_it_is_made() {
         assert_eq!(back.parent_span_id, Some(front.span_id), "request {i}");
     }
     assert_eq!(stats.links.in_process, 2);
+}
+
+/// TLS records as they cross the sockets: a handshake record, application data.
+const CLIENT_HELLO: &[u8] = &[0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x03];
+const SERVER_HELLO: &[u8] = &[0x16, 0x03, 0x03, 0x00, 0x04, 0x02, 0x00, 0x00, 0x00];
+
+fn app_data(n: usize) -> Vec<u8> {
+    let mut r = vec![0x17, 0x03, 0x03];
+    r.extend_from_slice(&(n as u16).to_be_bytes());
+    r.extend(std::iter::repeat_n(0xa5, n));
+    r
+}
+
+/// curl -> python over TLS, as the socket syscalls and a TLS library's probes see it: each
+/// side's plaintext from the library, and its ciphertext crossing the socket just after.
+fn tls_exchange() -> Recording {
+    let req = b"GET /secure HTTP/1.1\r\nHost: 127.0.0.1:8443\r\nUser-Agent: curl/7.88.1\r\n\r\n";
+    let head = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n";
+    let body = b"hello";
+    Recording::new()
+        .open(CLIENT_PID, CLIENT_SOCK, OUT, 1_000)
+        .open(SERVER_PID, SERVER_SOCK, IN, 1_100)
+        .all(CLIENT_PID, CLIENT_SOCK, OUT, (1_200, 1_210), CLIENT_HELLO)
+        .all(SERVER_PID, SERVER_SOCK, IN, (1_150, 1_220), CLIENT_HELLO)
+        .all(SERVER_PID, SERVER_SOCK, OUT, (1_300, 1_310), SERVER_HELLO)
+        .all(CLIENT_PID, CLIENT_SOCK, IN, (1_250, 1_320), SERVER_HELLO)
+        .all(CLIENT_PID, CLIENT_SOCK, OUT, (2_000, 2_100), req)
+        .tls()
+        .all(
+            CLIENT_PID,
+            CLIENT_SOCK,
+            OUT,
+            (2_010, 2_090),
+            &app_data(req.len()),
+        )
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            IN,
+            (1_500, 2_190),
+            &app_data(req.len()),
+        )
+        .all(SERVER_PID, SERVER_SOCK, IN, (1_500, 2_200), req)
+        .tls()
+        .all(SERVER_PID, SERVER_SOCK, OUT, (3_000, 3_100), head)
+        .tls()
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            OUT,
+            (3_010, 3_090),
+            &app_data(head.len()),
+        )
+        .all(
+            CLIENT_PID,
+            CLIENT_SOCK,
+            IN,
+            (2_300, 3_190),
+            &app_data(head.len()),
+        )
+        .all(CLIENT_PID, CLIENT_SOCK, IN, (2_300, 3_200), head)
+        .tls()
+        .all(SERVER_PID, SERVER_SOCK, OUT, (3_300, 3_400), body)
+        .tls()
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            OUT,
+            (3_310, 3_390),
+            &app_data(body.len()),
+        )
+        .all(
+            CLIENT_PID,
+            CLIENT_SOCK,
+            IN,
+            (3_250, 3_440),
+            &app_data(body.len()),
+        )
+        .all(CLIENT_PID, CLIENT_SOCK, IN, (3_250, 3_450), body)
+        .tls()
+        .close(SERVER_PID, SERVER_SOCK, 3_600)
+        .close(CLIENT_PID, CLIENT_SOCK, 3_700)
+}
+
+#[test]
+fn tls_plaintext_makes_the_spans_and_the_ciphertext_is_muted() {
+    let (spans, stats, mutes) = tls_exchange().run_muting(super::Capture::default());
+    assert_eq!(spans.len(), 2, "one span per end, none from ciphertext");
+    let server = spans.iter().find(|s| s.kind == Kind::Server).unwrap();
+    let client = spans.iter().find(|s| s.kind == Kind::Client).unwrap();
+    // The plaintext's kernel times: the library calls, not the socket syscalls.
+    assert_eq!((server.start_ns, server.end_ns), (2_200, 3_400));
+    assert_eq!((client.start_ns, client.end_ns), (2_000, 3_450));
+    assert_eq!(attr(server, "url.path"), Some(Value::Str("/secure".into())));
+    assert_eq!(
+        attr(server, "http.response.status_code"),
+        Some(Value::Int(200))
+    );
+    assert_eq!(attr(client, "http.response.body.size"), Some(Value::Int(5)));
+    // The roles the sockets' accept and connect gave hold for the plaintext; one host links.
+    assert_eq!(server.parent_span_id, Some(client.span_id));
+    assert_eq!(server.trace_id, client.trace_id);
+    // Both sockets' ciphertext: recognised at its first record, copied no further.
+    assert_eq!(stats.tls_connections, 2);
+    assert_eq!(stats.desyncs, 0);
+    let mut muted: Vec<(u32, u64)> = mutes.iter().map(|m| (m.tgid, m.sock)).collect();
+    muted.sort();
+    assert_eq!(
+        muted,
+        vec![(SERVER_PID, SERVER_SOCK), (CLIENT_PID, CLIENT_SOCK)]
+    );
+}
+
+#[test]
+fn ciphertext_alone_gives_no_span_and_no_garbage() {
+    let req_len = 80;
+    let (spans, stats, mutes) = Recording::new()
+        .open(SERVER_PID, SERVER_SOCK, IN, 1_000)
+        .all(SERVER_PID, SERVER_SOCK, IN, (1_100, 1_200), CLIENT_HELLO)
+        .all(SERVER_PID, SERVER_SOCK, OUT, (1_300, 1_400), SERVER_HELLO)
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            IN,
+            (1_500, 1_600),
+            &app_data(req_len),
+        )
+        .all(SERVER_PID, SERVER_SOCK, OUT, (1_700, 1_800), &app_data(40))
+        .close(SERVER_PID, SERVER_SOCK, 2_000)
+        .run_muting(super::Capture::default());
+    assert!(spans.is_empty(), "{spans:?}");
+    assert_eq!(stats.tls_connections, 1);
+    assert_eq!((stats.desyncs, stats.unmatched_responses), (0, 0));
+    assert_eq!(mutes.len(), 1);
 }

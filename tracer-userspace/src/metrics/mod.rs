@@ -146,6 +146,13 @@ impl Collector for Families {
             "Times a connection's message boundaries were lost (counted when it ends)",
             p.desyncs,
         )?;
+        counter(
+            e,
+            "tls_connections",
+            "Connections whose socket bytes are TLS records: ciphertext, not parsed, and no \
+             longer copied by the kernel",
+            p.tls_connections,
+        )?;
         if let Ok(k) = &s.kernel {
             counter(
                 e,
@@ -230,6 +237,7 @@ mod tests {
                 unmatched_responses: 2,
                 pending_overflow: 3,
                 desyncs: 4,
+                tls_connections: 13,
                 evicted_full: 5,
                 evicted_idle: 6,
                 connections: 7,
@@ -265,6 +273,7 @@ mod tests {
             ("tracer_unmatched_responses_total", 2.0),
             ("tracer_pending_overflow_total", 3.0),
             ("tracer_desyncs_total", 4.0),
+            ("tracer_tls_connections_total", 13.0),
             ("tracer_kernel_events_total", 1000.0),
         ]
         .into_iter()
