@@ -172,6 +172,16 @@ def main():
         sock.sendall(b"".join(b"GET /flood HTTP/1.1\r\nHost: x\r\n\r\n" for _ in range(n)))
         statuses = read_responses(sock, n)
         sock.close()
+    elif mode == "splithead":
+        # The request line, a pause, then the rest of the head with a traceparent (trace ARG):
+        # the server reads the head in two pieces.
+        sock = connect(host, port)
+        sock.sendall(b"GET /chain HTTP/1.1\r\n")
+        time.sleep(0.3)
+        sock.sendall(f"traceparent: 00-{arg}-00f067aa0ba902b7-01\r\nHost: {host}\r\n"
+                     f"Connection: close\r\n\r\n".encode())
+        statuses = read_responses(sock, 1)
+        sock.close()
     elif mode == "head":
         conn = http.client.HTTPConnection(host, port)
         conn.request("HEAD", "/")

@@ -336,3 +336,45 @@ fn python_chain_one_trace() {
 fn python_chain_one_trace_with_propagate() {
     python_chain(&["--propagate"]);
 }
+
+/// A head that arrives in two reads with its `traceparent` in the second, as when the
+/// caller's segments are split on the way: with `--propagate`, the calls the service makes for
+/// that request still carry the caller's trace.
+#[test]
+fn a_traceparent_in_a_later_read_of_the_head_is_carried_on() {
+    let receiver = Receiver::start();
+    let (a, b) = (free_port(), free_port());
+    let last = tracer_e2e::servers::python_framings(b);
+    let first = spawn_server(
+        Command::new("python3")
+            .arg(script("proxy.py"))
+            .args([a.to_string(), b.to_string()]),
+        a,
+    );
+    let ports = [a.to_string(), b.to_string()];
+    let mut agent = Agent::exporting(
+        &receiver,
+        &["--port", &ports[0], "--port", &ports[1], "--propagate"],
+    );
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let run =
+        tracer_e2e::servers::run_client(Command::new("python3").arg(script("client.py")).args([
+            "splithead",
+            "127.0.0.1",
+            &ports[0],
+            trace,
+        ]));
+    assert_eq!(run.statuses, vec![200]);
+    let spans = receiver.wait_spans(3, |_| true);
+    agent.stop();
+    let a_server = span(&spans, first.pid(), true);
+    let a_client = span(&spans, first.pid(), false);
+    let b_server = span(&spans, last.pid(), true);
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    for s in [a_server, a_client, b_server] {
+        assert_eq!(hex(&s.span.trace_id), trace, "{}", s.span.kind);
+    }
+    assert_eq!(hex(&a_server.span.parent_span_id), "00f067aa0ba902b7");
+    parent_of(a_client, a_server);
+    parent_of(b_server, a_client);
+}

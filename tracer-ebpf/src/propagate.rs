@@ -92,6 +92,13 @@ pub fn connect_returned(sk: u64) {
 #[map]
 static THREAD_CTX: LruHashMap<u64, TraceIds> = LruHashMap::with_max_entries(65536, 0);
 
+/// Threads whose request head did not end in the read that started it, and had no
+/// `traceparent` so far: the connection (`struct sock`) whose next reads continue it. A head
+/// arrives in pieces when the sender's segments do (a slow network, or `--propagate`'s own
+/// insertion on the calling side), and its `traceparent` can be in a later piece.
+#[map]
+static HEAD_OPEN: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
 /// Where each propagated connection stands in its request stream, keyed by `struct sock`.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -113,7 +120,9 @@ pub struct Scan {
     pub line_end: u32,
     /// Offset just after the empty line; 0 when the head does not end within the scan.
     pub head_end: u32,
-    pub _pad0: u32,
+    /// Set by the caller: the bytes continue a head begun in an earlier read (no request
+    /// line; every line is a header line).
+    pub continues: u32,
     pub has_traceparent: u32,
     /// Offset of the `traceparent` value.
     pub traceparent_at: u32,
@@ -260,7 +269,7 @@ extern "C" fn line_step<A: ScanArea>(i: u64, _ctx: *mut core::ffi::c_void) -> i6
         return 0;
     }
     let start = b.scan.last_start;
-    if i == start && start != 0 {
+    if i == start && (start != 0 || b.scan.continues != 0) {
         b.scan.head_end = i + 2;
         return 1;
     }
@@ -305,8 +314,9 @@ fn header_line(b: &mut ScanBuf, start: u32) {
     }
 }
 
-/// Scan the first `Scan::n` bytes of `b.data` as the start of an HTTP/1.x request. Returns
-/// false when they do not start one.
+/// Scan the first `Scan::n` bytes of `b.data` as the start of an HTTP/1.x request (or, with
+/// `Scan::continues`, as more of a head begun in an earlier read). Returns false when they do
+/// not start one.
 ///
 /// Takes a raw pointer: the bpf_loop step writes the scan through its own pointer to the same
 /// map value, so no reference may stay live across that call (the compiler would keep the
@@ -319,6 +329,7 @@ fn header_line(b: &mut ScanBuf, start: u32) {
 /// step once per split, and give up).
 pub fn scan_request<A: ScanArea>(ptr: *mut ScanBuf) -> bool {
     let n = unsafe { core::ptr::read_volatile(&(*ptr).scan.n) };
+    let continues = unsafe { core::ptr::read_volatile(&(*ptr).scan.continues) } != 0;
     let b = unsafe { &mut *ptr };
     let n = if n as usize > SCAN_MAX {
         SCAN_MAX as u32
@@ -335,10 +346,14 @@ pub fn scan_request<A: ScanArea>(ptr: *mut ScanBuf) -> bool {
     s.from = 0;
     s.n = n;
     s.last_start = 0;
+    if continues {
+        // The request line came earlier: the first line ending here ends a header line.
+        s.line_end = 1;
+    }
     // A method: 1 to 15 upper-case letters, then a space. Where it ends goes to map memory,
     // and nothing after the loop keeps it in a register.
     let mut m = 0u32;
-    loop {
+    while !continues {
         if m >= 16 || m >= n {
             return false;
         }
@@ -372,9 +387,10 @@ pub fn scan_request<A: ScanArea>(ptr: *mut ScanBuf) -> bool {
             0,
         )
     };
+    let continues = unsafe { core::ptr::read_volatile(&(*ptr).scan.continues) } != 0;
     let b = unsafe { &mut *ptr };
     let s = &mut b.scan;
-    if s.line_end == 0 {
+    if s.line_end == 0 || continues {
         return true;
     }
     // The request line must end in an HTTP/1.x version.
@@ -480,6 +496,7 @@ pub fn after_copy() {
         };
         if &start == b"HTTP/" {
             let _ = THREAD_CTX.remove(bpf_get_current_pid_tgid());
+            let _ = HEAD_OPEN.remove(bpf_get_current_pid_tgid());
         }
         return;
     }
@@ -496,8 +513,18 @@ pub fn after_copy() {
     {
         return;
     }
-    unsafe { core::ptr::write_volatile(&mut (*ptr).scan.n, n) };
+    // With --propagate, a read on the connection of a head still open continues that head.
+    let continues = propagate
+        && matches!(unsafe { HEAD_OPEN.get(bpf_get_current_pid_tgid()) }, Some(&sock) if sock == header.sock);
+    unsafe {
+        core::ptr::write_volatile(&mut (*ptr).scan.n, n);
+        core::ptr::write_volatile(&mut (*ptr).scan.continues, u32::from(continues));
+    }
     if !scan_request::<Syscalls>(ptr) {
+        return;
+    }
+    if unsafe { core::ptr::read_volatile(&(*ptr).scan.continues) } != 0 {
+        head_continued(ptr);
         return;
     }
     // Read again rather than kept across the scan: values live across it split the
@@ -539,8 +566,40 @@ pub fn after_copy() {
         ids.flags = 1;
     }
     random_bytes(&mut ids.span_id);
-    let _ = THREAD_CTX.insert(bpf_get_current_pid_tgid(), *ids, 0);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let _ = THREAD_CTX.insert(pid_tgid, *ids, 0);
+    // A head that goes on in later reads may still bring its `traceparent`.
+    if !found && b.scan.head_end == 0 {
+        let _ = HEAD_OPEN.insert(pid_tgid, header.sock, 0);
+    } else {
+        let _ = HEAD_OPEN.remove(pid_tgid);
+    }
     emit_ids(header, kind::CONTEXT, header.ts_exit_ns, ids);
+}
+
+/// More of a head whose start had no `traceparent`: one found here gives the thread's
+/// context the caller's trace (its span id, already announced, stays), so the calls the
+/// thread makes for this request carry it on.
+#[inline(always)]
+fn head_continued(ptr: *mut ScanBuf) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let b = unsafe { &mut *ptr };
+    if b.scan.has_traceparent != 0 {
+        let n = core::cmp::min(b.scan.n, SCAN_MAX as u32);
+        let mut ids = TraceIds::default();
+        if parse_traceparent(&b.data, b.scan.traceparent_at, n, &mut ids) {
+            if let Some(ctx) = THREAD_CTX.get_ptr_mut(pid_tgid) {
+                unsafe {
+                    (*ctx).trace_id = ids.trace_id;
+                    (*ctx).flags = ids.flags;
+                    (*ctx).from_header = 1;
+                }
+            }
+        }
+        let _ = HEAD_OPEN.remove(pid_tgid);
+    } else if b.scan.head_end != 0 {
+        let _ = HEAD_OPEN.remove(pid_tgid);
+    }
 }
 
 /// Where exit programs leave the read's user buffer for [`after_copy`].
@@ -801,7 +860,10 @@ fn inject(ctx: &SkMsgContext) -> Option<()> {
         lose(sk);
         return None;
     }
-    unsafe { core::ptr::write_volatile(&mut (*ptr).scan.n, n) };
+    unsafe {
+        core::ptr::write_volatile(&mut (*ptr).scan.n, n);
+        core::ptr::write_volatile(&mut (*ptr).scan.continues, 0);
+    }
     if !scan_request::<Sends>(ptr) {
         lose(sk);
         return None;
