@@ -60,10 +60,11 @@ fn tls_ciphertext_is_recognised_and_no_longer_copied() {
     assert!(printed.is_empty(), "no span printed: {printed:?}");
 }
 
-/// The `tls library` lines of `tracer check`.
-fn tls_lines() -> Vec<String> {
+/// The `tls library` lines of `tracer check ARGS`.
+fn tls_lines(args: &[&str]) -> Vec<String> {
     let out = std::process::Command::new(tracer_e2e::agent::binary())
         .arg("check")
+        .args(args)
         .output()
         .expect("running tracer check");
     String::from_utf8_lossy(&out.stdout)
@@ -104,7 +105,7 @@ fn check_finds_the_tls_libraries_of_running_programs() {
         std::process::Command::new(go_binary_stripped()).args(["serve", &stripped.to_string()]),
         stripped,
     );
-    let lines = tls_lines();
+    let lines = tls_lines(&[]);
     let libssl = line_of(&lines, "/usr/lib/x86_64-linux-gnu/libssl.so.3");
     assert!(libssl.contains("OpenSSL"), "{libssl}");
     assert!(
@@ -137,5 +138,23 @@ fn check_finds_the_tls_libraries_of_running_programs() {
     for line in [libssl, node_line, go_line, stripped_line] {
         assert!(line.contains("each returns only by ret"), "{line}");
     }
+    // The process filters narrow the list to the processes they select.
+    let only_python = tls_lines(&["--pid", &python.pid().to_string()]);
+    assert_eq!(only_python.len(), 1, "{only_python:#?}");
+    assert!(
+        only_python[0].contains("libssl.so.3")
+            && only_python[0].ends_with(&format!("process {}", python.pid())),
+        "{only_python:#?}"
+    );
+    let only_node = tls_lines(&["--comm", "node"]);
+    assert!(
+        !only_node.is_empty() && only_node.iter().all(|l| l.contains(" in /usr/bin/node (")),
+        "{only_node:#?}"
+    );
+    let nothing = tls_lines(&["--pid", &std::process::id().to_string()]);
+    assert_eq!(
+        nothing,
+        vec!["info  tls library     none found in the processes --pid and --comm select"]
+    );
     drop((python, node));
 }

@@ -48,8 +48,8 @@ fn sink_config(cli: &cli::Cli) -> anyhow::Result<app::SinkConfig> {
     })
 }
 
-fn check() -> ! {
-    let items = tracer_userspace::capture::check::run();
+fn check(filter: &filter::Filter) -> ! {
+    let items = tracer_userspace::capture::check::run(filter);
     for item in &items {
         println!("{item}");
     }
@@ -63,7 +63,12 @@ fn check() -> ! {
 
 fn run(cli: cli::Cli) -> anyhow::Result<()> {
     if matches!(cli.command, Some(cli::Command::Check)) {
-        check();
+        // The process filters narrow the TLS libraries listed to the processes they select.
+        check(&filter::Filter {
+            pids: cli.pids.clone(),
+            comms: cli.comms.clone(),
+            ports: Vec::new(),
+        });
     }
     let sinks = sink_config(&cli)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -477,7 +477,7 @@ fn hooks() -> Vec<Item> {
 }
 
 /// Run every check. Hook types are tried only with the privileges to try them.
-pub fn run() -> Vec<Item> {
+pub fn run(filter: &crate::filter::Filter) -> Vec<Item> {
     let mut items = vec![
         kernel(),
         privileges(),
@@ -489,9 +489,18 @@ pub fn run() -> Vec<Item> {
     if items[1].verdict == Verdict::Pass {
         items.extend(agent_programs());
         items.extend(hooks());
-        items.extend(tls_libraries(
-            &crate::tls::libraries(crate::tls::all_pids()),
-        ));
+        let pids = crate::tls::all_pids().into_iter().filter(|&pid| {
+            filter.every_process() || {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                filter.selects_process(pid, comm.trim_end_matches('\n'))
+            }
+        });
+        let whose = if filter.every_process() {
+            "the running processes"
+        } else {
+            "the processes --pid and --comm select"
+        };
+        items.extend(tls_libraries(&crate::tls::libraries(pids), whose));
     }
     items
 }
@@ -499,9 +508,9 @@ pub fn run() -> Vec<Item> {
 /// Libraries listed one per line; past this many, the rest are counted.
 const TLS_SHOWN: usize = 12;
 
-/// The TLS libraries the running processes use, one line each (information: the agent does
+/// The TLS libraries of `whose` (the processes looked at), one line each (information: the agent does
 /// not read TLS plaintext yet).
-fn tls_libraries(libraries: &[crate::tls::Library]) -> Vec<Item> {
+fn tls_libraries(libraries: &[crate::tls::Library], whose: &str) -> Vec<Item> {
     let info = |detail: String| Item {
         name: "tls library",
         verdict: Verdict::Info,
@@ -509,7 +518,7 @@ fn tls_libraries(libraries: &[crate::tls::Library]) -> Vec<Item> {
         required: false,
     };
     if libraries.is_empty() {
-        return vec![info("none found in the running processes".into())];
+        return vec![info(format!("none found in {whose}"))];
     }
     let mut sorted: Vec<&crate::tls::Library> = libraries.iter().collect();
     sorted.sort_by(|a, b| b.pids.len().cmp(&a.pids.len()).then(a.path.cmp(&b.path)));

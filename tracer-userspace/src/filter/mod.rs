@@ -65,6 +65,22 @@ impl Filter {
         key
     }
 
+    /// Whether the process and name filters select process `pid` named `comm` (its main
+    /// thread's name, as the kernel-side filter sees it). Ports select traffic, not processes.
+    pub fn selects_process(&self, pid: u32, comm: &str) -> bool {
+        (self.pids.is_empty() || self.pids.contains(&pid))
+            && (self.comms.is_empty()
+                || self
+                    .comms
+                    .iter()
+                    .any(|c| Self::comm_key(c) == Self::comm_key(comm)))
+    }
+
+    /// Whether the process and name filters are both empty (every process is traced).
+    pub fn every_process(&self) -> bool {
+        self.pids.is_empty() && self.comms.is_empty()
+    }
+
     /// One bit per port, set for every port in any range.
     pub fn port_bitmap(&self) -> Vec<u64> {
         let mut words = vec![0u64; PORT_BITMAP_WORDS as usize];
@@ -146,5 +162,32 @@ mod tests {
         assert_eq!(&key[..15], b"a-very-long-pro");
         assert_eq!(key[15], 0);
         assert_eq!(&Filter::comm_key("nginx")[..6], b"nginx\0");
+    }
+
+    #[test]
+    fn process_filters_select_processes() {
+        let every = Filter::default();
+        assert!(every.every_process() && every.selects_process(7, "anything"));
+        let f = Filter {
+            pids: vec![10, 11],
+            comms: vec!["python3".into()],
+            ..Filter::default()
+        };
+        assert!(!f.every_process());
+        assert!(f.selects_process(10, "python3"));
+        assert!(!f.selects_process(12, "python3"), "another pid");
+        assert!(!f.selects_process(10, "node"), "another name");
+        // Names compare as the kernel keeps them: 15 bytes.
+        let long = Filter {
+            comms: vec!["a-very-long-process-name".into()],
+            ..Filter::default()
+        };
+        assert!(long.selects_process(1, "a-very-long-pro"));
+        // Ports select traffic, not processes.
+        let ports = Filter {
+            ports: vec!["80".parse().unwrap()],
+            ..Filter::default()
+        };
+        assert!(ports.every_process() && ports.selects_process(1, "x"));
     }
 }
