@@ -136,14 +136,53 @@ pub fn python_https(port: u16) -> Server {
     server
 }
 
+/// The Go test program serving HTTPS (crypto/tls) with a certificate of its own; `stripped`
+/// picks the build without a symbol table.
+pub fn go_https(port: u16, stripped: bool) -> Server {
+    let dir = TempDir::new("gohttps");
+    let (cert, key) = self_signed(dir.path());
+    let binary = if stripped {
+        go_binary_stripped()
+    } else {
+        go_binary()
+    };
+    let mut server = spawn_server(
+        Command::new(binary)
+            .args(["serves", &port.to_string()])
+            .args([&cert, &key]),
+        port,
+    );
+    server._dir = Some(dir);
+    server
+}
+
 /// Size of the big static file nginx serves (`/static/big.bin`, `/sendfile/big.bin`).
 pub const BIG_FILE_LEN: usize = 300_000;
 
 /// nginx in the foreground with one worker: `/` returns a fixed body, `/static/` files with
 /// sendfile off (read + writev), `/sendfile/` the same files with sendfile on.
 pub fn nginx(port: u16) -> Server {
+    nginx_with(port, false)
+}
+
+/// [`nginx`] over TLS (its `ssl` module, OpenSSL), with a certificate of its own; HTTP/1.1.
+pub fn nginx_https(port: u16) -> Server {
+    nginx_with(port, true)
+}
+
+fn nginx_with(port: u16, tls: bool) -> Server {
     let dir = TempDir::new("nginx");
     let root = dir.path();
+    let listen = if tls {
+        let (cert, key) = self_signed(root);
+        format!(
+            "listen 127.0.0.1:{port} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};",
+            cert.display(),
+            key.display()
+        )
+    } else {
+        format!("listen 127.0.0.1:{port};")
+    };
     std::fs::create_dir_all(root.join("static")).unwrap();
     std::fs::write(root.join("static/file.txt"), "x".repeat(5000)).unwrap();
     std::fs::write(root.join("static/big.bin"), vec![b'b'; BIG_FILE_LEN]).unwrap();
@@ -152,7 +191,7 @@ pub fn nginx(port: u16) -> Server {
          events {{ worker_connections 64; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {root}/body;\n  proxy_temp_path {root}/proxy;\n\
          fastcgi_temp_path {root}/fastcgi;\n  uwsgi_temp_path {root}/uwsgi;\n  scgi_temp_path {root}/scgi;\n\
-         server {{\n    listen 127.0.0.1:{port};\n    location = / {{ return 200 \"hello from nginx\\n\"; }}\n\
+         server {{\n    {listen}\n    location = / {{ return 200 \"hello from nginx\\n\"; }}\n\
              location /static/ {{ root {root}; }}\n\
              location /sendfile/ {{ alias {root}/static/; sendfile on; }}\n  }}\n}}\n",
         root = root.display()

@@ -1,23 +1,243 @@
-//! TLS on a traced port, seen from the socket syscalls alone: ciphertext is recognised at its
-//! first record, gives no span and no garbage, and the kernel stops copying it.
+//! HTTPS: spans from TLS libraries' plaintext (OpenSSL shared and linked in, Go crypto/tls
+//! also stripped) with the programs of every test client and server untouched; and TLS seen
+//! from the socket syscalls alone (`--no-tls`): ciphertext is recognised at its first record,
+//! gives no span and no garbage, and the kernel stops copying it.
 
-use std::{process::Command, time::Duration};
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use tracer_e2e::{
     agent::{Agent, sample},
     free_port,
-    servers::{python_https, run_client, script},
+    receiver::{Received, Receiver},
+    servers::{curl_many, go_binary, go_https, nginx_https, python_https, run_client, script},
 };
+
+/// Every span is HTTPS, each server span's parent is a client span of the same trace (both
+/// ends on this host), and the client spans' `url.full` names the server.
+fn assert_https_pairs(spans: &[Received], port: u16) {
+    let servers: Vec<&Received> = spans.iter().filter(|s| s.is_server()).collect();
+    let clients: Vec<&Received> = spans.iter().filter(|s| s.is_client()).collect();
+    assert_eq!(servers.len(), clients.len(), "{spans:#?}");
+    for s in spans {
+        assert_eq!(s.attr("url.scheme").str(), "https", "{s:#?}");
+        assert_eq!(s.attr("http.response.status_code").int(), 200, "{s:#?}");
+    }
+    for c in &clients {
+        let full = c.attr("url.full").str();
+        let path = c.attr("url.path").str();
+        assert!(
+            full.starts_with("https://") && full.ends_with(&format!(":{port}{path}")),
+            "{full}"
+        );
+    }
+    for s in &servers {
+        let parent = clients
+            .iter()
+            .find(|c| c.span.span_id == s.span.parent_span_id)
+            .unwrap_or_else(|| panic!("server span without its client: {s:#?}"));
+        assert_eq!(parent.span.trace_id, s.span.trace_id);
+        assert_eq!(parent.attr("url.path"), s.attr("url.path"));
+    }
+}
+
+fn paths(spans: &[Received], server: bool) -> Vec<String> {
+    let mut v: Vec<String> = spans
+        .iter()
+        .filter(|s| s.is_server() == server)
+        .map(|s| s.attr("url.path").str().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn python_https_both_ends_are_traced_from_plaintext() {
+    let receiver = Receiver::start();
+    let server = python_https(free_port());
+    let port = server.port;
+    let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
+    // One keep-alive connection (Python's ssl module: SSL_read_ex/SSL_write_ex of the shared
+    // libssl on both ends): a page, 5 MB, the page again.
+    let run = run_client(
+        Command::new("python3")
+            .arg(script("https_client.py"))
+            .args([&port.to_string(), "0.2", "/big", "/"]),
+    );
+    assert_eq!(run.statuses, vec![200, 200, 200]);
+    let spans = receiver.wait_spans(6, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 6, "one span per exchange and end: {spans:#?}");
+    assert_https_pairs(&spans, port);
+    for s in &spans {
+        let pid = if s.is_server() { server.pid() } else { run.pid };
+        assert_eq!(s.pid(), pid, "{s:#?}");
+    }
+    assert_eq!(paths(&spans, true), vec!["/", "/", "/big"]);
+    let big = spans
+        .iter()
+        .filter(|s| s.attr("url.path").str() == "/big")
+        .collect::<Vec<_>>();
+    assert_eq!(big.len(), 2);
+    for s in big {
+        assert_eq!(s.attr("http.response.body.size").int(), 5 * 1024 * 1024);
+    }
+    // One connection: the server saw one client port.
+    let ports: std::collections::HashSet<i64> = spans
+        .iter()
+        .filter(|s| s.is_server())
+        .map(|s| s.attr("client.port").int())
+        .collect();
+    assert_eq!(ports.len(), 1);
+}
+
+#[test]
+fn curl_and_nginx_over_tls() {
+    let receiver = Receiver::start();
+    let server = nginx_https(free_port());
+    let port = server.port;
+    let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
+    // curl and nginx call SSL_read/SSL_write of the shared libssl; keep-alive.
+    let base = format!("https://127.0.0.1:{port}");
+    let (a, b) = (format!("{base}/"), format!("{base}/static/file.txt"));
+    let run = curl_many(&[&a, &a, &b], &["-k", "--http1.1"]);
+    assert_eq!(run.statuses, vec![200, 200, 200]);
+    let spans = receiver.wait_spans(6, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 6, "{spans:#?}");
+    assert_https_pairs(&spans, port);
+    assert_eq!(paths(&spans, true), vec!["/", "/", "/static/file.txt"]);
+    for s in &spans {
+        if s.is_server() {
+            assert!(server.pids.contains(&s.pid()), "span from an nginx worker");
+        } else {
+            assert_eq!(s.pid(), run.pid);
+        }
+        let size = if s.attr("url.path").str() == "/" {
+            "hello from nginx\n".len() as i64
+        } else {
+            5000
+        };
+        assert_eq!(s.attr("http.response.body.size").int(), size, "{s:#?}");
+    }
+}
+
+#[test]
+fn go_programs_started_after_the_agent_are_traced_stripped_too() {
+    let receiver = Receiver::start();
+    let port = free_port();
+    let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
+    // Both start after the agent: the kernel reports their start and the agent probes their
+    // executables. The server has no symbol table (its functions come from .gopclntab); the
+    // client waits half a second before its requests.
+    let server = go_https(port, true);
+    let run = run_client(Command::new(go_binary()).args(["gets", &port.to_string(), "3", "500"]));
+    assert_eq!(run.statuses, vec![200, 200, 200]);
+    let spans = receiver.wait_spans(6, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 6, "{spans:#?}");
+    assert_https_pairs(&spans, port);
+    assert_eq!(paths(&spans, true), vec!["/go/0", "/go/1", "/go/2"]);
+    for s in &spans {
+        let pid = if s.is_server() { server.pid() } else { run.pid };
+        assert_eq!(s.pid(), pid, "{s:#?}");
+    }
+    let stderr = agent.stderr().join("\n");
+    assert!(stderr.contains("gohttp-stripped"), "{stderr}");
+}
+
+#[test]
+fn python_importing_ssl_after_the_agent_started_is_traced() {
+    let receiver = Receiver::start();
+    let server = python_https(free_port());
+    let port = server.port;
+    let mut client = Command::new("python3")
+        .arg(script("late_ssl_client.py"))
+        .args([&port.to_string(), "0.5", "2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the client");
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "waiting");
+    // Only the client is traced, and it has no TLS library mapped yet.
+    let mut agent = Agent::exporting(&receiver, &["--pid", &client.id().to_string()]);
+    let stderr = agent.stderr().join("\n");
+    assert!(
+        stderr.contains("no OpenSSL or Go crypto/tls in the traced processes yet"),
+        "{stderr}"
+    );
+    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut statuses = String::new();
+    std::io::Read::read_to_string(&mut out, &mut statuses).unwrap();
+    assert!(client.wait().unwrap().success());
+    assert_eq!(
+        statuses.split_whitespace().collect::<Vec<_>>(),
+        ["200", "200"]
+    );
+    let spans = receiver.wait_spans(2, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    for s in &spans {
+        assert!(s.is_client());
+        assert_eq!(s.pid(), client.id());
+        assert_eq!(s.attr("url.scheme").str(), "https");
+    }
+    assert_eq!(paths(&spans, false), vec!["/late/0", "/late/1"]);
+    let stderr = agent.stderr().join("\n");
+    assert!(stderr.contains("libssl"), "{stderr}");
+}
+
+#[test]
+fn an_agent_started_while_tls_connections_are_open_picks_up_at_the_next_request() {
+    let receiver = Receiver::start();
+    let server = python_https(free_port());
+    let port = server.port;
+    // The client's first request, then a pause in which the agent starts, then two more on
+    // the same connection.
+    let mut client = Command::new("python3")
+        .arg(script("https_client.py"))
+        .args([&port.to_string(), "4", "/after/0", "/after/1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the client");
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "200");
+    let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
+    assert!(client.wait().unwrap().success());
+    let spans = receiver.wait_spans(3, |_| true);
+    agent.stop();
+    // Nothing from before, nothing made up. The client's two requests after the start are
+    // seen whole. The server was already waiting inside SSL_read for the first of them when
+    // the agent started: a call whose entry was not seen is not guessed at (as a blocked
+    // socket read is not), so its span starts with the next request.
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    assert_eq!(paths(&spans, false), vec!["/after/0", "/after/1"]);
+    assert_eq!(paths(&spans, true), vec!["/after/1"]);
+    let (second, first): (Vec<Received>, Vec<Received>) = spans
+        .into_iter()
+        .partition(|s| s.attr("url.path").str() == "/after/1");
+    assert_https_pairs(&second, port);
+    assert_eq!(first[0].attr("url.scheme").str(), "https");
+}
 
 const TLS_CONNECTIONS: &str = "tracer_tls_connections_total";
 const KERNEL_EVENTS: &str = "tracer_kernel_events_total";
 
 #[test]
-fn tls_ciphertext_is_recognised_and_no_longer_copied() {
+fn with_no_tls_ciphertext_is_recognised_and_no_longer_copied() {
     let server = python_https(free_port());
     let metrics = free_port().to_string();
     let mut agent = Agent::start(
         &[
+            "--no-tls",
             "--port",
             &server.port.to_string(),
             "--prometheus-port",
@@ -157,4 +377,156 @@ fn check_finds_the_tls_libraries_of_running_programs() {
         vec!["info  tls library     none found in the processes --pid and --comm select"]
     );
     drop((python, node));
+}
+
+/// System calls entered in a number range, counted by a tracefs instance of its own
+/// (`raw_syscalls:sys_enter` with a filter), until dropped.
+struct SyscallWatch {
+    dir: std::path::PathBuf,
+}
+
+impl SyscallWatch {
+    fn start(name: &str, low: u32, high: u32) -> SyscallWatch {
+        let dir = std::path::PathBuf::from(format!("/sys/kernel/tracing/instances/{name}"));
+        let _ = std::fs::create_dir(&dir);
+        let event = dir.join("events/raw_syscalls/sys_enter");
+        std::fs::write(event.join("filter"), format!("id >= {low} && id <= {high}")).unwrap();
+        std::fs::write(event.join("enable"), "1").unwrap();
+        SyscallWatch { dir }
+    }
+
+    /// The lines of the calls seen so far whose task is `pid` (by the trace's `comm-pid`).
+    fn calls_of(&self, pid: u32) -> Vec<String> {
+        let trace = std::fs::read_to_string(self.dir.join("trace")).unwrap();
+        let tag = format!("-{pid} ");
+        trace
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&tag))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for SyscallWatch {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.dir.join("events/raw_syscalls/sys_enter/enable"), "0");
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The file offset of a dynamic symbol of an ELF file: where a probe on it is placed.
+fn symbol_offset(path: &str, name: &str) -> u64 {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    let data = std::fs::read(path).unwrap();
+    let elf = object::File::parse(&*data).unwrap();
+    let address = elf
+        .dynamic_symbols()
+        .find(|s| s.name() == Ok(name))
+        .unwrap_or_else(|| panic!("{name} not in {path}"))
+        .address();
+    let section = elf
+        .sections()
+        .find(|s| s.address() <= address && address < s.address() + s.size())
+        .unwrap();
+    address - section.address() + section.file_range().unwrap().0
+}
+
+/// A return probe of tracefs's own (not the agent's) on a libssl function, until dropped.
+struct ReturnProbe;
+
+impl ReturnProbe {
+    const EVENTS: &str = "/sys/kernel/tracing/uprobe_events";
+    const ENABLE: &str = "/sys/kernel/tracing/events/tracer_e2e/ssl_read_ex_return/enable";
+
+    fn on_ssl_read_ex() -> ReturnProbe {
+        let lib = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
+        let offset = symbol_offset(lib, "SSL_read_ex");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(Self::EVENTS)
+            .unwrap();
+        // One write: tracefs parses each write as a whole command.
+        let line = format!("r:tracer_e2e/ssl_read_ex_return {lib}:{offset:#x}\n");
+        f.write_all(line.as_bytes()).unwrap();
+        std::fs::write(Self::ENABLE, "1").unwrap();
+        ReturnProbe
+    }
+}
+
+impl Drop for ReturnProbe {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::ENABLE, "0");
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(Self::EVENTS) {
+            let _ = f.write_all(b"-:tracer_e2e/ssl_read_ex_return\n");
+        }
+    }
+}
+
+/// (major, minor) of the running kernel.
+fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release.trim().split(['.', '-']);
+    let major = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor)
+}
+
+#[test]
+fn a_seccomp_filtered_client_is_traced_and_not_killed() {
+    let receiver = Receiver::start();
+    let server = python_https(free_port());
+    let port = server.port.to_string();
+    let mut agent = Agent::exporting(&receiver, &["--port", &port]);
+    // The filter kills the client on any call from 335 (`uretprobe` from Linux 6.11) to 423;
+    // the watch sees such calls even where a kernel lets `uretprobe` through seccomp.
+    let watch = SyscallWatch::start("tracer_e2e_seccomp", 335, 423);
+    let run = run_client(
+        Command::new("python3")
+            .arg(script("seccomp_client.py"))
+            .args([&port, "2"]),
+    );
+    assert_eq!(
+        run.statuses,
+        vec![200, 200],
+        "the filtered client completed"
+    );
+    let spans = receiver.wait_spans(4, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    assert_https_pairs(&spans, server.port);
+    assert_eq!(paths(&spans, false), vec!["/filtered/0", "/filtered/1"]);
+    assert!(
+        spans
+            .iter()
+            .filter(|s| s.is_client())
+            .all(|s| s.pid() == run.pid),
+        "{spans:#?}"
+    );
+    assert_eq!(
+        watch.calls_of(run.pid),
+        Vec::<String>::new(),
+        "the traced client made a system call its filter kills"
+    );
+    // The watch can tell: under a return probe (tracefs's own) on the function the client
+    // calls, the same client makes the `uretprobe` call (Linux 6.11 and later) or is killed.
+    if kernel_version() >= (6, 11) {
+        let probe = ReturnProbe::on_ssl_read_ex();
+        let child = Command::new("python3")
+            .arg(script("seccomp_client.py"))
+            .args([&port, "1"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        drop(probe);
+        let killed =
+            std::os::unix::process::ExitStatusExt::signal(&out.status) == Some(libc::SIGSYS);
+        let calls = watch.calls_of(pid);
+        assert!(
+            killed || calls.iter().any(|l| l.contains("NR 335")),
+            "a return probe made no uretprobe call: {:?} {calls:?}",
+            out.status
+        );
+    }
 }

@@ -24,6 +24,7 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     pub const CONNS: &str = "CONNS";
     pub const MUTED: &str = "MUTED";
+    pub const SEEN_FILES: &str = "SEEN_FILES";
     pub const AFTER_COPY: &str = "AFTER_COPY";
     pub const PROPAGATED: &str = "PROPAGATED";
     pub const LOST: &str = "LOST";
@@ -73,6 +74,38 @@ pub struct ConnInfo {
     /// One of [`conn_state`].
     pub state: u32,
     pub _pad: u32,
+}
+
+/// The programs on TLS libraries' plaintext functions (uprobes): one at each function's entry,
+/// and one on every `ret` instruction of those functions, never a return probe.
+pub mod tls {
+    /// OpenSSL's `SSL_read(ssl, buf, num)` and `SSL_read_ex(ssl, buf, num, &readbytes)`.
+    pub const SSL_READ: &str = "tracer_ssl_read";
+    pub const SSL_READ_EX: &str = "tracer_ssl_read_ex";
+    /// `SSL_write(ssl, buf, num)` and `SSL_write_ex(ssl, buf, num, &written)`.
+    pub const SSL_WRITE: &str = "tracer_ssl_write";
+    pub const SSL_WRITE_EX: &str = "tracer_ssl_write_ex";
+    /// On each `ret` of the OpenSSL functions.
+    pub const SSL_RETURN: &str = "tracer_ssl_return";
+    /// Go's `crypto/tls.(*Conn).Read` and `Write`, at entry and on each `ret`.
+    pub const GO_READ: &str = "tracer_go_tls_read";
+    pub const GO_WRITE: &str = "tracer_go_tls_write";
+    pub const GO_RETURN: &str = "tracer_go_tls_return";
+    /// The programs that see traced processes start programs and map executable files.
+    pub const EXEC: (&str, &str) = ("sched", "sched_process_exec");
+    pub const EXEC_PROGRAM: &str = "tracer_exec";
+    pub const MMAP_PROGRAM: &str = "sys_enter_mmap";
+}
+
+/// An executable file the agent has looked at for TLS libraries (the key of `SEEN_FILES`): the
+/// programs report only files not yet looked at being mapped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    /// The kernel's device number: major << 20 | minor.
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
 }
 
 /// Tracepoint category of the syscall programs.
@@ -152,6 +185,12 @@ pub struct KernelOffsets {
     pub mm_exe_file: u32,
     pub file_f_path_dentry: u32,
     pub dentry_d_name_name: u32,
+    /// A file's identity, as `/proc/PID/maps` shows it: inode->i_ino, and the device
+    /// inode->i_sb->s_dev.
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    pub sb_s_dev: u32,
+    pub _pad: u32,
 }
 
 /// Read-only configuration, written into the programs' `.rodata` before load.
@@ -170,7 +209,9 @@ pub struct Config {
     /// Non-zero with `--propagate`: server requests get their trace context in the kernel, and
     /// the sk_msg program injects `traceparent` into outgoing requests.
     pub propagate: u32,
-    pub _pad: u32,
+    /// Non-zero when TLS libraries may be probed: the data syscalls then look for a TLS call
+    /// in progress on their thread, to learn which connection it serves.
+    pub tls: u32,
 }
 
 /// A TCP connection's endpoints, as seen from the traced process.
@@ -212,6 +253,9 @@ pub mod kind {
     /// that the next `DATA` event of the connection reports. Payload: the value's
     /// [`super::TRACEPARENT_VALUE_LEN`] bytes. Sent just before that event, with the same time.
     pub const TRACEPARENT: u8 = 7;
+    /// A traced process started a program or mapped an executable file: the agent looks for
+    /// TLS libraries in it. No connection, no payload.
+    pub const MAPPED: u8 = 8;
 }
 
 /// Length of a version-00 `traceparent` value: `00-<32 hex>-<16 hex>-<2 hex>`.
@@ -258,6 +302,10 @@ pub mod syscall {
     pub const CLOSE: u8 = 11;
     /// Bytes sent from a file: counted, never copied.
     pub const SENDFILE: u8 = 12;
+    /// A TLS library's read or write of plaintext (`SSL_read`, `SSL_write`, their `_ex` forms,
+    /// Go's `(*tls.Conn).Read`/`Write`).
+    pub const TLS_READ: u8 = 13;
+    pub const TLS_WRITE: u8 = 14;
 }
 
 /// One ring-buffer record: this header, then `captured_len` payload bytes.
@@ -318,7 +366,15 @@ pub mod counter {
     /// Connections `--propagate` stopped following that could not be queued for the agent to
     /// take out of the sock hash (they stay there, unchanged, until they close).
     pub const LOST_QUEUE_FULL: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Executable files that traced processes started or mapped, not yet looked at by the
+    /// agent (for TLS libraries): reported to it, not counted as events.
+    pub const FILES_REPORTED: u32 = 8;
+    pub const COUNT: u32 = 9;
+
+    /// Whether a counter counts something lost (not events or reports).
+    pub const fn is_loss(index: u32) -> bool {
+        index != EVENTS && index != FILES_REPORTED
+    }
 
     /// Names for reports, indexed like the counters.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -330,6 +386,7 @@ pub mod counter {
         "conn_table_full",
         "iov_truncated",
         "lost_queue_full",
+        "files_reported",
     ];
 }
 
@@ -338,8 +395,8 @@ const _: () = assert!(core::mem::size_of::<ConnInfo>() == 72);
 const _: () = assert!(core::mem::size_of::<FdKey>() == 8);
 const _: () = assert!(EVENT_HEADER_LEN == 112);
 const _: () = assert!(EVENT_HEADER_LEN.is_multiple_of(8));
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
-const _: () = assert!(core::mem::size_of::<Config>() == 120);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 112);
+const _: () = assert!(core::mem::size_of::<Config>() == 136);
 const _: () = assert!(core::mem::size_of::<TraceIds>() == 32);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
 
@@ -353,4 +410,5 @@ mod pod {
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::FdKey {}
     unsafe impl aya::Pod for super::ConnInfo {}
+    unsafe impl aya::Pod for super::FileKey {}
 }

@@ -23,6 +23,18 @@ const AF_INET6: u16 = 10;
 /// connection.
 #[inline(always)]
 pub fn lookup(tgid: u32, fd: i32) -> Option<ConnInfo> {
+    lookup_state(tgid, fd).filter(|info| info.state == conn_state::TRACED)
+}
+
+/// The connection behind `fd` when it is traced or muted (a TLS connection's own bytes are
+/// muted, its plaintext is still wanted).
+#[inline(always)]
+pub fn lookup_open(tgid: u32, fd: i32) -> Option<ConnInfo> {
+    lookup_state(tgid, fd).filter(|info| info.state != conn_state::IGNORED)
+}
+
+#[inline(always)]
+fn lookup_state(tgid: u32, fd: i32) -> Option<ConnInfo> {
     if fd < 0 {
         return None;
     }
@@ -34,11 +46,7 @@ pub fn lookup(tgid: u32, fd: i32) -> Option<ConnInfo> {
         Some(info) if still_names(fd as u32, info) => *info,
         _ => resolve(key)?,
     };
-    if info.state == conn_state::TRACED {
-        Some(info)
-    } else {
-        None
-    }
+    Some(info)
 }
 
 /// The cached, traced connection of a descriptor already checked to name `file`.

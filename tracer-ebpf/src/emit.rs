@@ -97,18 +97,31 @@ pub fn copy_payload(buf: *mut EventBuf, call: &Inflight, moved: u64) -> u64 {
 /// the agent also polls, and a wakeup per event costs more than the event.
 #[inline(always)]
 pub fn submit(buf: *mut EventBuf, payload: u64) {
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let wake = pending >= config!(wakeup_bytes) as u64;
+    output(buf, payload, wake, counter::EVENTS);
+}
+
+/// Send a report the agent must act on soon (a file to look at), waking it at once; counted
+/// under `counted`, not as an event.
+#[inline(always)]
+pub fn submit_now(buf: *mut EventBuf, payload: u64, counted: u32) {
+    output(buf, payload, true, counted);
+}
+
+#[inline(always)]
+fn output(buf: *mut EventBuf, payload: u64, wake: bool, counted: u32) {
     let payload = payload & LEN_MASK;
     unsafe { (*buf).header.captured_len = payload as u32 };
     let len = EVENT_HEADER_LEN + payload as usize;
     let bytes = unsafe { core::slice::from_raw_parts(buf as *const u8, len) };
-    let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let flags = if pending >= config!(wakeup_bytes) as u64 {
+    let flags = if wake {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
     match EVENTS.output::<[u8]>(bytes, flags as u64) {
-        Ok(()) => count(counter::EVENTS),
+        Ok(()) => count(counted),
         Err(_) => count(counter::RINGBUF_FULL),
     }
 }

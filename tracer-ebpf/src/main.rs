@@ -13,6 +13,7 @@ mod emit;
 mod filter;
 mod maps;
 mod propagate;
+mod tls;
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
@@ -42,6 +43,9 @@ fn enter_data(ctx: &TracePointContext, syscall: u8, mode: u8) -> Result<u32, u32
     let pid_tgid = filter::traced_task().ok_or(0u32)?;
     let fd: i64 = arg(ctx, 0)?;
     let fd = fd as i32;
+    if config!(tls) != 0 {
+        tls::syscall_inside(pid_tgid, fd);
+    }
     let file = conn::lookup((pid_tgid >> 32) as u32, fd).ok_or(0u32)?.file;
     let buf: u64 = arg(ctx, 1)?;
     let (buf, iovcnt) = match mode {

@@ -57,6 +57,8 @@ pub struct Config {
     pub capture_bytes: u32,
     /// Inject `traceparent` into outgoing requests (`--propagate`).
     pub propagate: bool,
+    /// Probe TLS libraries for HTTPS plaintext (not `--no-tls`).
+    pub tls: bool,
     /// Serve the counters at `0.0.0.0:PORT/metrics` (`--prometheus-port`).
     pub prometheus_port: Option<u16>,
     pub sinks: SinkConfig,
@@ -172,7 +174,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(port) => Some(serve::Server::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?),
         None => None,
     };
-    let mut probes = Probes::attach(&config.filter, config.capture_bytes, config.propagate)?;
+    let mut probes = Probes::attach(
+        &config.filter,
+        config.capture_bytes,
+        config.propagate,
+        config.tls,
+    )?;
+    // The TLS libraries of the processes running now; later ones are reported by the kernel.
+    if probes.tls_enabled() {
+        let selected = crate::tls::selected_pids(&config.filter);
+        let found = probes.discover_tls(selected);
+        if found.is_empty() {
+            log::info!("TLS: no OpenSSL or Go crypto/tls in the traced processes yet");
+        }
+    }
     let ring = probes.take_events()?;
     // Start-up parsed the kernel's BTF (megabytes, now freed): give that memory back.
     // SAFETY: malloc_trim only releases free heap memory.
@@ -210,6 +225,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         decode_errors: 0,
         recorder,
         reorder: Reorder::default(),
+        mapped: Default::default(),
     };
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -253,10 +269,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 guard.clear_ready();
                 flow.drain(ring.get_mut())?;
                 flow.apply_mutes(&mut probes);
+                flow.discover_tls(&mut probes);
             }
             _ = poll.tick() => {
                 flow.drain(ring.get_mut())?;
                 flow.apply_mutes(&mut probes);
+                flow.discover_tls(&mut probes);
             }
             Some(reply) = scrapes.recv() => {
                 let _ = reply.send(flow.snapshot(&probes, &stats_rx));
@@ -358,6 +376,9 @@ struct Flow {
     recorder: Option<Recorder<BufWriter<File>>>,
     /// Events held briefly so the pipeline sees them in time order.
     reorder: Reorder,
+    /// Traced processes that started a program or mapped an executable file since the last
+    /// look for TLS libraries.
+    mapped: std::collections::BTreeSet<u32>,
 }
 
 impl Flow {
@@ -395,6 +416,9 @@ impl Flow {
                     .context("writing the recording")?;
             }
             match Event::decode(&item) {
+                Ok(ev) if ev.header.kind == tracer_common::kind::MAPPED => {
+                    self.mapped.insert(ev.header.tgid);
+                }
                 Ok(ev) => self.reorder.push(&ev),
                 Err(e) => {
                     if self.decode_errors == 0 {
@@ -425,6 +449,13 @@ impl Flow {
         }
         if let Err(e) = probes.release_lost() {
             log::debug!("taking connections out of the sock hash failed: {e}");
+        }
+    }
+
+    /// Probe the TLS libraries of processes that started a program or mapped a file.
+    fn discover_tls(&mut self, probes: &mut Probes) {
+        if !self.mapped.is_empty() {
+            probes.discover_tls(std::mem::take(&mut self.mapped));
         }
     }
 

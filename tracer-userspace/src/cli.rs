@@ -113,6 +113,11 @@ pub struct Cli {
     #[arg(long, env = "TRACER_PROPAGATE", global = true)]
     pub propagate: bool,
 
+    /// Do not probe TLS libraries (OpenSSL, Go crypto/tls): HTTPS is then not traced, and its
+    /// ciphertext is recognised and ignored.
+    #[arg(long, env = "TRACER_NO_TLS", global = true)]
+    pub no_tls: bool,
+
     /// Serve the agent's own counters (spans, export, queue, kernel-side losses) at
     /// http://0.0.0.0:PORT/metrics in the OpenMetrics text format, for Prometheus. Off by
     /// default.

@@ -93,6 +93,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         },
         capture_bytes: cli.capture_bytes,
         propagate: cli.propagate,
+        tls: !cli.no_tls,
         prometheus_port: cli.prometheus_port,
         sinks,
         record,

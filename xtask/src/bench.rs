@@ -24,6 +24,7 @@ use crate::{Guard, cargo, require_root, setup, start_nginx, wait_port, workspace
 const SINK_PORT: u16 = 18_690;
 const NGINX_PORT: u16 = 18_691;
 const APP_PORT: u16 = 18_692;
+const NGINX_TLS_PORT: u16 = 18_693;
 /// Python packages of the comparison with OpenTelemetry's own auto-instrumentation.
 const BENCH_PYTHON_PACKAGES: &[&str] = &[
     "flask==3.1.3",
@@ -94,14 +95,49 @@ pub fn bench(opts: Opts) -> anyhow::Result<()> {
     let _nginx = start_nginx(
         &dir,
         "bench-nginx",
-        NGINX_PORT,
+        &format!("127.0.0.1:{NGINX_PORT}"),
         "ok",
         "worker_rlimit_nofile 20000;",
         "worker_connections 12000;",
         "keepalive_requests 1000000; keepalive_timeout 300s;",
     )?;
+    // The same over TLS (nginx's ssl module and wrk: the shared libssl at both ends).
+    let tls_dir = dir.join("tls");
+    std::fs::create_dir_all(&tls_dir)?;
+    let (cert, key) = (tls_dir.join("cert.pem"), tls_dir.join("key.pem"));
+    crate::status(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(Stdio::null()),
+    )?;
+    let _nginx_tls = start_nginx(
+        &tls_dir,
+        "bench-nginx",
+        &format!("127.0.0.1:{NGINX_TLS_PORT} ssl"),
+        "ok",
+        "",
+        "worker_connections 1024;",
+        &format!(
+            "keepalive_requests 1000000; keepalive_timeout 300s; ssl_certificate {}; \
+             ssl_certificate_key {};",
+            cert.display(),
+            key.display()
+        ),
+    )?;
     wait_port(SINK_PORT)?;
     wait_port(NGINX_PORT)?;
+    wait_port(NGINX_TLS_PORT)?;
     let endpoint = format!("http://127.0.0.1:{SINK_PORT}");
     let nginx_args = [
         "--port".to_string(),
@@ -131,54 +167,17 @@ pub fn bench(opts: Opts) -> anyhow::Result<()> {
 
     // Saturation, untraced and traced (both ends: wrk's client spans and nginx's server spans).
     let url = format!("http://127.0.0.1:{NGINX_PORT}/");
-    let (mut untraced, mut traced) = (Vec::new(), Vec::new());
-    for block in 0..opts.pairs {
-        for (i, with_agent) in [false, true, true, false].into_iter().enumerate() {
-            let leg = if with_agent {
-                traced_leg(&nginx_args, || wrk(&url, 32, opts.seconds))?
-            } else {
-                Leg::untraced(wrk(&url, 32, opts.seconds)?)
-            };
-            println!(
-                "  block {block} leg {i}: {:<8} {:>9.0} req/s{}",
-                if with_agent { "traced" } else { "untraced" },
-                leg.rps,
-                leg.cost_line()
-            );
-            if with_agent {
-                &mut traced
-            } else {
-                &mut untraced
-            }
-            .push(leg);
-        }
-    }
-    let u_rps = median(&untraced.iter().map(|l| l.rps).collect::<Vec<_>>());
-    let t_rps = median(&traced.iter().map(|l| l.rps).collect::<Vec<_>>());
-    let ebpf = median(&traced.iter().map(Leg::ebpf_ns_per_span).collect::<Vec<_>>());
-    let agent = median(
-        &traced
-            .iter()
-            .map(Leg::agent_ns_per_span)
-            .collect::<Vec<_>>(),
-    );
-    println!(
-        "nginx saturation (wrk -c32, {} s legs, medians of {}): untraced {u_rps:.0} req/s, \
-         traced {t_rps:.0} req/s; added CPU per span {:.2} us = eBPF {:.2} us + agent {:.2} us",
-        opts.seconds,
-        untraced.len(),
-        (ebpf + agent) / 1e3,
-        ebpf / 1e3,
-        agent / 1e3
-    );
     report.insert(
         "saturation".into(),
-        json!({
-            "untraced_rps": u_rps, "traced_rps": t_rps,
-            "cpu_per_span_us": (ebpf + agent) / 1e3,
-            "ebpf_per_span_us": ebpf / 1e3, "agent_per_span_us": agent / 1e3,
-            "legs": traced.iter().chain(&untraced).map(Leg::json).collect::<Vec<_>>(),
-        }),
+        saturation(&opts, &nginx_args, &url, "nginx", "span")?,
+    );
+    // HTTPS: the same over TLS, both ends traced from their plaintext.
+    let mut tls_args = nginx_args.clone();
+    tls_args[1] = NGINX_TLS_PORT.to_string();
+    let tls_url = format!("https://127.0.0.1:{NGINX_TLS_PORT}/");
+    report.insert(
+        "https_saturation".into(),
+        saturation(&opts, &tls_args, &tls_url, "nginx https", "TLS span")?,
     );
 
     // Completeness: one long traced run at saturation.
@@ -746,6 +745,63 @@ impl Leg {
             "agent_final_report": self.drops,
         })
     }
+}
+
+/// ABBA blocks at saturation (wrk -c32) against `url`, untraced and traced with `args`:
+/// prints each leg and the medians, returns them for the report.
+fn saturation(
+    opts: &Opts,
+    args: &[String],
+    url: &str,
+    what: &str,
+    span: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let (mut untraced, mut traced) = (Vec::new(), Vec::new());
+    for block in 0..opts.pairs {
+        for (i, with_agent) in [false, true, true, false].into_iter().enumerate() {
+            let leg = if with_agent {
+                traced_leg(args, || wrk(url, 32, opts.seconds))?
+            } else {
+                Leg::untraced(wrk(url, 32, opts.seconds)?)
+            };
+            println!(
+                "  {what} block {block} leg {i}: {:<8} {:>9.0} req/s{}",
+                if with_agent { "traced" } else { "untraced" },
+                leg.rps,
+                leg.cost_line()
+            );
+            if with_agent {
+                &mut traced
+            } else {
+                &mut untraced
+            }
+            .push(leg);
+        }
+    }
+    let u_rps = median(&untraced.iter().map(|l| l.rps).collect::<Vec<_>>());
+    let t_rps = median(&traced.iter().map(|l| l.rps).collect::<Vec<_>>());
+    let ebpf = median(&traced.iter().map(Leg::ebpf_ns_per_span).collect::<Vec<_>>());
+    let agent = median(
+        &traced
+            .iter()
+            .map(Leg::agent_ns_per_span)
+            .collect::<Vec<_>>(),
+    );
+    println!(
+        "{what} saturation (wrk -c32, {} s legs, medians of {}): untraced {u_rps:.0} req/s, \
+         traced {t_rps:.0} req/s; added CPU per {span} {:.2} us = eBPF {:.2} us + agent {:.2} us",
+        opts.seconds,
+        untraced.len(),
+        (ebpf + agent) / 1e3,
+        ebpf / 1e3,
+        agent / 1e3
+    );
+    Ok(json!({
+        "untraced_rps": u_rps, "traced_rps": t_rps,
+        "cpu_per_span_us": (ebpf + agent) / 1e3,
+        "ebpf_per_span_us": ebpf / 1e3, "agent_per_span_us": agent / 1e3,
+        "legs": traced.iter().chain(&untraced).map(Leg::json).collect::<Vec<_>>(),
+    }))
 }
 
 /// Start the agent, run the load, wait for every span to reach the sink, stop the agent.

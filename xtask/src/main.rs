@@ -439,13 +439,13 @@ fn wait_port(port: u16) -> anyhow::Result<()> {
     bail!("nothing listens on port {port}")
 }
 
-/// nginx with two workers answering `body` on 127.0.0.1:`port`, run from a copy of its binary
+/// nginx with two workers answering `body` on `listen` (an address, and `ssl` for TLS), run from a copy of its binary
 /// named `name` (so that a filter on the process name picks only this one), configured in
 /// `dir`; `main`, `events` and `http` add directives to those blocks.
 fn start_nginx(
     dir: &Path,
     name: &str,
-    port: u16,
+    listen: &str,
     body: &str,
     main: &str,
     events: &str,
@@ -457,7 +457,7 @@ fn start_nginx(
          http {{ access_log off; {http}\n\
          client_body_temp_path {d}/b; proxy_temp_path {d}/p;\n\
          fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
-         server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"{body}\\n\"; }} }} }}\n",
+         server {{ listen {listen}; location / {{ return 200 \"{body}\\n\"; }} }} }}\n",
         d = dir.display()
     );
     std::fs::write(dir.join("nginx.conf"), conf)?;
@@ -496,7 +496,7 @@ fn soak(minutes: u64, rate: u64) -> anyhow::Result<()> {
     let _nginx = start_nginx(
         &dir,
         "soak-nginx",
-        web,
+        &format!("127.0.0.1:{web}"),
         "soak",
         "",
         "worker_connections 1024;",

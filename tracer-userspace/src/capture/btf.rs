@@ -258,6 +258,10 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         mm_exe_file: btf.offset_of("mm_struct", "exe_file")?,
         file_f_path_dentry: btf.offset_of("file", "f_path")? + btf.offset_of("path", "dentry")?,
         dentry_d_name_name: btf.offset_of("dentry", "d_name")? + btf.offset_of("qstr", "name")?,
+        inode_i_ino: btf.offset_of("inode", "i_ino")?,
+        inode_i_sb: btf.offset_of("inode", "i_sb")?,
+        sb_s_dev: btf.offset_of("super_block", "s_dev")?,
+        _pad: 0,
     })
 }
 

@@ -252,7 +252,7 @@ fn thousands(n: u32) -> String {
 /// offsets): the syscall capture (required), the search of request heads, and `--propagate`.
 fn agent_programs() -> Vec<Item> {
     let filter = crate::filter::Filter::default();
-    let mut ebpf = match super::open_object(&filter, DEFAULT_CAPTURE, true) {
+    let mut ebpf = match super::open_object(&filter, DEFAULT_CAPTURE, true, true) {
         Ok(e) => e,
         Err(e) => {
             return vec![item(
@@ -309,6 +309,30 @@ fn agent_programs() -> Vec<Item> {
             false,
         ),
         Err(e) => item("propagate", false, e, false),
+    });
+    out.push(match super::tls::load_programs(&mut ebpf) {
+        Ok(()) => {
+            let names = super::tls::UPROBES
+                .into_iter()
+                .chain(super::tls::DISCOVERY.map(|(_, _, p)| p));
+            item(
+                "tls",
+                true,
+                format!(
+                    "the {} uprobe programs on TLS libraries load (HTTPS plaintext; no return \
+                     probe){}",
+                    super::tls::UPROBES.len(),
+                    verifier_work(&ebpf, names)
+                ),
+                false,
+            )
+        }
+        Err(e) => item(
+            "tls",
+            false,
+            format!("{}: HTTPS will not be traced", verifier_gist(e)),
+            false,
+        ),
     });
     out
 }
@@ -489,12 +513,7 @@ pub fn run(filter: &crate::filter::Filter) -> Vec<Item> {
     if items[1].verdict == Verdict::Pass {
         items.extend(agent_programs());
         items.extend(hooks());
-        let pids = crate::tls::all_pids().into_iter().filter(|&pid| {
-            filter.every_process() || {
-                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-                filter.selects_process(pid, comm.trim_end_matches('\n'))
-            }
-        });
+        let pids = crate::tls::selected_pids(filter);
         let whose = if filter.every_process() {
             "the running processes"
         } else {
@@ -508,8 +527,8 @@ pub fn run(filter: &crate::filter::Filter) -> Vec<Item> {
 /// Libraries listed one per line; past this many, the rest are counted.
 const TLS_SHOWN: usize = 12;
 
-/// The TLS libraries of `whose` (the processes looked at), one line each (information: the agent does
-/// not read TLS plaintext yet).
+/// The TLS libraries of `whose` (the processes looked at), one line each: what the agent would
+/// probe in them.
 fn tls_libraries(libraries: &[crate::tls::Library], whose: &str) -> Vec<Item> {
     let info = |detail: String| Item {
         name: "tls library",

@@ -44,6 +44,7 @@ impl<'a> Event<'a> {
                 | kind::CONTEXT
                 | kind::INJECT
                 | kind::TRACEPARENT
+                | kind::MAPPED
         ) {
             return Err(DecodeError::Kind(header.kind));
         }

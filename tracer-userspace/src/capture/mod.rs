@@ -4,6 +4,7 @@ pub mod btf;
 pub mod check;
 pub mod event;
 pub mod record;
+pub mod tls;
 mod tracefs;
 
 use aya::{
@@ -67,22 +68,26 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> CaptureErr
 pub struct Probes {
     ebpf: Ebpf,
     propagate: bool,
+    /// `None` when TLS libraries are not probed (`--no-tls`, or uprobes do not work here).
+    tls: Option<tls::TlsProbes>,
 }
 
 impl Probes {
     /// Load the programs with `filter` and `capture_bytes`, then attach every tracepoint;
     /// with `propagate`, also the sock_ops program (to the cgroup v2 root) and the sk_msg
-    /// program that injects `traceparent`.
+    /// program that injects `traceparent`. With `tls`, the programs that read TLS libraries'
+    /// plaintext are loaded (and attached to libraries by [`Probes::discover_tls`]).
     pub fn attach(
         filter: &Filter,
         capture_bytes: u32,
         propagate: bool,
+        tls: bool,
     ) -> Result<Self, CaptureError> {
         if unsafe { libc::geteuid() } != 0 {
             return Err(CaptureError::NotRoot);
         }
         tracefs::ensure_mounted().map_err(CaptureError::Tracefs)?;
-        let mut ebpf = open_object(filter, capture_bytes, propagate)?;
+        let mut ebpf = open_object(filter, capture_bytes, propagate, tls)?;
         fill_filters(&mut ebpf, filter)?;
         // Before the exit programs run: they tail-call it.
         if let Err(e) = install_after_copy(&mut ebpf) {
@@ -120,7 +125,35 @@ impl Probes {
         if propagate {
             attach_propagation(&mut ebpf)?;
         }
-        Ok(Probes { ebpf, propagate })
+        let tls = if tls {
+            match tls::load(&mut ebpf) {
+                Ok(()) => Some(tls::TlsProbes::default()),
+                Err(e) => {
+                    log::warn!("HTTPS will not be traced: the TLS programs do not load here: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Probes {
+            ebpf,
+            propagate,
+            tls,
+        })
+    }
+
+    /// Attach to the TLS libraries of `pids` not yet probed; returns those attached now.
+    pub fn discover_tls(&mut self, pids: impl IntoIterator<Item = u32>) -> Vec<tls::Attached> {
+        match &mut self.tls {
+            Some(t) => t.discover(&mut self.ebpf, pids),
+            None => Vec::new(),
+        }
+    }
+
+    /// Whether TLS libraries are probed.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Take the ring buffer the programs write events into.
@@ -244,11 +277,13 @@ pub(crate) fn open_object(
     filter: &Filter,
     capture_bytes: u32,
     propagate: bool,
+    tls: bool,
 ) -> Result<Ebpf, CaptureError> {
     let offsets = btf::kernel_offsets(&btf::Btf::from_kernel()?)?;
     raise_memlock();
     let mut config = kernel_config(filter, capture_bytes, offsets);
     config.propagate = propagate as u32;
+    config.tls = tls as u32;
     EbpfLoader::new()
         .override_global(maps::CONFIG, &config, true)
         .load(EBPF_OBJECT)
@@ -356,7 +391,7 @@ fn kernel_config(filter: &Filter, capture_bytes: u32, offsets: KernelOffsets) ->
         wakeup_bytes: WAKEUP_BYTES,
         offsets,
         propagate: 0,
-        _pad: 0,
+        tls: 0,
     }
 }
 

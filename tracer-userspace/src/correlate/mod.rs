@@ -382,6 +382,7 @@ impl Pipeline {
                 head_truncated: r.head.truncated,
                 request_headers: r.head.captured,
                 capture_query: self.capture.query,
+                tls: key.source == Source::Tls,
             });
         }
     }

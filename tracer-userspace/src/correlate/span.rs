@@ -78,6 +78,8 @@ pub struct HttpSpan {
     pub request_headers: Vec<(String, String)>,
     /// Export `url.query`, with every value replaced by `REDACTED`.
     pub capture_query: bool,
+    /// Read from a TLS library's plaintext: the request was made over HTTPS.
+    pub tls: bool,
 }
 
 const KNOWN_METHODS: &[&str] = &[
@@ -199,7 +201,8 @@ impl HttpSpan {
         }
         let (server_address, server_port) = self.server();
         a.push(("url.path".into(), Str(self.path().to_string())));
-        a.push(("url.scheme".into(), Str("http".into())));
+        let scheme = if self.tls { "https" } else { "http" };
+        a.push(("url.scheme".into(), Str(scheme.into())));
         if self.kind == Kind::Client {
             let authority = match self.host_header() {
                 Some(_) => self.host.clone().unwrap_or_default(),
@@ -207,7 +210,7 @@ impl HttpSpan {
             };
             a.push((
                 "url.full".into(),
-                Str(format!("http://{authority}{}", self.path())),
+                Str(format!("{scheme}://{authority}{}", self.path())),
             ));
         }
         if let Some(r) = &self.response {
@@ -331,6 +334,7 @@ pub(crate) mod tests {
             head_truncated: false,
             request_headers: vec![],
             capture_query: false,
+            tls: false,
         }
     }
 
@@ -373,6 +377,22 @@ pub(crate) mod tests {
             Some(&Value::Str("http://shop.local:8080/items/3".into()))
         );
         assert!(get(&a, "client.address").is_none());
+    }
+
+    #[test]
+    fn tls_plaintext_spans_say_https() {
+        let mut s = sample(Kind::Client);
+        s.tls = true;
+        let a = s.attributes();
+        assert_eq!(get(&a, "url.scheme"), Some(&Value::Str("https".into())));
+        assert_eq!(
+            get(&a, "url.full"),
+            Some(&Value::Str("https://shop.local:8080/items/3".into()))
+        );
+        let mut s = sample(Kind::Server);
+        s.tls = true;
+        let a = s.attributes();
+        assert_eq!(get(&a, "url.scheme"), Some(&Value::Str("https".into())));
     }
 
     #[test]

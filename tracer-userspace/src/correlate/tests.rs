@@ -882,6 +882,8 @@ fn tls_plaintext_makes_the_spans_and_the_ciphertext_is_muted() {
         Some(Value::Int(200))
     );
     assert_eq!(attr(client, "http.response.body.size"), Some(Value::Int(5)));
+    assert_eq!(attr(server, "url.scheme"), Some(Value::Str("https".into())));
+    assert_eq!(attr(client, "url.scheme"), Some(Value::Str("https".into())));
     // The roles the sockets' accept and connect gave hold for the plaintext; one host links.
     assert_eq!(server.parent_span_id, Some(client.span_id));
     assert_eq!(server.trace_id, client.trace_id);

@@ -160,11 +160,18 @@ impl Collector for Families {
                 "Events the probes wrote to the ring buffer",
                 k[counter::EVENTS as usize],
             )?;
+            counter(
+                e,
+                "kernel_files_reported",
+                "Executable files traced processes started or mapped that the agent had not \
+                 looked at for TLS libraries, reported to it",
+                k[counter::FILES_REPORTED as usize],
+            )?;
             let losses: Vec<(&str, u64)> = counter::NAMES
                 .iter()
                 .zip(k)
                 .enumerate()
-                .filter(|&(i, _)| i != counter::EVENTS as usize)
+                .filter(|&(i, _)| counter::is_loss(i as u32))
                 .map(|(_, (&name, &v))| (name, v))
                 .collect();
             counter_family(
@@ -275,11 +282,16 @@ mod tests {
             ("tracer_desyncs_total", 4.0),
             ("tracer_tls_connections_total", 13.0),
             ("tracer_kernel_events_total", 1000.0),
+            ("tracer_kernel_files_reported_total", 1008.0),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        for (i, name) in counter::NAMES.iter().enumerate().skip(1) {
+        for (i, name) in counter::NAMES
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| counter::is_loss(i as u32))
+        {
             want.insert(
                 format!("tracer_kernel_losses_total{{reason=\"{name}\"}}"),
                 1000.0 + i as f64,

@@ -95,6 +95,8 @@ pub struct Function {
     /// Where the file links it (a virtual address), and its length in bytes.
     pub address: u64,
     pub size: u64,
+    /// Where its first byte is in the file: the offset a probe is attached at.
+    pub file_offset: Option<u64>,
     /// How it returns, from its code (`None` when its code could not be read).
     pub exits: Option<returns::Exits>,
 }
@@ -205,6 +207,7 @@ pub fn inspect(file: &File) -> Option<Found> {
                 name,
                 address,
                 size,
+                file_offset: file_offset(&elf, address),
                 exits: code(&elf, address, size).map(|c| returns::exits(c, address)),
             })
             .collect()
@@ -254,6 +257,16 @@ fn code<'d, R: object::ReadRef<'d>>(
         .flatten()
 }
 
+/// The file offset of the byte linked at `address`, from the section that holds it.
+fn file_offset<'d, R: object::ReadRef<'d>>(elf: &object::File<'d, R>, address: u64) -> Option<u64> {
+    use object::ObjectSection as _;
+    let section = elf
+        .sections()
+        .find(|s| s.address() <= address && address < s.address() + s.size())?;
+    let (offset, _) = section.file_range()?;
+    Some(address - section.address() + offset)
+}
+
 /// A library found, and the processes that map it.
 #[derive(Debug, Clone)]
 pub struct Library {
@@ -272,7 +285,7 @@ pub fn libraries(pids: impl IntoIterator<Item = u32>) -> Vec<Library> {
         };
         for m in maps {
             let entry = looked.entry(m.file).or_insert_with(|| {
-                let file = open_mapped(pid, &m).ok()?;
+                let (file, _) = open_mapped(pid, &m).ok()?;
                 inspect(&file).map(|found| Library {
                     path: m.path.clone(),
                     found,
@@ -289,11 +302,30 @@ pub fn libraries(pids: impl IntoIterator<Item = u32>) -> Vec<Library> {
 
 /// The mapped file itself: through `map_files` (the exact file, also in another mount
 /// namespace), else through the process's root.
-fn open_mapped(pid: u32, m: &Mapping) -> io::Result<File> {
-    File::open(format!("/proc/{pid}/map_files/{}", m.range)).or_else(|_| {
-        let rel = m.path.strip_prefix("/").unwrap_or(&m.path);
-        File::open(Path::new(&format!("/proc/{pid}/root")).join(rel))
-    })
+pub fn open_mapped(pid: u32, m: &Mapping) -> io::Result<(File, PathBuf)> {
+    let direct = PathBuf::from(format!("/proc/{pid}/map_files/{}", m.range));
+    match File::open(&direct) {
+        Ok(f) => Ok((f, direct)),
+        Err(_) => {
+            let rel = m.path.strip_prefix("/").unwrap_or(&m.path);
+            let rooted = Path::new(&format!("/proc/{pid}/root")).join(rel);
+            Ok((File::open(&rooted)?, rooted))
+        }
+    }
+}
+
+/// The processes `filter` selects by pid and name (every process when it selects none that
+/// way), as they run now.
+pub fn selected_pids(filter: &crate::filter::Filter) -> Vec<u32> {
+    all_pids()
+        .into_iter()
+        .filter(|&pid| {
+            filter.every_process() || {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                filter.selects_process(pid, comm.trim_end_matches('\n'))
+            }
+        })
+        .collect()
 }
 
 /// Every process on the host.

@@ -1,0 +1,239 @@
+//! Attaching the TLS programs to the libraries traced processes map: once per file (the same
+//! device and inode is one attachment, however many processes map it, now or later), at each
+//! plaintext function's entry and on each of its `ret` instructions.
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf,
+    programs::{TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeScope},
+};
+use tracer_common::{FileKey, maps, tls};
+
+use super::CaptureError;
+use crate::tls::{FileId, Found, Kind, mapped_files, open_mapped};
+
+/// A library the programs are attached to.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    /// The path as the first process found mapping it sees it.
+    pub path: PathBuf,
+    pub kind: Kind,
+    pub functions: Vec<&'static str>,
+    /// Probes attached: entries and returns.
+    pub probes: usize,
+    pub stripped: bool,
+}
+
+/// The TLS side of the probes: which files were looked at, and what was attached.
+#[derive(Default)]
+pub struct TlsProbes {
+    /// Every executable file looked at, TLS or not: each is read once.
+    seen: HashSet<FileId>,
+    pub attached: Vec<Attached>,
+}
+
+/// The uprobe programs.
+pub(crate) const UPROBES: [&str; 8] = [
+    tls::SSL_READ,
+    tls::SSL_READ_EX,
+    tls::SSL_WRITE,
+    tls::SSL_WRITE_EX,
+    tls::SSL_RETURN,
+    tls::GO_READ,
+    tls::GO_WRITE,
+    tls::GO_RETURN,
+];
+
+/// The tracepoints that report programs started and files mapped by traced processes:
+/// (category, tracepoint, program).
+pub(crate) const DISCOVERY: [(&str, &str, &str); 2] = [
+    (tls::EXEC.0, tls::EXEC.1, tls::EXEC_PROGRAM),
+    ("syscalls", tls::MMAP_PROGRAM, tls::MMAP_PROGRAM),
+];
+
+/// Load the TLS programs and attach the tracepoints that report programs started and files
+/// mapped by traced processes.
+pub(crate) fn load(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
+    load_programs(ebpf)?;
+    for (category, tracepoint, name) in DISCOVERY {
+        let program: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or(CaptureError::Missing(name))?
+            .try_into()
+            .map_err(|e| program_err(name, e))?;
+        program
+            .attach(category, tracepoint)
+            .map_err(|e| program_err(name, e))?;
+    }
+    Ok(())
+}
+
+/// Load the TLS programs without attaching any.
+pub(crate) fn load_programs(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
+    for name in UPROBES {
+        let program: &mut UProbe = ebpf
+            .program_mut(name)
+            .ok_or(CaptureError::Missing(name))?
+            .try_into()
+            .map_err(|e| program_err(name, e))?;
+        program.load().map_err(|e| program_err(name, e))?;
+    }
+    for (_, _, name) in DISCOVERY {
+        let program: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or(CaptureError::Missing(name))?
+            .try_into()
+            .map_err(|e| program_err(name, e))?;
+        program.load().map_err(|e| program_err(name, e))?;
+    }
+    Ok(())
+}
+
+fn program_err(name: &'static str, e: aya::programs::ProgramError) -> CaptureError {
+    CaptureError::Program {
+        name,
+        source: Box::new(e),
+    }
+}
+
+impl TlsProbes {
+    /// Look at the executable files of `pids` and attach to the TLS libraries among them not
+    /// seen before. Returns the libraries attached by this call. Processes that vanish or
+    /// cannot be read are skipped.
+    pub fn discover(
+        &mut self,
+        ebpf: &mut Ebpf,
+        pids: impl IntoIterator<Item = u32>,
+    ) -> Vec<Attached> {
+        let mut new = Vec::new();
+        for pid in pids.into_iter().collect::<BTreeSet<_>>() {
+            let Ok(maps) = mapped_files(pid) else {
+                continue;
+            };
+            for m in maps {
+                if !self.seen.insert(m.file) {
+                    continue;
+                }
+                let Ok((file, _)) = open_mapped(pid, &m) else {
+                    // Looked at again when a process maps it next.
+                    self.seen.remove(&m.file);
+                    continue;
+                };
+                // Mapping it again is no longer reported by the kernel.
+                remember(ebpf, m.file);
+                let Some(found) = crate::tls::inspect(&file) else {
+                    continue;
+                };
+                // Attached through the descriptor held here: the file stays reachable even if
+                // the process that mapped it has already exited.
+                let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+                match attach_file(ebpf, &found, &path) {
+                    Ok(probes) if probes > 0 => {
+                        let a = Attached {
+                            path: m.path.clone(),
+                            kind: found.kind,
+                            functions: found.names(),
+                            probes,
+                            stripped: found.stripped,
+                        };
+                        log::info!(
+                            "TLS: probing {} in {} ({} probes; process {pid})",
+                            a.functions.join(", "),
+                            a.path.display(),
+                            a.probes
+                        );
+                        self.attached.push(a.clone());
+                        new.push(a);
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::warn!(
+                        "TLS: cannot probe {} (process {pid}): {e}; its HTTPS is not traced",
+                        m.path.display()
+                    ),
+                }
+            }
+        }
+        new
+    }
+}
+
+/// Tell the programs that `file` was looked at.
+fn remember(ebpf: &mut Ebpf, file: FileId) {
+    let Some(map) = ebpf.map_mut(maps::SEEN_FILES) else {
+        return;
+    };
+    let Ok(mut seen) = aya::maps::HashMap::<_, FileKey, u8>::try_from(map) else {
+        return;
+    };
+    let key = FileKey {
+        dev: (file.dev.0 << 20) | file.dev.1,
+        _pad: 0,
+        ino: file.inode,
+    };
+    if let Err(e) = seen.insert(key, 1, 0) {
+        log::debug!("remembering a file looked at failed: {e}");
+    }
+}
+
+/// Attach the entry and return programs to each plaintext function of a file. Functions that
+/// do not leave only through `ret` instructions are left alone (a return would go unseen and
+/// its call's state would linger), and said so. Returns the probes attached.
+fn attach_file(ebpf: &mut Ebpf, found: &Found, path: &Path) -> Result<usize, CaptureError> {
+    let mut probes = 0;
+    for f in &found.functions {
+        let (entry, ret) = match (found.kind, f.name) {
+            (Kind::OpenSsl, "SSL_read") => (tls::SSL_READ, tls::SSL_RETURN),
+            (Kind::OpenSsl, "SSL_read_ex") => (tls::SSL_READ_EX, tls::SSL_RETURN),
+            (Kind::OpenSsl, "SSL_write") => (tls::SSL_WRITE, tls::SSL_RETURN),
+            (Kind::OpenSsl, "SSL_write_ex") => (tls::SSL_WRITE_EX, tls::SSL_RETURN),
+            (Kind::Go, n) if n.ends_with(").Read") => (tls::GO_READ, tls::GO_RETURN),
+            (Kind::Go, n) if n.ends_with(").Write") => (tls::GO_WRITE, tls::GO_RETURN),
+            _ => continue,
+        };
+        let (Some(start), Some(exits)) = (f.file_offset, f.exits.as_ref()) else {
+            log::warn!("TLS: the code of {} could not be read; not probed", f.name);
+            continue;
+        };
+        if !exits.complete() {
+            log::warn!(
+                "TLS: {} does not return only through ret instructions; not probed",
+                f.name
+            );
+            continue;
+        }
+        // The returns first: a call whose entry is seen must have its return seen too.
+        for off in &exits.returns {
+            attach_one(ebpf, ret, start + off, path)?;
+            probes += 1;
+        }
+        attach_one(ebpf, entry, start, path)?;
+        probes += 1;
+    }
+    Ok(probes)
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    offset: u64,
+    path: &Path,
+) -> Result<(), CaptureError> {
+    let program: &mut UProbe = ebpf
+        .program_mut(name)
+        .ok_or(CaptureError::Missing(name))?
+        .try_into()
+        .map_err(|e| program_err(name, e))?;
+    program
+        .attach(
+            UProbeAttachLocation::AbsoluteOffset(offset),
+            path,
+            UProbeScope::AllProcesses,
+        )
+        .map_err(|e| program_err(name, e))?;
+    Ok(())
+}
