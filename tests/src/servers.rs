@@ -123,13 +123,19 @@ pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
 /// `scripts/https_server.py`: Python's http.server over TLS, with a certificate of its own;
 /// `/big` answers 5 MB.
 pub fn python_https(port: u16) -> Server {
+    python_https_calling(port, None)
+}
+
+/// [`python_https`] whose `GET /chain` first asks the HTTPS service on `downstream` for `/chain`.
+pub fn python_https_calling(port: u16, downstream: Option<u16>) -> Server {
     let dir = TempDir::new("https");
     let (cert, key) = self_signed(dir.path());
     let mut server = spawn_server(
         Command::new("python3")
             .arg(script("https_server.py"))
             .arg(port.to_string())
-            .args([&cert, &key]),
+            .args([&cert, &key])
+            .args(downstream.map(|d| d.to_string())),
         port,
     );
     server._dir = Some(dir);

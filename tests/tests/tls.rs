@@ -13,7 +13,10 @@ use tracer_e2e::{
     agent::{Agent, sample},
     free_port,
     receiver::{Received, Receiver},
-    servers::{curl_many, go_binary, go_https, nginx_https, python_https, run_client, script},
+    servers::{
+        curl, curl_many, go_binary, go_https, nginx_https, python_https, python_https_calling,
+        run_client, script,
+    },
 };
 
 /// Every span is HTTPS, each server span's parent is a client span of the same trace (both
@@ -92,6 +95,128 @@ fn python_https_both_ends_are_traced_from_plaintext() {
         .map(|s| s.attr("client.port").int())
         .collect();
     assert_eq!(ports.len(), 1);
+}
+
+#[test]
+fn a_three_service_https_chain_is_one_trace_with_every_parent_right() {
+    let receiver = Receiver::start();
+    let (a, b, c) = (free_port(), free_port(), free_port());
+    let last = python_https(c);
+    let middle = python_https_calling(b, Some(c));
+    let first = python_https_calling(a, Some(b));
+    let ports: Vec<String> = [a, b, c].iter().map(u16::to_string).collect();
+    let mut args = Vec::new();
+    for p in &ports {
+        args.extend(["--port", p.as_str()]);
+    }
+    let mut agent = Agent::exporting(&receiver, &args);
+    let run = curl(
+        &format!("https://127.0.0.1:{a}/chain"),
+        &["-k", "--http1.1"],
+    );
+    assert_eq!(run.status, 200);
+    // curl -> first -> middle -> last: a client and a server span per hop.
+    let spans = receiver.wait_spans(6, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 6, "{spans:#?}");
+    let find = |pid: u32, server: bool| -> &Received {
+        spans
+            .iter()
+            .find(|s| s.pid() == pid && s.is_server() == server)
+            .unwrap_or_else(|| panic!("no span of {pid} (server {server}): {spans:#?}"))
+    };
+    let chain = [
+        find(run.pid, false),
+        find(first.pid(), true),
+        find(first.pid(), false),
+        find(middle.pid(), true),
+        find(middle.pid(), false),
+        find(last.pid(), true),
+    ];
+    assert!(
+        chain[0].span.parent_span_id.is_empty(),
+        "curl's span is the root"
+    );
+    for pair in chain.windows(2) {
+        assert_eq!(pair[1].span.trace_id, chain[0].span.trace_id, "one trace");
+        assert_eq!(
+            pair[1].span.parent_span_id, pair[0].span.span_id,
+            "{:#?} is not the parent of {:#?}",
+            pair[0], pair[1]
+        );
+    }
+    for s in &chain {
+        assert_eq!(s.attr("url.scheme").str(), "https");
+        assert_eq!(s.attr("url.path").str(), "/chain");
+    }
+}
+
+#[test]
+fn concurrent_https_connections_pair_exactly() {
+    let receiver = Receiver::start();
+    let server = python_https(free_port());
+    let port = server.port;
+    let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
+    // Eight clients at once, each on its own keep-alive connection: "/" then two of its own.
+    let clients: Vec<std::process::Child> = (0..8)
+        .map(|i| {
+            Command::new("python3")
+                .arg(script("https_client.py"))
+                .args([port.to_string(), "0".into()])
+                .args([format!("/c{i}/0"), format!("/c{i}/1")])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in clients {
+        assert!(c.wait().unwrap().success());
+    }
+    let spans = receiver.wait_spans(48, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 48, "{} spans", spans.len());
+    assert_https_pairs(&spans, port);
+    let mut expected: Vec<String> = (0..8)
+        .flat_map(|i| ["/".to_string(), format!("/c{i}/0"), format!("/c{i}/1")])
+        .collect();
+    expected.sort();
+    assert_eq!(paths(&spans, true), expected);
+    assert_eq!(paths(&spans, false), expected);
+}
+
+#[test]
+fn a_5_mb_request_body_over_tls_and_an_incoming_traceparent() {
+    let receiver = Receiver::start();
+    let server = python_https(free_port());
+    let port = server.port;
+    let dir = std::env::temp_dir().join(format!("tracer-e2e-upload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = dir.join("body.bin");
+    std::fs::write(&body, vec![b'u'; 5 * 1024 * 1024]).unwrap();
+    let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let parent = "b7ad6b7169203331";
+    let upload = format!("@{}", body.display());
+    let header = format!("traceparent: 00-{trace}-{parent}-01");
+    let run = curl(
+        &format!("https://127.0.0.1:{port}/upload"),
+        &["-k", "--http1.1", "--data-binary", &upload, "-H", &header],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(run.status, 200);
+    // curl sent its own trace context: its request is instrumented and gives no client span;
+    // the server's span continues that trace, read from inside TLS.
+    let spans = receiver.wait_spans(1, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    let s = &spans[0];
+    assert!(s.is_server());
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(hex(&s.span.trace_id), trace);
+    assert_eq!(hex(&s.span.parent_span_id), parent);
+    assert_eq!(s.attr("http.request.method").str(), "POST");
+    assert_eq!(s.attr("http.request.body.size").int(), 5 * 1024 * 1024);
+    assert_eq!(s.attr("url.scheme").str(), "https");
 }
 
 #[test]
@@ -529,4 +654,36 @@ fn a_seccomp_filtered_client_is_traced_and_not_killed() {
             out.status
         );
     }
+}
+
+#[test]
+fn node_https_gives_no_span_and_no_garbage() {
+    let receiver = Receiver::start();
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("tracer-e2e-node-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = tracer_e2e::servers::self_signed(&dir);
+    let node = tracer_e2e::servers::spawn_server(
+        Command::new("node")
+            .arg(script("https_server.js"))
+            .arg(port.to_string())
+            .args([&cert, &key]),
+        port,
+    );
+    let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
+    let url = format!("https://127.0.0.1:{port}/node");
+    let run = curl_many(&[&url, &url], &["-k", "--http1.1"]);
+    assert_eq!(run.statuses, vec![200, 200]);
+    // Node's OpenSSL works on memory buffers: its calls name no connection, and give nothing.
+    // curl's, on the socket, are traced.
+    let spans = receiver.wait_spans(2, |_| true);
+    agent.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    for s in &spans {
+        assert!(s.is_client() && s.pid() == run.pid, "{s:#?}");
+        assert_eq!(s.attr("url.path").str(), "/node");
+        assert_eq!(s.attr("http.response.status_code").int(), 200);
+    }
+    assert!(spans.iter().all(|s| s.pid() != node.pid()));
 }

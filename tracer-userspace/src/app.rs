@@ -187,6 +187,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         if found.is_empty() {
             log::info!("TLS: no OpenSSL or Go crypto/tls in the traced processes yet");
         }
+        // Programs that start later (by name, or any) may use the system's libssl before the
+        // agent hears of them; processes chosen by pid already run and were looked at.
+        if config.filter.pids.is_empty() {
+            probes.discover_system_tls();
+        }
     }
     let ring = probes.take_events()?;
     // Start-up parsed the kernel's BTF (megabytes, now freed): give that memory back.

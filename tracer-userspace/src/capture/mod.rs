@@ -143,6 +143,14 @@ impl Probes {
         })
     }
 
+    /// Attach to the system's shared OpenSSL libraries, mapped or not yet.
+    pub fn discover_system_tls(&mut self) -> Vec<tls::Attached> {
+        match &mut self.tls {
+            Some(t) => t.discover_system(&mut self.ebpf),
+            None => Vec::new(),
+        }
+    }
+
     /// Attach to the TLS libraries of `pids` not yet probed; returns those attached now.
     pub fn discover_tls(&mut self, pids: impl IntoIterator<Item = u32>) -> Vec<tls::Attached> {
         match &mut self.tls {

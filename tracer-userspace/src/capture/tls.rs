@@ -116,51 +116,116 @@ impl TlsProbes {
                 continue;
             };
             for m in maps {
-                if !self.seen.insert(m.file) {
+                if self.seen.contains(&m.file) {
                     continue;
                 }
+                // Not looked at if it cannot be opened: looked at again when mapped next.
                 let Ok((file, _)) = open_mapped(pid, &m) else {
-                    // Looked at again when a process maps it next.
-                    self.seen.remove(&m.file);
                     continue;
                 };
-                // Mapping it again is no longer reported by the kernel.
-                remember(ebpf, m.file);
-                let Some(found) = crate::tls::inspect(&file) else {
-                    continue;
-                };
-                // Attached through the descriptor held here: the file stays reachable even if
-                // the process that mapped it has already exited.
-                let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-                match attach_file(ebpf, &found, &path) {
-                    Ok(probes) if probes > 0 => {
-                        let a = Attached {
-                            path: m.path.clone(),
-                            kind: found.kind,
-                            functions: found.names(),
-                            probes,
-                            stripped: found.stripped,
-                        };
-                        log::info!(
-                            "TLS: probing {} in {} ({} probes; process {pid})",
-                            a.functions.join(", "),
-                            a.path.display(),
-                            a.probes
-                        );
-                        self.attached.push(a.clone());
-                        new.push(a);
-                    }
-                    Ok(_) => {}
-                    Err(e) => log::warn!(
-                        "TLS: cannot probe {} (process {pid}): {e}; its HTTPS is not traced",
-                        m.path.display()
-                    ),
-                }
+                let origin = format!("process {pid}");
+                new.extend(self.look_at(ebpf, m.file, &file, &m.path, &origin));
             }
         }
         new
     }
+
+    /// Probe the system's shared OpenSSL libraries (`libssl.so*` in the usual library
+    /// directories) before any process maps them: a program that starts later and is done
+    /// in a few milliseconds is then traced from its first call.
+    pub fn discover_system(&mut self, ebpf: &mut Ebpf) -> Vec<Attached> {
+        let mut new = Vec::new();
+        for dir in LIBRARY_DIRS {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                if !name.to_string_lossy().starts_with("libssl.so") {
+                    continue;
+                }
+                let path = entry.path();
+                // Symbolic links lead to the file itself, met by its own name too.
+                let Ok(file) = std::fs::File::open(&path) else {
+                    continue;
+                };
+                let Ok(meta) = file.metadata() else {
+                    continue;
+                };
+                if !meta.is_file() {
+                    continue;
+                }
+                use std::os::unix::fs::MetadataExt as _;
+                let id = FileId {
+                    dev: (libc::major(meta.dev()), libc::minor(meta.dev())),
+                    inode: meta.ino(),
+                };
+                if self.seen.contains(&id) {
+                    continue;
+                }
+                let real = std::fs::canonicalize(&path).unwrap_or(path);
+                new.extend(self.look_at(ebpf, id, &file, &real, "installed"));
+            }
+        }
+        new
+    }
+
+    /// Look at one file (once), and attach to it if it is a TLS library.
+    fn look_at(
+        &mut self,
+        ebpf: &mut Ebpf,
+        id: FileId,
+        file: &std::fs::File,
+        shown: &Path,
+        origin: &str,
+    ) -> Option<Attached> {
+        self.seen.insert(id);
+        // Mapping it again is no longer reported by the kernel.
+        remember(ebpf, id);
+        let found = crate::tls::inspect(file)?;
+        // Attached through the descriptor held here: the file stays reachable even if the
+        // process that mapped it has already exited.
+        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        match attach_file(ebpf, &found, &path) {
+            Ok(probes) if probes > 0 => {
+                let a = Attached {
+                    path: shown.to_path_buf(),
+                    kind: found.kind,
+                    functions: found.names(),
+                    probes,
+                    stripped: found.stripped,
+                };
+                log::info!(
+                    "TLS: probing {} in {} ({} probes; {origin})",
+                    a.functions.join(", "),
+                    a.path.display(),
+                    a.probes
+                );
+                self.attached.push(a.clone());
+                Some(a)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                log::warn!(
+                    "TLS: cannot probe {} ({origin}): {e}; its HTTPS is not traced",
+                    shown.display()
+                );
+                None
+            }
+        }
+    }
 }
+
+/// Where shared libraries are installed, on Debian-like and other distributions.
+const LIBRARY_DIRS: [&str; 7] = [
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib64",
+    "/lib64",
+    "/usr/lib",
+    "/lib",
+    "/usr/local/lib",
+];
 
 /// Tell the programs that `file` was looked at.
 fn remember(ebpf: &mut Ebpf, file: FileId) {
