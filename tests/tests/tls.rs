@@ -687,3 +687,77 @@ fn node_https_gives_no_span_and_no_garbage() {
     }
     assert!(spans.iter().all(|s| s.pid() != node.pid()));
 }
+
+/// `kernel.bpf_stats_enabled` on until dropped (programs' run counts are kept only then).
+struct BpfStats;
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> BpfStats {
+        std::fs::write(Self::PATH, "1").unwrap();
+        BpfStats
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, "0");
+    }
+}
+
+/// How many times the agent's program named `name` ran (bpftool, by the agent's program ids).
+fn runs_of(agent: &Agent, name: &str) -> u64 {
+    for id in agent.program_ids() {
+        let out = Command::new("bpftool")
+            .args(["prog", "show", "id", &id.to_string()])
+            .output()
+            .expect("running bpftool");
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !text.split_whitespace().any(|w| w == name) {
+            continue;
+        }
+        let mut words = text.split_whitespace();
+        while let Some(w) = words.next() {
+            if w == "run_cnt" {
+                return words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            }
+        }
+        return 0;
+    }
+    panic!("the agent has no program {name}");
+}
+
+#[test]
+fn with_pid_only_the_chosen_process_stops_at_the_tls_probes() {
+    let _stats = BpfStats::enable();
+    let receiver = Receiver::start();
+    let server = python_https(free_port());
+    let port = server.port;
+    // Python's server calls SSL_read_ex/SSL_write_ex; curl, not traced, SSL_read/SSL_write of
+    // the same libssl.
+    let mut agent = Agent::exporting(&receiver, &["--pid", &server.pid().to_string()]);
+    let url = format!("https://127.0.0.1:{port}/only");
+    let run = curl_many(&[&url, &url, &url], &["-k", "--http1.1"]);
+    assert_eq!(run.statuses, vec![200, 200, 200]);
+    let spans = receiver.wait_spans(3, |_| true);
+    let (read, write) = (
+        runs_of(&agent, "tracer_ssl_read"),
+        runs_of(&agent, "tracer_ssl_write"),
+    );
+    let read_ex = runs_of(&agent, "tracer_ssl_read_ex");
+    agent.stop();
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.is_server() && s.pid() == server.pid())
+    );
+    // The probes were set in the server alone: curl's calls never stopped at them.
+    assert!(read_ex > 0, "the server's calls ran the probes");
+    assert_eq!(
+        (read, write),
+        (0, 0),
+        "curl's SSL_read/SSL_write stopped at the probes"
+    );
+}

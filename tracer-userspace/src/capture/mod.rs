@@ -127,7 +127,7 @@ impl Probes {
         }
         let tls = if tls {
             match tls::load(&mut ebpf) {
-                Ok(()) => Some(tls::TlsProbes::default()),
+                Ok(()) => Some(tls::TlsProbes::new(!filter.pids.is_empty())),
                 Err(e) => {
                     log::warn!("HTTPS will not be traced: the TLS programs do not load here: {e}");
                     None

@@ -32,9 +32,13 @@ pub struct Attached {
 /// The TLS side of the probes: which files were looked at, and what was attached.
 #[derive(Default)]
 pub struct TlsProbes {
-    /// Every executable file looked at, TLS or not: each is read once.
-    seen: HashSet<FileId>,
+    /// Every executable file looked at, TLS or not: each is read once (once per process
+    /// with `per_process`).
+    seen: HashSet<(FileId, u32)>,
     pub attached: Vec<Attached>,
+    /// Probes fire only in the process they were attached for: when processes are chosen by
+    /// pid, no other process stops at them.
+    per_process: bool,
 }
 
 /// The uprobe programs.
@@ -102,6 +106,14 @@ fn program_err(name: &'static str, e: aya::programs::ProgramError) -> CaptureErr
 }
 
 impl TlsProbes {
+    /// `per_process` when the traced processes are chosen by pid.
+    pub fn new(per_process: bool) -> TlsProbes {
+        TlsProbes {
+            per_process,
+            ..TlsProbes::default()
+        }
+    }
+
     /// Look at the executable files of `pids` and attach to the TLS libraries among them not
     /// seen before. Returns the libraries attached by this call. Processes that vanish or
     /// cannot be read are skipped.
@@ -115,8 +127,9 @@ impl TlsProbes {
             let Ok(maps) = mapped_files(pid) else {
                 continue;
             };
+            let scope = if self.per_process { pid } else { 0 };
             for m in maps {
-                if self.seen.contains(&m.file) {
+                if self.seen.contains(&(m.file, scope)) {
                     continue;
                 }
                 // Not looked at if it cannot be opened: looked at again when mapped next.
@@ -124,7 +137,7 @@ impl TlsProbes {
                     continue;
                 };
                 let origin = format!("process {pid}");
-                new.extend(self.look_at(ebpf, m.file, &file, &m.path, &origin));
+                new.extend(self.look_at(ebpf, (m.file, scope), &file, &m.path, &origin));
             }
         }
         new
@@ -160,33 +173,42 @@ impl TlsProbes {
                     dev: (libc::major(meta.dev()), libc::minor(meta.dev())),
                     inode: meta.ino(),
                 };
-                if self.seen.contains(&id) {
+                if self.seen.contains(&(id, 0)) {
                     continue;
                 }
                 let real = std::fs::canonicalize(&path).unwrap_or(path);
-                new.extend(self.look_at(ebpf, id, &file, &real, "installed"));
+                new.extend(self.look_at(ebpf, (id, 0), &file, &real, "installed"));
             }
         }
         new
     }
 
-    /// Look at one file (once), and attach to it if it is a TLS library.
+    /// Look at one file (once; for process `scope`, 0 for all), and attach to it if it is a
+    /// TLS library.
     fn look_at(
         &mut self,
         ebpf: &mut Ebpf,
-        id: FileId,
+        (id, scope): (FileId, u32),
         file: &std::fs::File,
         shown: &Path,
         origin: &str,
     ) -> Option<Attached> {
-        self.seen.insert(id);
-        // Mapping it again is no longer reported by the kernel.
-        remember(ebpf, id);
+        self.seen.insert((id, scope));
+        // Mapping it again is no longer reported by the kernel. Per process, the next
+        // process's mapping must still be reported (the few processes chosen by pid report
+        // little).
+        if scope == 0 {
+            remember(ebpf, id);
+        }
         let found = crate::tls::inspect(file)?;
         // Attached through the descriptor held here: the file stays reachable even if the
         // process that mapped it has already exited.
         let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-        match attach_file(ebpf, &found, &path) {
+        let scope = match std::num::NonZeroU32::new(scope) {
+            Some(pid) => UProbeScope::OneProcess(pid),
+            None => UProbeScope::AllProcesses,
+        };
+        match attach_file(ebpf, &found, &path, scope) {
             Ok(probes) if probes > 0 => {
                 let a = Attached {
                     path: shown.to_path_buf(),
@@ -248,7 +270,12 @@ fn remember(ebpf: &mut Ebpf, file: FileId) {
 /// Attach the entry and return programs to each plaintext function of a file. Functions that
 /// do not leave only through `ret` instructions are left alone (a return would go unseen and
 /// its call's state would linger), and said so. Returns the probes attached.
-fn attach_file(ebpf: &mut Ebpf, found: &Found, path: &Path) -> Result<usize, CaptureError> {
+fn attach_file(
+    ebpf: &mut Ebpf,
+    found: &Found,
+    path: &Path,
+    scope: UProbeScope,
+) -> Result<usize, CaptureError> {
     let mut probes = 0;
     for f in &found.functions {
         let (entry, ret) = match (found.kind, f.name) {
@@ -273,10 +300,10 @@ fn attach_file(ebpf: &mut Ebpf, found: &Found, path: &Path) -> Result<usize, Cap
         }
         // The returns first: a call whose entry is seen must have its return seen too.
         for off in &exits.returns {
-            attach_one(ebpf, ret, start + off, path)?;
+            attach_one(ebpf, ret, start + off, path, scope)?;
             probes += 1;
         }
-        attach_one(ebpf, entry, start, path)?;
+        attach_one(ebpf, entry, start, path, scope)?;
         probes += 1;
     }
     Ok(probes)
@@ -287,6 +314,7 @@ fn attach_one(
     name: &'static str,
     offset: u64,
     path: &Path,
+    scope: UProbeScope,
 ) -> Result<(), CaptureError> {
     let program: &mut UProbe = ebpf
         .program_mut(name)
@@ -294,11 +322,7 @@ fn attach_one(
         .try_into()
         .map_err(|e| program_err(name, e))?;
     program
-        .attach(
-            UProbeAttachLocation::AbsoluteOffset(offset),
-            path,
-            UProbeScope::AllProcesses,
-        )
+        .attach(UProbeAttachLocation::AbsoluteOffset(offset), path, scope)
         .map_err(|e| program_err(name, e))?;
     Ok(())
 }
