@@ -14,7 +14,7 @@ use std::{
 
 use tracer_e2e::{
     agent::Agent,
-    free_port,
+    free_port, hex,
     receiver::{Received, Receiver},
     servers::{Server, aiohttp_app, curl, express_app, script, spawn_server},
 };
@@ -62,10 +62,6 @@ fn setup(app: App) -> Setup {
 
 fn path(s: &Received) -> &str {
     s.attr("url.path").str()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The spans of `pid` of one kind and path, in start order.

@@ -10,7 +10,7 @@ use std::{
 
 use tracer_e2e::{
     agent::Agent,
-    free_port,
+    free_port, hex,
     netns::Hosts,
     receiver::{Received, Receiver},
     servers::{TempDir, script},
@@ -37,10 +37,6 @@ const EXPECTED: &[(&str, &[bool])] = &[
 ];
 
 const LINE_LEN: usize = 70;
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn unhex(s: &str) -> Vec<u8> {
     (0..s.len())

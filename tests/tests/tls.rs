@@ -5,13 +5,13 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
 use tracer_e2e::{
     agent::{Agent, sample},
-    free_port,
+    free_port, hex,
     receiver::{Received, Receiver},
     servers::{
         curl, curl_many, go_binary, go_https, nginx_https, python_https, python_https_calling,
@@ -46,6 +46,21 @@ fn assert_https_pairs(spans: &[Received], port: u16) {
         assert_eq!(parent.attr("url.path"), s.attr("url.path"));
     }
 }
+
+/// Start a client with piped standard output (and `stdin`), and wait for its first line.
+fn spawn_until_first_line(cmd: &mut Command, stdin: Stdio) -> (Child, Lines, String) {
+    let mut child = cmd
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    (child, out, line.trim().to_string())
+}
+
+type Lines = BufReader<std::process::ChildStdout>;
 
 fn paths(spans: &[Received], server: bool) -> Vec<String> {
     let mut v: Vec<String> = spans
@@ -211,7 +226,6 @@ fn a_5_mb_request_body_over_tls_and_an_incoming_traceparent() {
     assert_eq!(spans.len(), 1, "{spans:#?}");
     let s = &spans[0];
     assert!(s.is_server());
-    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
     assert_eq!(hex(&s.span.trace_id), trace);
     assert_eq!(hex(&s.span.parent_span_id), parent);
     assert_eq!(s.attr("http.request.method").str(), "POST");
@@ -279,17 +293,13 @@ fn python_importing_ssl_after_the_agent_started_is_traced() {
     let receiver = Receiver::start();
     let server = python_https(free_port());
     let port = server.port;
-    let mut client = Command::new("python3")
-        .arg(script("late_ssl_client.py"))
-        .args([&port.to_string(), "0.5", "2"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting the client");
-    let mut out = BufReader::new(client.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "waiting");
+    let (mut client, mut out, line) = spawn_until_first_line(
+        Command::new("python3")
+            .arg(script("late_ssl_client.py"))
+            .args([&port.to_string(), "0.5", "2"]),
+        Stdio::piped(),
+    );
+    assert_eq!(line, "waiting");
     // Only the client is traced, and it has no TLS library mapped yet.
     let mut agent = Agent::exporting(&receiver, &["--pid", &client.id().to_string()]);
     let stderr = agent.stderr().join("\n");
@@ -325,16 +335,13 @@ fn an_agent_started_while_tls_connections_are_open_picks_up_at_the_next_request(
     let port = server.port;
     // The client's first request, then a pause in which the agent starts, then two more on
     // the same connection.
-    let mut client = Command::new("python3")
-        .arg(script("https_client.py"))
-        .args([&port.to_string(), "4", "/after/0", "/after/1"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting the client");
-    let mut out = BufReader::new(client.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "200");
+    let (mut client, _out, line) = spawn_until_first_line(
+        Command::new("python3")
+            .arg(script("https_client.py"))
+            .args([&port.to_string(), "4", "/after/0", "/after/1"]),
+        Stdio::null(),
+    );
+    assert_eq!(line, "200");
     let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
     assert!(client.wait().unwrap().success());
     let spans = receiver.wait_spans(3, |_| true);

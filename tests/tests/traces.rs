@@ -5,7 +5,7 @@ use std::process::Command;
 
 use tracer_e2e::{
     agent::Agent,
-    free_port,
+    free_port, hex,
     receiver::{Received, Receiver},
     servers::{Server, curl, python_http, script, spawn_server},
 };
@@ -231,7 +231,6 @@ fn an_sdk_instrumented_program_gets_no_duplicate_spans() {
     let (trace, sdk_span) = (fields[1], fields[2]);
     let spans = receiver.wait_spans(2, |_| true);
     agent.stop();
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     // The SDK's own CLIENT span, and tracer's SERVER span of the callee: nothing else.
     assert_eq!(
         spans.len(),
@@ -276,7 +275,6 @@ fn a_traceparent_past_the_capture_window_is_continued() {
     let spans = receiver.wait_spans(1, |s| s.is_server());
     agent.stop();
     let span = span(&spans, server.pid(), true);
-    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
     assert_eq!(hex(&span.span.trace_id), trace);
     assert_eq!(hex(&span.span.parent_span_id), "10f067aa0ba902b8");
 }
@@ -370,7 +368,6 @@ fn a_traceparent_in_a_later_read_of_the_head_is_carried_on() {
     let a_server = span(&spans, first.pid(), true);
     let a_client = span(&spans, first.pid(), false);
     let b_server = span(&spans, last.pid(), true);
-    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
     for s in [a_server, a_client, b_server] {
         assert_eq!(hex(&s.span.trace_id), trace, "{}", s.span.kind);
     }

@@ -1,8 +1,8 @@
 //! TLS plaintext: uprobes on the entry and on every `ret` instruction of a TLS library's read
 //! and write functions. No return probe is used: a return probe rewrites the caller's return
 //! address on the stack (Go moves its stacks and crashes), and from Linux 6.11 returns through
-//! a system call that seccomp filters written before it kill. A probe on a `ret` only reads
-//! registers.
+//! a system call that seccomp filters written before it kill (where the kernel does not let
+//! it through seccomp). A probe on a `ret` only reads registers.
 //!
 //! Which connection an OpenSSL call serves is learnt without reading OpenSSL's private structs
 //! (their layout changes between releases): the first data syscall the same thread makes on a
@@ -59,6 +59,18 @@ pub struct ObjectKey {
     pub tgid: u32,
     pub _pad: u32,
     pub object: u64,
+}
+
+impl ObjectKey {
+    /// `object` (a connection object, or a goroutine) of the current thread's process.
+    #[inline(always)]
+    fn of(pid_tgid: u64, object: u64) -> ObjectKey {
+        ObjectKey {
+            tgid: (pid_tgid >> 32) as u32,
+            _pad: 0,
+            object,
+        }
+    }
 }
 
 /// The descriptor each OpenSSL connection (`SSL *`) was last seen with.
@@ -156,11 +168,7 @@ fn ssl_return(ctx: &ProbeContext) -> Option<()> {
         }
         ret as u64
     };
-    let key = ObjectKey {
-        tgid: (pid_tgid >> 32) as u32,
-        _pad: 0,
-        object: call.object,
-    };
+    let key = ObjectKey::of(pid_tgid, call.object);
     let fd = if call.fd >= 0 {
         let _ = TLS_FDS.insert(key, call.fd as i64, 0);
         call.fd
@@ -184,11 +192,7 @@ fn ssl_return(ctx: &ProbeContext) -> Option<()> {
 fn go_enter(ctx: &ProbeContext, dir: u8) -> Option<()> {
     let pid_tgid = filter::traced_task()?;
     let r = regs(ctx);
-    let key = ObjectKey {
-        tgid: (pid_tgid >> 32) as u32,
-        _pad: 0,
-        object: r.r14,
-    };
+    let key = ObjectKey::of(pid_tgid, r.r14);
     let tcp_conn: u64 = unsafe { bpf_probe_read_user((r.rax + 8) as *const u64) }.ok()?;
     let net_fd: u64 = unsafe { bpf_probe_read_user(tcp_conn as *const u64) }.ok()?;
     let sysfd: i64 = unsafe { bpf_probe_read_user((net_fd + 16) as *const i64) }.ok()?;
@@ -235,11 +239,7 @@ fn go_return(ctx: &ProbeContext) -> Option<()> {
         return None;
     }
     let r = regs(ctx);
-    let key = ObjectKey {
-        tgid: (pid_tgid >> 32) as u32,
-        _pad: 0,
-        object: r.r14,
-    };
+    let key = ObjectKey::of(pid_tgid, r.r14);
     let call = *unsafe { GO_CALLS.get(key) }?;
     let _ = GO_CALLS.remove(key);
     let n = r.rax as i64;

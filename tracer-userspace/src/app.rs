@@ -183,8 +183,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The TLS libraries of the processes running now; later ones are reported by the kernel.
     if probes.tls_enabled() {
         let selected = crate::tls::selected_pids(&config.filter);
-        let found = probes.discover_tls(selected);
-        if found.is_empty() {
+        if probes.discover_tls(selected) == 0 {
             log::info!("TLS: no OpenSSL or Go crypto/tls in the traced processes yet");
         }
         // Programs that start later (by name, or any) may use the system's libssl before the

@@ -143,19 +143,19 @@ impl Probes {
         })
     }
 
-    /// Attach to the system's shared OpenSSL libraries, mapped or not yet.
-    pub fn discover_system_tls(&mut self) -> Vec<tls::Attached> {
+    /// Attach to the system's shared OpenSSL libraries, mapped or not yet; returns how many.
+    pub fn discover_system_tls(&mut self) -> usize {
         match &mut self.tls {
             Some(t) => t.discover_system(&mut self.ebpf),
-            None => Vec::new(),
+            None => 0,
         }
     }
 
-    /// Attach to the TLS libraries of `pids` not yet probed; returns those attached now.
-    pub fn discover_tls(&mut self, pids: impl IntoIterator<Item = u32>) -> Vec<tls::Attached> {
+    /// Attach to the TLS libraries of `pids` not yet probed; returns how many were attached.
+    pub fn discover_tls(&mut self, pids: impl IntoIterator<Item = u32>) -> usize {
         match &mut self.tls {
             Some(t) => t.discover(&mut self.ebpf, pids),
-            None => Vec::new(),
+            None => 0,
         }
     }
 

@@ -17,25 +17,12 @@ use tracer_common::{FileKey, maps, tls};
 use super::CaptureError;
 use crate::tls::{FileId, Found, Kind, mapped_files, open_mapped};
 
-/// A library the programs are attached to.
-#[derive(Debug, Clone)]
-pub struct Attached {
-    /// The path as the first process found mapping it sees it.
-    pub path: PathBuf,
-    pub kind: Kind,
-    pub functions: Vec<&'static str>,
-    /// Probes attached: entries and returns.
-    pub probes: usize,
-    pub stripped: bool,
-}
-
-/// The TLS side of the probes: which files were looked at, and what was attached.
+/// The TLS side of the probes: which files were looked at.
 #[derive(Default)]
 pub struct TlsProbes {
     /// Every executable file looked at, TLS or not: each is read once (once per process
     /// with `per_process`).
     seen: HashSet<(FileId, u32)>,
-    pub attached: Vec<Attached>,
     /// Probes fire only in the process they were attached for: when processes are chosen by
     /// pid, no other process stops at them.
     per_process: bool,
@@ -115,14 +102,10 @@ impl TlsProbes {
     }
 
     /// Look at the executable files of `pids` and attach to the TLS libraries among them not
-    /// seen before. Returns the libraries attached by this call. Processes that vanish or
-    /// cannot be read are skipped.
-    pub fn discover(
-        &mut self,
-        ebpf: &mut Ebpf,
-        pids: impl IntoIterator<Item = u32>,
-    ) -> Vec<Attached> {
-        let mut new = Vec::new();
+    /// seen before. Returns how many libraries this call attached to. Processes that vanish
+    /// or cannot be read are skipped.
+    pub fn discover(&mut self, ebpf: &mut Ebpf, pids: impl IntoIterator<Item = u32>) -> usize {
+        let mut new = 0;
         for pid in pids.into_iter().collect::<BTreeSet<_>>() {
             let Ok(maps) = mapped_files(pid) else {
                 continue;
@@ -137,7 +120,7 @@ impl TlsProbes {
                     continue;
                 };
                 let origin = format!("process {pid}");
-                new.extend(self.look_at(ebpf, (m.file, scope), &file, &m.path, &origin));
+                new += usize::from(self.look_at(ebpf, (m.file, scope), &file, &m.path, &origin));
             }
         }
         new
@@ -146,8 +129,9 @@ impl TlsProbes {
     /// Probe the system's shared OpenSSL libraries (`libssl.so*` in the usual library
     /// directories) before any process maps them: a program that starts later and is done
     /// in a few milliseconds is then traced from its first call.
-    pub fn discover_system(&mut self, ebpf: &mut Ebpf) -> Vec<Attached> {
-        let mut new = Vec::new();
+    /// Returns how many it attached to.
+    pub fn discover_system(&mut self, ebpf: &mut Ebpf) -> usize {
+        let mut new = 0;
         for dir in LIBRARY_DIRS {
             let Ok(entries) = std::fs::read_dir(dir) else {
                 continue;
@@ -177,14 +161,14 @@ impl TlsProbes {
                     continue;
                 }
                 let real = std::fs::canonicalize(&path).unwrap_or(path);
-                new.extend(self.look_at(ebpf, (id, 0), &file, &real, "installed"));
+                new += usize::from(self.look_at(ebpf, (id, 0), &file, &real, "installed"));
             }
         }
         new
     }
 
     /// Look at one file (once; for process `scope`, 0 for all), and attach to it if it is a
-    /// TLS library.
+    /// TLS library. Returns whether it attached.
     fn look_at(
         &mut self,
         ebpf: &mut Ebpf,
@@ -192,7 +176,7 @@ impl TlsProbes {
         file: &std::fs::File,
         shown: &Path,
         origin: &str,
-    ) -> Option<Attached> {
+    ) -> bool {
         self.seen.insert((id, scope));
         // Mapping it again is no longer reported by the kernel. Per process, the next
         // process's mapping must still be reported (the few processes chosen by pid report
@@ -200,7 +184,9 @@ impl TlsProbes {
         if scope == 0 {
             remember(ebpf, id);
         }
-        let found = crate::tls::inspect(file)?;
+        let Some(found) = crate::tls::inspect(file) else {
+            return false;
+        };
         // Attached through the descriptor held here: the file stays reachable even if the
         // process that mapped it has already exited.
         let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
@@ -210,29 +196,20 @@ impl TlsProbes {
         };
         match attach_file(ebpf, &found, &path, scope) {
             Ok(probes) if probes > 0 => {
-                let a = Attached {
-                    path: shown.to_path_buf(),
-                    kind: found.kind,
-                    functions: found.names(),
-                    probes,
-                    stripped: found.stripped,
-                };
                 log::info!(
-                    "TLS: probing {} in {} ({} probes; {origin})",
-                    a.functions.join(", "),
-                    a.path.display(),
-                    a.probes
+                    "TLS: probing {} in {} ({probes} probes; {origin})",
+                    found.names().join(", "),
+                    shown.display(),
                 );
-                self.attached.push(a.clone());
-                Some(a)
+                true
             }
-            Ok(_) => None,
+            Ok(_) => false,
             Err(e) => {
                 log::warn!(
                     "TLS: cannot probe {} ({origin}): {e}; its HTTPS is not traced",
                     shown.display()
                 );
-                None
+                false
             }
         }
     }

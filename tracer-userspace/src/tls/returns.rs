@@ -2,7 +2,7 @@
 //! instruction sees the return value (and the caller's buffer filled) without a return probe,
 //! which would rewrite the caller's return address on the stack (Go moves its stacks and
 //! crashes), and from Linux 6.11 returns through a system call that seccomp filters written
-//! before it kill.
+//! before it kill (where the kernel does not let it through seccomp).
 
 use iced_x86::{Decoder, DecoderOptions, FlowControl};
 
