@@ -143,7 +143,7 @@ def pid_reuse(port, secret):
     os.close(fd)
     # Other processes fork too: one may take the pid first, or win the race after the write.
     # Wait for such a process to exit and try again.
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if os.path.exists(f"/proc/{child}"):
             time.sleep(0.01)
@@ -164,7 +164,18 @@ def pid_reuse(port, secret):
             return
         if code != 3:
             raise SystemExit(f"the second child failed ({code})")
-    raise SystemExit("the pid was never reused")
+        print(f"pid {child} taken by {taker(child)}", file=sys.stderr, flush=True)
+    raise SystemExit(f"pid {child} was never free again: {taker(child)}")
+
+
+def taker(pid):
+    """What holds `pid` now (a process or another process's thread), for the error message."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":\t", 1) for line in f if ":\t" in line)
+        return f"{fields['Name'].strip()} (tgid {fields['Tgid'].strip()})"
+    except OSError:
+        return "a process that has exited"
 
 
 if __name__ == "__main__":
