@@ -142,6 +142,25 @@ pub fn python_https_calling(port: u16, downstream: Option<u16>) -> Server {
     server
 }
 
+/// Node's https server (`https_server.js`): OpenSSL linked into the executable, working on
+/// memory buffers. `GET /chain` first asks the HTTPS service on `downstream` for `/chain`;
+/// `plain` serves plain HTTP instead (the downstream call stays HTTPS).
+pub fn node_https(port: u16, downstream: Option<u16>, plain: bool) -> Server {
+    let dir = TempDir::new("nodehttps");
+    let (cert, key) = self_signed(dir.path());
+    let mut cmd = Command::new("node");
+    cmd.arg(script("https_server.js"))
+        .arg(port.to_string())
+        .args([&cert, &key])
+        .args(downstream.map(|d| d.to_string()));
+    if plain {
+        cmd.env("PLAIN", "1");
+    }
+    let mut server = spawn_server(&mut cmd, port);
+    server._dir = Some(dir);
+    server
+}
+
 /// The Go test program serving HTTPS (crypto/tls) with a certificate of its own; `stripped`
 /// picks the build without a symbol table.
 pub fn go_https(port: u16, stripped: bool) -> Server {

@@ -14,8 +14,8 @@ use tracer_e2e::{
     free_port, hex,
     receiver::{Received, Receiver},
     servers::{
-        curl, curl_many, go_binary, go_https, nginx_https, python_https, python_https_calling,
-        run_client, script,
+        curl, curl_many, go_binary, go_https, nginx_https, node_https, python_https,
+        python_https_calling, run_client, script,
     },
 };
 
@@ -663,36 +663,184 @@ fn a_seccomp_filtered_client_is_traced_and_not_killed() {
     }
 }
 
+/// Node's OpenSSL works on memory buffers: libuv reads the ciphertext before `SSL_read` and
+/// writes it after `SSL_write`, so no call names its connection by a syscall inside it.
 #[test]
-fn node_https_gives_no_span_and_no_garbage() {
+fn node_https_server_and_client_on_one_keep_alive_connection() {
     let receiver = Receiver::start();
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("tracer-e2e-node-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = tracer_e2e::servers::self_signed(&dir);
-    let node = tracer_e2e::servers::spawn_server(
-        Command::new("node")
-            .arg(script("https_server.js"))
-            .arg(port.to_string())
-            .args([&cert, &key]),
-        port,
-    );
+    let server = node_https(free_port(), None, false);
+    let port = server.port;
     let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
-    let url = format!("https://127.0.0.1:{port}/node");
-    let run = curl_many(&[&url, &url], &["-k", "--http1.1"]);
-    assert_eq!(run.statuses, vec![200, 200]);
-    // Node's OpenSSL works on memory buffers: its calls name no connection, and give nothing.
-    // curl's, on the socket, are traced.
-    let spans = receiver.wait_spans(2, |_| true);
+    // A page, 5 MB down, 5 MB up, the page again.
+    let run = run_client(Command::new("node").arg(script("https_client.js")).args([
+        &port.to_string(),
+        "/",
+        "/big",
+        "+/upload",
+        "/",
+    ]));
+    assert_eq!(run.statuses, vec![200, 200, 200, 200]);
+    let spans = receiver.wait_spans(8, |_| true);
     agent.stop();
-    std::fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(spans.len(), 2, "{spans:#?}");
+    assert_eq!(spans.len(), 8, "one span per exchange and end: {spans:#?}");
+    assert_https_pairs(&spans, port);
     for s in &spans {
-        assert!(s.is_client() && s.pid() == run.pid, "{s:#?}");
-        assert_eq!(s.attr("url.path").str(), "/node");
-        assert_eq!(s.attr("http.response.status_code").int(), 200);
+        let pid = if s.is_server() { server.pid() } else { run.pid };
+        assert_eq!(s.pid(), pid, "{s:#?}");
     }
-    assert!(spans.iter().all(|s| s.pid() != node.pid()));
+    assert_eq!(paths(&spans, true), vec!["/", "/", "/big", "/upload"]);
+    for s in &spans {
+        let (request, response) = match s.attr("url.path").str() {
+            "/big" => (None, 5 * 1024 * 1024),
+            "/upload" => (Some(5 * 1024 * 1024), 7),
+            _ => (None, 25),
+        };
+        assert_eq!(s.attr("http.response.body.size").int(), response, "{s:#?}");
+        if let Some(size) = request {
+            assert_eq!(s.attr("http.request.method").str(), "POST");
+            assert_eq!(s.attr("http.request.body.size").int(), size, "{s:#?}");
+        }
+    }
+    let client_ports: std::collections::HashSet<i64> = spans
+        .iter()
+        .filter(|s| s.is_server())
+        .map(|s| s.attr("client.port").int())
+        .collect();
+    assert_eq!(client_ports.len(), 1, "one connection");
+}
+
+/// One Node thread serves every connection: each request is its own connection's.
+#[test]
+fn node_https_serves_concurrent_connections_on_one_thread() {
+    let receiver = Receiver::start();
+    let server = node_https(free_port(), None, false);
+    let port = server.port;
+    let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
+    let runs: Vec<_> = (0..8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let urls: Vec<String> = (0..2)
+                    .map(|j| format!("https://127.0.0.1:{port}/c{i}/r{j}"))
+                    .collect();
+                let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+                curl_many(&urls, &["-k", "--http1.1"])
+            })
+        })
+        .collect();
+    let runs: Vec<_> = runs.into_iter().map(|t| t.join().unwrap()).collect();
+    for run in &runs {
+        assert_eq!(run.statuses, vec![200, 200]);
+    }
+    let spans = receiver.wait_spans(32, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 32, "{spans:#?}");
+    assert_https_pairs(&spans, port);
+    // Each server span is on its client's connection: the client port its parent used.
+    for s in spans.iter().filter(|s| s.is_server()) {
+        assert_eq!(s.pid(), server.pid());
+        let client = spans
+            .iter()
+            .find(|c| c.span.span_id == s.span.parent_span_id)
+            .unwrap();
+        assert_eq!(
+            s.attr("client.port").int(),
+            client.attr("network.local.port").int(),
+            "{s:#?}"
+        );
+        let i = &s.attr("url.path").str()[2..3];
+        let run = &runs[i.parse::<usize>().unwrap()];
+        assert_eq!(client.pid(), run.pid, "{client:#?}");
+    }
+}
+
+/// curl -> Node -> Python, HTTPS throughout: Node reads one TLS connection and writes another
+/// on the same thread.
+#[test]
+fn a_node_hop_in_an_https_chain() {
+    let receiver = Receiver::start();
+    let (a, b) = (free_port(), free_port());
+    let last = python_https(b);
+    let node = node_https(a, Some(b), false);
+    chain_through_node(&receiver, &node, &last, "https");
+}
+
+/// curl -> Node over plain HTTP, Node -> Python over HTTPS: the plaintext request Node reads
+/// just before it opens the TLS connection is not taken for that connection's.
+#[test]
+fn plaintext_in_and_tls_out_on_one_node_thread() {
+    let receiver = Receiver::start();
+    let (a, b) = (free_port(), free_port());
+    let last = python_https(b);
+    let node = node_https(a, Some(b), true);
+    chain_through_node(&receiver, &node, &last, "http");
+}
+
+fn chain_through_node(
+    receiver: &Receiver,
+    node: &tracer_e2e::servers::Server,
+    last: &tracer_e2e::servers::Server,
+    scheme: &str,
+) {
+    let (a, b) = (node.port, last.port);
+    let mut agent = Agent::exporting(
+        receiver,
+        &["--port", &a.to_string(), "--port", &b.to_string()],
+    );
+    for _ in 0..2 {
+        let run = curl(
+            &format!("{scheme}://127.0.0.1:{a}/chain"),
+            &["-k", "--http1.1"],
+        );
+        assert_eq!(run.status, 200);
+    }
+    let spans = receiver.wait_spans(8, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 8, "{spans:#?}");
+    let roots: Vec<&Received> = spans
+        .iter()
+        .filter(|s| s.span.parent_span_id.is_empty())
+        .collect();
+    assert_eq!(roots.len(), 2, "{spans:#?}");
+    for root in roots {
+        let child_of = |parent: &Received| -> &Received {
+            let children: Vec<&Received> = spans
+                .iter()
+                .filter(|s| s.span.parent_span_id == parent.span.span_id)
+                .collect();
+            assert_eq!(children.len(), 1, "{parent:#?} {spans:#?}");
+            children[0]
+        };
+        let node_server = child_of(root);
+        let node_client = child_of(node_server);
+        let python = child_of(node_client);
+        assert!(root.is_client() && node_server.is_server(), "{spans:#?}");
+        assert!(node_client.is_client() && python.is_server(), "{spans:#?}");
+        assert_eq!(node_server.pid(), node.pid());
+        assert_eq!(node_client.pid(), node.pid());
+        assert_eq!(python.pid(), last.pid());
+        for s in [root, node_server, node_client, python] {
+            assert_eq!(s.span.trace_id, root.span.trace_id);
+            assert_eq!(s.attr("url.path").str(), "/chain");
+            assert_eq!(s.attr("http.response.status_code").int(), 200);
+        }
+        for s in [root, node_server] {
+            assert_eq!(s.attr("url.scheme").str(), scheme, "{s:#?}");
+            assert_eq!(s.attr("server.port").int(), i64::from(a), "{s:#?}");
+        }
+        for s in [node_client, python] {
+            assert_eq!(s.attr("url.scheme").str(), "https", "{s:#?}");
+            assert_eq!(s.attr("server.port").int(), i64::from(b), "{s:#?}");
+        }
+        assert_eq!(
+            node_client.attr("network.peer.port").int(),
+            i64::from(b),
+            "{node_client:#?}"
+        );
+        assert_eq!(
+            node_client.attr("url.full").str(),
+            format!("https://127.0.0.1:{b}/chain")
+        );
+    }
 }
 
 /// `kernel.bpf_stats_enabled` on until dropped (programs' run counts are kept only then).
@@ -767,4 +915,88 @@ fn with_pid_only_the_chosen_process_stops_at_the_tls_probes() {
         (0, 0),
         "curl's SSL_read/SSL_write stopped at the probes"
     );
+}
+
+/// A server in a mount namespace of its own whose `libssl.so.3` is its own copy, bind-mounted
+/// over the system's path (as a container's image has its own): the agent reaches that file
+/// through `/proc/PID/map_files`, probes it (the system's file, probed at start, is another
+/// inode), and traces the server.
+#[test]
+fn a_containers_own_libssl_is_found_and_probed() {
+    let system = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
+    let receiver = Receiver::start();
+    let dir = tracer_e2e::servers::TempDir::new("own-libssl");
+    let copy = dir.path().join("libssl.so.3");
+    std::fs::copy(system, &copy).unwrap();
+    let (cert, key) = tracer_e2e::servers::self_signed(dir.path());
+    let port = free_port();
+    let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
+    let inner = format!(
+        "mount --bind {} {system} && exec python3 {} {port} {} {}",
+        copy.display(),
+        script("https_server.py").display(),
+        cert.display(),
+        key.display()
+    );
+    let server = tracer_e2e::servers::spawn_server(
+        Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &inner]),
+        port,
+    );
+    // The server's own view of the file is not the agent's.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
+    let line = maps
+        .lines()
+        .find(|l| l.ends_with(system))
+        .expect("the server maps libssl");
+    let inode: u64 = line.split_whitespace().nth(4).unwrap().parse().unwrap();
+    use std::os::unix::fs::MetadataExt as _;
+    assert_ne!(inode, std::fs::metadata(system).unwrap().ino());
+    assert_eq!(inode, std::fs::metadata(&copy).unwrap().ino());
+    let (probed, by) = (
+        format!("in {system} ("),
+        format!("probes; process {})", server.pid()),
+    );
+    let found = tracer_e2e::wait_for(Duration::from_secs(10), || {
+        agent
+            .stderr()
+            .iter()
+            .any(|l| l.contains(&probed) && l.contains(&by))
+            .then_some(())
+    });
+    assert!(found.is_some(), "{:#?}", agent.stderr());
+    let url = format!("https://127.0.0.1:{port}/own");
+    let run = curl_many(&[&url, &url], &["-k", "--http1.1"]);
+    assert_eq!(run.statuses, vec![200, 200]);
+    let spans = receiver.wait_spans(4, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    assert_https_pairs(&spans, port);
+    for s in spans.iter().filter(|s| s.is_server()) {
+        assert_eq!(s.pid(), server.pid());
+    }
+}
+
+/// `--comm` selects TLS plaintext as it selects plaintext: the Python server's side only.
+#[test]
+fn comm_selects_tls_traffic_like_plaintext() {
+    let receiver = Receiver::start();
+    let server = python_https(free_port());
+    let port = server.port;
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", server.pid())).unwrap();
+    let mut agent = Agent::exporting(&receiver, &["--comm", comm.trim()]);
+    let url = format!("https://127.0.0.1:{port}/by-name");
+    let run = curl_many(&[&url, &url], &["-k", "--http1.1"]);
+    assert_eq!(run.statuses, vec![200, 200]);
+    let spans = receiver.wait_spans(2, |_| true);
+    // curl is not selected: nothing of it may follow.
+    std::thread::sleep(Duration::from_millis(500));
+    agent.stop();
+    let spans_after = receiver.spans();
+    assert_eq!(spans_after.len(), 2, "{spans_after:#?}");
+    for s in &spans {
+        assert!(s.is_server(), "{s:#?}");
+        assert_eq!(s.pid(), server.pid());
+        assert_eq!(s.attr("url.scheme").str(), "https");
+        assert_eq!(s.attr("url.path").str(), "/by-name");
+    }
 }

@@ -329,7 +329,9 @@ pub struct EventHeader {
     pub syscall: u8,
     /// Where the bytes come from ([`source`]).
     pub source: u8,
-    pub _pad: [u8; 4],
+    /// Bits of [`flag`].
+    pub flags: u8,
+    pub _pad: [u8; 3],
     pub tuple: ConnTuple,
     /// Name of the process (its main thread), NUL padded.
     pub comm: [u8; COMM_LEN],
@@ -342,6 +344,16 @@ pub mod source {
     pub const SOCKET: u8 = 0;
     /// A TLS library's plaintext of the connection.
     pub const TLS: u8 = 1;
+}
+
+/// Bits of [`EventHeader::flags`].
+pub mod flag {
+    /// TLS plaintext whose connection was inferred, not observed: the TLS library moved no
+    /// bytes on a socket during the call (it works on memory buffers, as Node's does), and the
+    /// connection is the one the thread read from just before, or that its object was last
+    /// seen with. The agent drops such an event when that connection is known to carry
+    /// something else than TLS.
+    pub const FD_INFERRED: u8 = 1;
 }
 
 /// Size of [`EventHeader`] in bytes.

@@ -18,16 +18,10 @@ const IPPROTO_TCP: u16 = 6;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
-/// The cached connection behind `fd`, resolving it on a miss or when the descriptor no longer
-/// names the file it named when cached. `None` for anything that is not a traced TCP
-/// connection.
-#[inline(always)]
-pub fn lookup(tgid: u32, fd: i32) -> Option<ConnInfo> {
-    lookup_state(tgid, fd).filter(|info| info.state == conn_state::TRACED)
-}
-
-/// The connection behind `fd` when it is traced or muted (a TLS connection's own bytes are
-/// muted, its plaintext is still wanted).
+/// The cached connection behind `fd` when it is traced or muted (a TLS connection's own bytes
+/// are muted, its plaintext is still wanted), resolving it on a miss or when the descriptor no
+/// longer names the file it named when cached. `None` for anything that is not a traced or
+/// muted TCP connection.
 #[inline(always)]
 pub fn lookup_open(tgid: u32, fd: i32) -> Option<ConnInfo> {
     lookup_state(tgid, fd).filter(|info| info.state != conn_state::IGNORED)
@@ -47,6 +41,25 @@ fn lookup_state(tgid: u32, fd: i32) -> Option<ConnInfo> {
         _ => resolve(key)?,
     };
     Some(info)
+}
+
+/// The state of the cached connection of `fd` while the descriptor still names `file`,
+/// without resolving anything: `None` when it is not cached, not a traced or muted TCP socket,
+/// or names another file now.
+#[inline(always)]
+pub fn cached_state(tgid: u32, fd: i32, file: u64) -> Option<u32> {
+    if fd < 0 {
+        return None;
+    }
+    let key = FdKey {
+        tgid,
+        fd: fd as u32,
+    };
+    let info = unsafe { CONNS.get(key) }?;
+    if info.file != file || info.state == conn_state::IGNORED || !still_names(fd as u32, info) {
+        return None;
+    }
+    Some(info.state)
 }
 
 /// The cached, traced connection of a descriptor already checked to name `file`.

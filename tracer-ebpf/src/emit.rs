@@ -43,6 +43,7 @@ pub fn start(
     h.direction = direction;
     h.syscall = syscall;
     h.source = tracer_common::source::SOCKET;
+    h.flags = 0;
     h.tuple = conn.tuple;
     h.comm = process_comm().unwrap_or_default();
     Some(buf)

@@ -39,14 +39,19 @@ fn arg<T>(ctx: &TracePointContext, n: usize) -> Result<T, u32> {
 
 /// Remember a data syscall of a traced connection until its exit.
 #[inline(always)]
-fn enter_data(ctx: &TracePointContext, syscall: u8, mode: u8) -> Result<u32, u32> {
+fn enter_data(ctx: &TracePointContext, syscall: u8, mode: u8, dir: u8) -> Result<u32, u32> {
     let pid_tgid = filter::traced_task().ok_or(0u32)?;
     let fd: i64 = arg(ctx, 0)?;
     let fd = fd as i32;
+    // Traced or muted: a TLS connection's own bytes are muted, its syscalls still name it.
+    let info = conn::lookup_open((pid_tgid >> 32) as u32, fd).ok_or(0u32)?;
     if config!(tls) != 0 {
-        tls::syscall_inside(pid_tgid, fd);
+        tls::data_syscall(pid_tgid, fd, &info, dir);
     }
-    let file = conn::lookup((pid_tgid >> 32) as u32, fd).ok_or(0u32)?.file;
+    if info.state != conn_state::TRACED {
+        return Ok(0);
+    }
+    let file = info.file;
     let buf: u64 = arg(ctx, 1)?;
     let (buf, iovcnt) = match mode {
         MODE_PLAIN | MODE_NONE => (buf, 0),
@@ -150,7 +155,7 @@ macro_rules! data_syscall {
     ($enter:ident, $exit:ident, $syscall:expr, $mode:expr, $dir:expr) => {
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
-            match enter_data(&ctx, $syscall, $mode) {
+            match enter_data(&ctx, $syscall, $mode, $dir) {
                 Ok(v) | Err(v) => v,
             }
         }

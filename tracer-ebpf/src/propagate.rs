@@ -931,7 +931,8 @@ fn inject(ctx: &SkMsgContext) -> Option<()> {
         direction: direction::EGRESS,
         syscall: 0,
         source: tracer_common::source::SOCKET,
-        _pad: [0; 4],
+        flags: 0,
+        _pad: [0; 3],
         tuple: Default::default(),
         comm: process_comm().unwrap_or_default(),
     };

@@ -5,10 +5,19 @@
 //! it through seccomp). A probe on a `ret` only reads registers.
 //!
 //! Which connection an OpenSSL call serves is learnt without reading OpenSSL's private structs
-//! (their layout changes between releases): the first data syscall the same thread makes on a
-//! descriptor during the call names it. A call served from OpenSSL's own buffer makes no
-//! syscall; it takes the descriptor its `SSL *` was last seen with. Go keeps the descriptor
-//! in structs whose layout has been stable for years: see [`go_enter`].
+//! (their layout changes between releases):
+//! - the first data syscall the same thread makes on a traced TCP socket during the call names
+//!   it (OpenSSL on a socket, as in curl, nginx, Python): exact;
+//! - else the connection its `SSL *` was last seen with, while that descriptor still names the
+//!   same socket (a call served from OpenSSL's own buffer);
+//! - else, for OpenSSL on memory buffers (Node.js: its event loop reads the ciphertext, hands it
+//!   to OpenSSL and writes what OpenSSL produced, all outside the TLS call), the socket the
+//!   thread read from since its previous TLS call returned. That is inferred, so the event says
+//!   so ([`tracer_common::flag::FD_INFERRED`]), it is kept for the `SSL *` only from a call that
+//!   moved plaintext, and it replaces an inferred connection only when the agent already knows
+//!   the new one not to carry plaintext HTTP (muted) and the old one not.
+//!
+//! Go keeps the descriptor in structs whose layout has been stable for years: see [`go_enter`].
 
 use aya_ebpf::{
     helpers::{
@@ -19,11 +28,11 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::{ProbeContext, TracePointContext},
 };
-use tracer_common::{FileKey, direction, kind, source, syscall};
+use tracer_common::{FileKey, conn_state, direction, flag, kind, source, syscall};
 
 use crate::{
     config, conn, emit, filter,
-    maps::{Inflight, MODE_PLAIN},
+    maps::{ConnInfo, Inflight, MODE_PLAIN},
 };
 
 /// A TLS call between its entry and its return.
@@ -39,15 +48,33 @@ pub struct TlsCall {
     /// The stack pointer at entry (pointing at the return address): a `ret` with the same
     /// stack pointer returns from this call, not from a function it called.
     pub sp: u64,
-    /// The descriptor of the first data syscall made during the call, or -1.
+    /// The descriptor of the first data syscall made during the call on a traced TCP socket,
+    /// or -1.
     pub fd: i32,
     pub direction: u8,
     pub _pad: [u8; 3],
 }
 
-/// OpenSSL calls in progress, by thread.
+/// A thread that has called OpenSSL: its call in progress, and the socket it last read from
+/// outside a TLS call.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsThread {
+    pub call: TlsCall,
+    /// The `struct file` of the descriptor `call.fd` named at the syscall.
+    pub call_file: u64,
+    /// The socket read from since the thread's last TLS call returned: descriptor (-1 when
+    /// none) and file.
+    pub read_fd: i32,
+    /// Whether `call` is in progress.
+    pub active: u8,
+    pub _pad: [u8; 3],
+    pub read_file: u64,
+}
+
+/// Threads that have called OpenSSL (entries stay after a call: they carry `read_fd`).
 #[map]
-static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16384, 0);
+static TLS_THREADS: LruHashMap<u64, TlsThread> = LruHashMap::with_max_entries(16384, 0);
 
 /// Go calls in progress, by goroutine: a goroutine may leave its thread while it waits.
 #[map]
@@ -73,20 +100,37 @@ impl ObjectKey {
     }
 }
 
-/// The descriptor each OpenSSL connection (`SSL *`) was last seen with.
-#[map]
-static TLS_FDS: LruHashMap<ObjectKey, i64> = LruHashMap::with_max_entries(65536, 0);
+/// The connection an OpenSSL object (`SSL *`) was last seen with.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SeenWith {
+    /// The socket's `struct file`: the descriptor counts only while it still names it.
+    pub file: u64,
+    pub fd: i32,
+    /// Learnt from a syscall inside a call (1), or inferred (0).
+    pub exact: u8,
+    pub _pad: [u8; 3],
+}
 
-/// A data syscall of a traced thread on `fd`: if the thread is inside a TLS call that has not
-/// yet named its descriptor, this one is it.
+#[map]
+static TLS_FDS: LruHashMap<ObjectKey, SeenWith> = LruHashMap::with_max_entries(65536, 0);
+
+/// A data syscall of a traced thread on `fd`, a traced or muted TCP socket: inside a TLS call
+/// that has not yet named its descriptor, this one is it; outside one, a read is remembered.
 #[inline(always)]
-pub fn syscall_inside(pid_tgid: u64, fd: i32) {
-    if let Some(call) = TLS_CALLS.get_ptr_mut(pid_tgid) {
-        unsafe {
-            if (*call).fd < 0 {
-                (*call).fd = fd;
-            }
+pub fn data_syscall(pid_tgid: u64, fd: i32, info: &ConnInfo, dir: u8) {
+    let Some(t) = TLS_THREADS.get_ptr_mut(pid_tgid) else {
+        return;
+    };
+    let t = unsafe { &mut *t };
+    if t.active != 0 {
+        if t.call.fd < 0 {
+            t.call.fd = fd;
+            t.call_file = info.file;
         }
+    } else if dir == direction::INGRESS {
+        t.read_fd = fd;
+        t.read_file = info.file;
     }
 }
 
@@ -110,7 +154,24 @@ fn ssl_enter(ctx: &ProbeContext, dir: u8, ex: bool) -> Option<()> {
         direction: dir,
         _pad: [0; 3],
     };
-    TLS_CALLS.insert(pid_tgid, call, 0).ok()
+    match TLS_THREADS.get_ptr_mut(pid_tgid) {
+        Some(t) => unsafe {
+            (*t).call = call;
+            (*t).active = 1;
+        },
+        None => {
+            let t = TlsThread {
+                call,
+                call_file: 0,
+                read_fd: -1,
+                active: 1,
+                _pad: [0; 3],
+                read_file: 0,
+            };
+            TLS_THREADS.insert(pid_tgid, t, 0).ok()?;
+        }
+    }
+    Some(())
 }
 
 #[uprobe]
@@ -151,31 +212,78 @@ fn ssl_return(ctx: &ProbeContext) -> Option<()> {
         return None;
     }
     let r = regs(ctx);
-    let call = *unsafe { TLS_CALLS.get(pid_tgid) }?;
-    if call.sp != r.rsp {
+    let t = TLS_THREADS.get_ptr_mut(pid_tgid)?;
+    let t = unsafe { &mut *t };
+    if t.active == 0 || t.call.sp != r.rsp {
         return None;
     }
-    let _ = TLS_CALLS.remove(pid_tgid);
+    t.active = 0;
+    let call = &t.call;
+    // A read counts for the next call only if made after this one.
+    let (read_fd, read_file) = (t.read_fd, t.read_file);
+    t.read_fd = -1;
+    let tgid = (pid_tgid >> 32) as u32;
+    let key = ObjectKey::of(pid_tgid, call.object);
+    if call.fd >= 0 {
+        // Seen: kept whether or not this call moved bytes (a handshake's WANT_READ says it
+        // as well).
+        let seen = SeenWith {
+            file: t.call_file,
+            fd: call.fd,
+            exact: 1,
+            _pad: [0; 3],
+        };
+        let _ = TLS_FDS.insert(key, seen, 0);
+    }
+    let moved = moved(r, call)?;
+    let (fd, file, inferred) = if call.fd >= 0 {
+        (call.fd, t.call_file, false)
+    } else {
+        let known = unsafe { TLS_FDS.get(key) }.copied();
+        let known_state = known.and_then(|s| conn::cached_state(tgid, s.fd, s.file));
+        match (known, known_state) {
+            (Some(s), Some(_)) if s.exact != 0 => (s.fd, s.file, false),
+            _ => {
+                let read_state = conn::cached_state(tgid, read_fd, read_file);
+                let (fd, file) = match (known, known_state, read_state) {
+                    (Some(_), Some(kept), Some(read))
+                        if read == conn_state::MUTED && kept != conn_state::MUTED =>
+                    {
+                        (read_fd, read_file)
+                    }
+                    (Some(s), Some(_), _) => (s.fd, s.file),
+                    (_, _, Some(_)) => (read_fd, read_file),
+                    _ => return None,
+                };
+                let seen = SeenWith {
+                    file,
+                    fd,
+                    exact: 0,
+                    _pad: [0; 3],
+                };
+                let _ = TLS_FDS.insert(key, seen, 0);
+                (fd, file, true)
+            }
+        }
+    };
+    let conn = conn::lookup_open(tgid, fd).filter(|c| c.file == file)?;
+    emit_plaintext(call, fd, &conn, inferred, moved)
+}
+
+/// The plaintext bytes a returning OpenSSL call moved, if it succeeded.
+#[inline(always)]
+fn moved(r: &aya_ebpf::bindings::pt_regs, call: &TlsCall) -> Option<u64> {
     let ret = r.rax as i32;
-    let moved = if call.count_at != 0 {
+    if call.count_at != 0 {
         if ret != 1 {
             return None;
         }
-        unsafe { bpf_probe_read_user(call.count_at as *const u64) }.ok()?
+        unsafe { bpf_probe_read_user(call.count_at as *const u64) }.ok()
+    } else if ret <= 0 {
+        None
     } else {
-        if ret <= 0 {
-            return None;
-        }
-        ret as u64
-    };
-    let key = ObjectKey::of(pid_tgid, call.object);
-    let fd = if call.fd >= 0 {
-        let _ = TLS_FDS.insert(key, call.fd as i64, 0);
-        call.fd
-    } else {
-        *unsafe { TLS_FDS.get(key) }? as i32
-    };
-    emit_plaintext(pid_tgid, &call, fd, moved)
+        Some(ret as u64)
+    }
 }
 
 /// Entry of Go's `(*Conn).Read(b []byte)` / `Write`: register ABI, receiver in RAX, the
@@ -246,21 +354,27 @@ fn go_return(ctx: &ProbeContext) -> Option<()> {
     if n <= 0 {
         return None;
     }
-    emit_plaintext(pid_tgid, &call, call.fd, n as u64)
+    // A TLS connection's own bytes are muted once recognised; its plaintext is not.
+    let conn = conn::lookup_open((pid_tgid >> 32) as u32, call.fd)?;
+    emit_plaintext(&call, call.fd, &conn, false, n as u64)
 }
 
-/// Send `moved` bytes of plaintext of a returned call as an event of the connection `fd`.
+/// Send `moved` bytes of plaintext of a returned call as an event of the connection `conn`
+/// (descriptor `fd`).
 #[inline(always)]
-fn emit_plaintext(pid_tgid: u64, call: &TlsCall, fd: i32, moved: u64) -> Option<()> {
-    let tgid = (pid_tgid >> 32) as u32;
-    // A TLS connection's own bytes are muted once recognised; its plaintext is not.
-    let conn = conn::lookup_open(tgid, fd)?;
+fn emit_plaintext(
+    call: &TlsCall,
+    fd: i32,
+    conn: &ConnInfo,
+    inferred: bool,
+    moved: u64,
+) -> Option<()> {
     let syscall = if call.direction == direction::INGRESS {
         syscall::TLS_READ
     } else {
         syscall::TLS_WRITE
     };
-    let buf = emit::start(kind::DATA, call.direction, syscall, fd, &conn)?;
+    let buf = emit::start(kind::DATA, call.direction, syscall, fd, conn)?;
     let copy = Inflight {
         ts_enter: call.ts_enter,
         file: conn.file,
@@ -275,6 +389,7 @@ fn emit_plaintext(pid_tgid: u64, call: &TlsCall, fd: i32, moved: u64) -> Option<
         (*buf).header.ts_enter_ns = call.ts_enter;
         (*buf).header.total_len = moved;
         (*buf).header.source = source::TLS;
+        (*buf).header.flags = if inferred { flag::FD_INFERRED } else { 0 };
     }
     let copied = emit::copy_payload(buf, &copy, moved);
     emit::submit(buf, copied);

@@ -353,7 +353,8 @@ fn log_report(snapshot: &Snapshot) {
     log::info!(
         "stats: spans={} exported={} export_failed={} queue_depth={queue_depth} queue_dropped={} \
          no_response={} connections={} unmatched_responses={} desyncs={} evicted_idle={} \
-         evicted_full={} pending_overflow={} tls_connections={} decode_errors={} kernel: {kernel}",
+         evicted_full={} pending_overflow={} tls_connections={} tls_misattributed={} \
+         decode_errors={} kernel: {kernel}",
         s.spans,
         e.exported,
         e.failed,
@@ -366,6 +367,7 @@ fn log_report(snapshot: &Snapshot) {
         s.evicted_full,
         s.pending_overflow,
         s.tls_connections,
+        s.tls_misattributed,
         decode_errors,
     );
 }

@@ -127,6 +127,11 @@ impl<S> Table<S> {
     }
 
     /// The connection `key`, if known (not counted as activity).
+    pub fn get(&self, key: &ConnKey) -> Option<&S> {
+        self.entries.get(key).map(|e| &e.state)
+    }
+
+    /// The connection `key`, if known (not counted as activity).
     pub fn get_mut(&mut self, key: &ConnKey) -> Option<&mut S> {
         self.entries.get_mut(key).map(|e| &mut e.state)
     }

@@ -440,6 +440,11 @@ impl Connection {
         self.tls
     }
 
+    /// Whether bytes were seen on it and they were not TLS records.
+    pub fn known_not_tls(&self) -> bool {
+        !self.tls && (self.pairing.heads > 0 || self.probes > 0 || self.desyncs() > 0)
+    }
+
     /// The connection ended at `ts`: close-delimited bodies end, and requests still waiting
     /// are finished without a response (nothing is invented for them).
     pub fn close(&mut self, ts: u64, env: &mut Env<'_>) {

@@ -11,7 +11,7 @@ pub mod span;
 #[cfg(test)]
 mod tests;
 
-use tracer_common::{direction, kind};
+use tracer_common::{direction, flag, kind};
 
 use crate::{
     capture::event::{Event, comm_str, endpoints, trace_ids},
@@ -45,6 +45,9 @@ pub struct Stats {
     /// Connections whose socket bytes turned out to be TLS records: not parsed, and no longer
     /// copied by the kernel.
     pub tls_connections: u64,
+    /// TLS plaintext events dropped: their connection was inferred (OpenSSL on memory
+    /// buffers), and that connection's own bytes are known not to be TLS.
+    pub tls_misattributed: u64,
     /// Client spans not exported: the program sent its own `traceparent` (instrumented).
     pub suppressed_instrumented: u64,
     pub links: LinkStats,
@@ -159,6 +162,10 @@ impl Pipeline {
                 });
             }
             kind::DATA => {
+                if h.flags & flag::FD_INFERRED != 0 && self.known_plain(key) {
+                    self.stats.tls_misattributed += 1;
+                    return;
+                }
                 let ingress = ev.is_ingress();
                 // Bytes into the process: the first byte is there when the read returns.
                 // Bytes out: the first byte leaves when the write starts.
@@ -312,6 +319,13 @@ impl Pipeline {
             finished: &mut self.finished,
             mutes: &mut self.mutes,
         }
+    }
+
+    /// Whether the socket under the TLS stream `key` is known to carry something else than TLS.
+    fn known_plain(&self, key: ConnKey) -> bool {
+        self.conns
+            .get(&key.with_source(Source::Socket))
+            .is_some_and(|c| c.http.known_not_tls())
     }
 
     /// The socket of `key` closed or was reused: finish both of its byte streams.

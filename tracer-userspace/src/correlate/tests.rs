@@ -920,3 +920,38 @@ fn ciphertext_alone_gives_no_span_and_no_garbage() {
     assert_eq!((stats.desyncs, stats.unmatched_responses), (0, 0));
     assert_eq!(mutes.len(), 1);
 }
+
+/// OpenSSL on memory buffers: plaintext whose connection the kernel inferred is used on a
+/// socket that carries TLS records (or whose bytes were not seen), and dropped, counted, on a
+/// socket known to carry plain HTTP.
+#[test]
+fn inferred_tls_plaintext_is_dropped_on_a_plaintext_socket() {
+    let req = b"GET /inferred HTTP/1.1\r\nHost: a\r\n\r\n";
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let inferred = |mut r: Recording| {
+        r.events.last_mut().expect("an event").0.flags = tracer_common::flag::FD_INFERRED;
+        r
+    };
+    let exchange = |r: Recording, sock: u64, t: u64| {
+        let r = inferred(r.all(SERVER_PID, sock, IN, (t, t + 10), req).tls());
+        inferred(r.all(SERVER_PID, sock, OUT, (t + 20, t + 30), resp).tls())
+    };
+    let plain_sock = SERVER_SOCK + 1;
+    let unseen_sock = SERVER_SOCK + 2;
+    let r = Recording::new()
+        .open(SERVER_PID, SERVER_SOCK, IN, 1_000)
+        .all(SERVER_PID, SERVER_SOCK, IN, (1_100, 1_200), CLIENT_HELLO)
+        .open(SERVER_PID, plain_sock, IN, 1_000)
+        .all(SERVER_PID, plain_sock, IN, (1_100, 1_200), req)
+        .all(SERVER_PID, plain_sock, OUT, (1_300, 1_400), resp)
+        .open(SERVER_PID, unseen_sock, IN, 1_000);
+    let r = exchange(r, SERVER_SOCK, 2_000);
+    let r = exchange(r, plain_sock, 3_000);
+    let r = exchange(r, unseen_sock, 4_000);
+    let (spans, stats) = r.run();
+    let mut got: Vec<(bool, u64)> = spans.iter().map(|s| (s.tls, s.start_ns)).collect();
+    got.sort();
+    // The plain socket's own exchange, and the TLS plaintext of the TLS and unseen sockets.
+    assert_eq!(got, vec![(false, 1_200), (true, 2_010), (true, 4_010)]);
+    assert_eq!(stats.tls_misattributed, 2);
+}

@@ -153,6 +153,13 @@ impl Collector for Families {
              longer copied by the kernel",
             p.tls_connections,
         )?;
+        counter(
+            e,
+            "tls_misattributed",
+            "TLS plaintext events dropped: their connection was inferred (OpenSSL on memory \
+             buffers) and its socket's bytes are known not to be TLS",
+            p.tls_misattributed,
+        )?;
         if let Ok(k) = &s.kernel {
             counter(
                 e,
@@ -245,6 +252,7 @@ mod tests {
                 pending_overflow: 3,
                 desyncs: 4,
                 tls_connections: 13,
+                tls_misattributed: 14,
                 evicted_full: 5,
                 evicted_idle: 6,
                 connections: 7,
@@ -281,6 +289,7 @@ mod tests {
             ("tracer_pending_overflow_total", 3.0),
             ("tracer_desyncs_total", 4.0),
             ("tracer_tls_connections_total", 13.0),
+            ("tracer_tls_misattributed_total", 14.0),
             ("tracer_kernel_events_total", 1000.0),
             ("tracer_kernel_files_reported_total", 1008.0),
         ]
