@@ -75,8 +75,15 @@ const E2E_SUBSET: &[(&str, &[&str])] = &[
             "a_traceparent_in_a_later_read_of_the_head_is_carried_on",
         ],
     ),
-    // Uprobes on the entry and the `ret` instructions of the shared libssl, on both ends.
-    ("tls", &["python_https_both_ends_are_traced_from_plaintext"]),
+    // Uprobes on the entry and the `ret` instructions of the shared libssl, on both ends; and
+    // of OpenSSL linked into node, on memory buffers.
+    (
+        "tls",
+        &[
+            "python_https_both_ends_are_traced_from_plaintext",
+            "node_https_server_and_client_on_one_keep_alive_connection",
+        ],
+    ),
 ];
 
 /// Boots per kernel: the first and up to two retries of a boot that failed.

@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use object::{Object as _, ObjectSymbol as _};
+use object::Object as _;
 
 pub mod returns;
 
@@ -186,20 +186,6 @@ pub fn gopclntab_functions(tab: &[u8], wanted: &[&'static str]) -> Vec<(&'static
 pub fn inspect(file: &File) -> Option<Found> {
     let cache = object::ReadCache::new(file);
     let elf = object::File::parse(&cache).ok()?;
-    let symbols: std::collections::HashMap<&[u8], (u64, u64)> = elf
-        .dynamic_symbols()
-        .chain(elf.symbols())
-        .filter(|s| s.is_definition())
-        .filter_map(|s| Some((s.name_bytes().ok()?, (s.address(), s.size()))))
-        .collect();
-    let has = |list: &[&'static str]| -> Vec<(&'static str, u64, u64)> {
-        list.iter()
-            .filter_map(|f| {
-                let (address, size) = *symbols.get(f.as_bytes())?;
-                Some((*f, address, size))
-            })
-            .collect()
-    };
     let with_exits = |found: Vec<(&'static str, u64, u64)>| -> Vec<Function> {
         found
             .into_iter()
@@ -212,11 +198,18 @@ pub fn inspect(file: &File) -> Option<Found> {
             })
             .collect()
     };
-    let openssl = has(&OPENSSL_FUNCTIONS);
-    if openssl
-        .iter()
-        .any(|(n, _, _)| *n == "SSL_read" || *n == "SSL_read_ex")
-    {
+    let reads = |found: &[(&'static str, u64, u64)]| {
+        found
+            .iter()
+            .any(|(n, _, _)| *n == "SSL_read" || *n == "SSL_read_ex")
+    };
+    // OpenSSL exports its functions (a shared libssl, or node's): the dynamic symbols are
+    // enough, and far fewer than a large executable's full table.
+    let mut openssl = find_symbols(elf.dynamic_symbols(), &OPENSSL_FUNCTIONS);
+    if !reads(&openssl) {
+        openssl = find_symbols(elf.symbols(), &OPENSSL_FUNCTIONS);
+    }
+    if reads(&openssl) {
         return Some(Found {
             kind: Kind::OpenSsl,
             functions: with_exits(openssl),
@@ -224,7 +217,7 @@ pub fn inspect(file: &File) -> Option<Found> {
         });
     }
     let pclntab = elf.section_by_name(".gopclntab")?;
-    let go = has(&GO_FUNCTIONS);
+    let go = find_symbols(elf.symbols(), &GO_FUNCTIONS);
     if !go.is_empty() {
         return Some(Found {
             kind: Kind::Go,
@@ -238,6 +231,34 @@ pub fn inspect(file: &File) -> Option<Found> {
         functions: with_exits(go),
         stripped: true,
     })
+}
+
+/// The definitions of the `wanted` names among `symbols` (address and size), in `wanted`'s
+/// order; the scan stops once all are found.
+fn find_symbols<'d, S: object::ObjectSymbol<'d>>(
+    symbols: impl Iterator<Item = S>,
+    wanted: &[&'static str],
+) -> Vec<(&'static str, u64, u64)> {
+    let mut found: Vec<(&'static str, u64, u64)> = Vec::new();
+    for symbol in symbols {
+        if !symbol.is_definition() {
+            continue;
+        }
+        let Ok(name) = symbol.name_bytes() else {
+            continue;
+        };
+        let Some(w) = wanted.iter().find(|w| w.as_bytes() == name) else {
+            continue;
+        };
+        if found.iter().all(|(n, _, _)| n != w) {
+            found.push((*w, symbol.address(), symbol.size()));
+            if found.len() == wanted.len() {
+                break;
+            }
+        }
+    }
+    found.sort_by_key(|(n, _, _)| wanted.iter().position(|w| w == n));
+    found
 }
 
 /// The bytes of `size` at `address` in the section that holds them.
