@@ -187,26 +187,33 @@ pub const BIG_FILE_LEN: usize = 300_000;
 /// nginx in the foreground with one worker: `/` returns a fixed body, `/static/` files with
 /// sendfile off (read + writev), `/sendfile/` the same files with sendfile on.
 pub fn nginx(port: u16) -> Server {
-    nginx_with(port, false)
+    nginx_with(port, false, false)
 }
 
 /// [`nginx`] over TLS (its `ssl` module, OpenSSL), with a certificate of its own; HTTP/1.1.
 pub fn nginx_https(port: u16) -> Server {
-    nginx_with(port, true)
+    nginx_with(port, true, false)
 }
 
-fn nginx_with(port: u16, tls: bool) -> Server {
+/// [`nginx`] speaking HTTP/2: over TLS (`h2` by ALPN) or, without, cleartext with prior
+/// knowledge (h2c).
+pub fn nginx_http2(port: u16, tls: bool) -> Server {
+    nginx_with(port, tls, true)
+}
+
+fn nginx_with(port: u16, tls: bool, http2: bool) -> Server {
+    let h2 = if http2 { " http2" } else { "" };
     let dir = TempDir::new("nginx");
     let root = dir.path();
     let listen = if tls {
         let (cert, key) = self_signed(root);
         format!(
-            "listen 127.0.0.1:{port} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};",
+            "listen 127.0.0.1:{port} ssl{h2};\n    ssl_certificate {};\n    ssl_certificate_key {};",
             cert.display(),
             key.display()
         )
     } else {
-        format!("listen 127.0.0.1:{port};")
+        format!("listen 127.0.0.1:{port}{h2};")
     };
     std::fs::create_dir_all(root.join("static")).unwrap();
     std::fs::write(root.join("static/file.txt"), "x".repeat(5000)).unwrap();

@@ -3,10 +3,13 @@
 
 pub mod clock;
 pub mod exchange;
+pub mod http1;
+pub mod http2;
 pub mod ids;
 pub mod link;
 pub mod process;
 pub mod reorder;
+pub mod session;
 pub mod span;
 #[cfg(test)]
 mod tests;
@@ -20,10 +23,11 @@ use crate::{
 };
 
 use self::{
-    exchange::{Connection, Env, Finished, Opened},
+    exchange::{Env, Finished, Opened},
     ids::IdGen,
     link::{LinkStats, Linker},
     process::Processes,
+    session::Session,
     span::{HttpSpan, Kind},
 };
 
@@ -55,7 +59,7 @@ pub struct Stats {
 
 /// A connection's state plus what the pipeline needs to name its spans.
 struct Conn {
-    http: Connection,
+    session: Session,
     /// The descriptor the process last used for it.
     fd: i32,
     /// Whether the capture of its bytes was asked to stop.
@@ -187,11 +191,11 @@ impl Pipeline {
                     sock: key.sock,
                     opened: c.conn.opened,
                 };
-                c.conn.http.data(ingress, chunk, h.tid, &mut env);
+                c.conn.session.data(ingress, chunk, h.tid, &mut env);
                 let mut tls = false;
-                if !c.conn.muted && c.conn.http.is_done() {
+                if !c.conn.muted && c.conn.session.is_done() {
                     c.conn.muted = true;
-                    tls = c.conn.http.carries_tls();
+                    tls = c.conn.session.carries_tls();
                     // The kernel can stop copying a socket's bytes; a TLS library's plaintext
                     // of a connection that carries nothing of use is only ignored here.
                     if key.source == Source::Socket {
@@ -203,7 +207,7 @@ impl Pipeline {
                     }
                 }
                 let (local, remote, comm) = (c.conn.local, c.conn.remote, c.conn.comm);
-                for f in c.conn.http.take_finished() {
+                for f in c.conn.session.take_finished() {
                     c.finished.push((key, local, remote, comm, f));
                 }
                 self.stats.tls_connections += u64::from(tls);
@@ -211,11 +215,11 @@ impl Pipeline {
             kind::CONTEXT | kind::INJECT => {
                 if let Some(ids) = trace_ids(ev.payload) {
                     match self.conns.get_mut(&key) {
-                        Some(c) => c.http.expect_kernel_ids(ids),
+                        Some(c) => c.session.expect_kernel_ids(ids),
                         // A server read carries the connection's endpoints; an injection
                         // does not, and its send's own event will not be far behind.
                         None if h.kind == kind::CONTEXT => {
-                            self.conn(key, ev, None).conn.http.expect_kernel_ids(ids)
+                            self.conn(key, ev, None).conn.session.expect_kernel_ids(ids)
                         }
                         None => {}
                     }
@@ -224,7 +228,10 @@ impl Pipeline {
             kind::TRACEPARENT => {
                 if let Ok(value) = std::str::from_utf8(ev.payload) {
                     let value = value.to_string();
-                    self.conn(key, ev, None).conn.http.expect_traceparent(value);
+                    self.conn(key, ev, None)
+                        .conn
+                        .session
+                        .expect_traceparent(value);
                 }
             }
             kind::CLOSE => self.retire_all(key, h.ts_exit_ns),
@@ -246,7 +253,7 @@ impl Pipeline {
         let mut idle = Vec::new();
         self.conns.evict_idle(now, |k, c| idle.push((k, c)));
         for (k, c) in idle {
-            let last = c.http.last_ns;
+            let last = c.session.last_ns;
             self.retire(k, c, last);
         }
         self.emit(out);
@@ -257,7 +264,7 @@ impl Pipeline {
     pub fn finish(&mut self, out: &mut impl FnMut(HttpSpan)) {
         self.emit(out);
         let mut open = 0;
-        self.conns.drain(|_, c| open += c.http.open_requests());
+        self.conns.drain(|_, c| open += c.session.open_requests());
         self.stats.open_at_finish += open;
     }
 
@@ -285,7 +292,7 @@ impl Pipeline {
     /// table is full). Borrows only the table, so callers can use the other fields alongside.
     fn conn<'t>(&'t mut self, key: ConnKey, ev: &Event<'_>, role: Option<Kind>) -> ConnRef<'t> {
         if let Some((k, c)) = self.conns.make_room_for(&key) {
-            let last = c.http.last_ns;
+            let last = c.session.last_ns;
             self.retire(k, c, last);
         }
         let (local, remote) = endpoints(&ev.header.tuple);
@@ -298,13 +305,13 @@ impl Pipeline {
             (Source::Tls, None) => self
                 .conns
                 .get_mut(&key.with_source(Source::Socket))
-                .map_or((None, None), |s| (s.http.role(), s.opened)),
+                .map_or((None, None), |s| (s.session.role(), s.opened)),
             _ => (role, None),
         };
         let conn = self
             .conns
             .get_or_insert(key, ev.header.ts_exit_ns, || Conn {
-                http: Connection::new(role, &headers),
+                session: Session::new(role, &headers),
                 fd,
                 muted: false,
                 local,
@@ -325,7 +332,7 @@ impl Pipeline {
     fn known_plain(&self, key: ConnKey) -> bool {
         self.conns
             .get(&key.with_source(Source::Socket))
-            .is_some_and(|c| c.http.known_not_tls())
+            .is_some_and(|c| c.session.known_not_tls())
     }
 
     /// The socket of `key` closed or was reused: finish both of its byte streams.
@@ -349,12 +356,12 @@ impl Pipeline {
             sock: key.sock,
             opened: conn.opened,
         };
-        conn.http.close(ts, &mut env);
-        let losses = conn.http.take_losses();
+        conn.session.close(ts, &mut env);
+        let losses = conn.session.take_losses();
         self.stats.unmatched_responses += losses.unmatched_responses;
         self.stats.pending_overflow += losses.pending_overflow;
-        self.stats.desyncs += conn.http.desyncs();
-        for f in conn.http.take_finished() {
+        self.stats.desyncs += conn.session.desyncs();
+        for f in conn.session.take_finished() {
             self.finished
                 .push((key, conn.local, conn.remote, conn.comm, f));
         }
@@ -378,25 +385,27 @@ impl Pipeline {
                 parent_span_id: r.parent_span_id,
                 parent_remote: r.parent_remote,
                 trace_flags: r.trace_flags,
-                tracestate: r.head.tracestate.clone(),
+                tracestate: r.request.tracestate.clone(),
                 kind: f.kind,
                 start_ns: r.start_ns,
                 end_ns: f.end_ns.max(r.start_ns),
                 process,
                 tid: r.tid,
-                method: r.head.method,
-                target: r.head.target,
-                minor_version: r.head.minor_version,
-                host: r.head.host,
-                user_agent: r.head.user_agent,
+                method: r.request.method,
+                target: r.request.target,
+                version: r.request.version,
+                host: r.request.host,
+                user_agent: r.request.user_agent,
                 request_body_size: r.request_body_size,
                 response: f.response,
                 local,
                 remote,
-                head_truncated: r.head.truncated,
-                request_headers: r.head.captured,
+                head_truncated: r.request.truncated,
+                request_headers: r.request.captured,
                 capture_query: self.capture.query,
                 tls: key.source == Source::Tls,
+                grpc: r.request.grpc,
+                undecoded: r.request.undecoded,
             });
         }
     }

@@ -36,10 +36,94 @@ pub enum Value {
 /// The response side of an exchange, when one was seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
-    pub status: u16,
+    /// `None` when the status could not be decoded (HTTP/2 joined late) or the stream was
+    /// reset before its response head.
+    pub status: Option<u16>,
     pub body_size: Option<u64>,
     /// Response headers the user asked to capture.
     pub headers: Vec<(String, String)>,
+    /// gRPC's status, from the trailers (or a trailers-only response).
+    pub grpc: Option<Grpc>,
+    /// The stream was reset (HTTP/2 RST_STREAM, or refused by GOAWAY) with this error code.
+    pub reset: Option<u32>,
+}
+
+impl Response {
+    /// An HTTP/1.x response: its status and body.
+    pub fn http1(status: u16, body_size: Option<u64>, headers: Vec<(String, String)>) -> Self {
+        Response {
+            status: Some(status),
+            body_size,
+            headers,
+            grpc: None,
+            reset: None,
+        }
+    }
+}
+
+/// A gRPC call's status as its trailers gave it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grpc {
+    /// `grpc-status`; `None` when absent or not decodable.
+    pub status: Option<u32>,
+    /// `grpc-status` was there but could not be decoded.
+    pub status_undecoded: bool,
+    pub message: Option<String>,
+}
+
+/// gRPC status codes by number, as the conventions write them.
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The gRPC codes that make a server span an error (the conventions' list); on a client
+/// every code but OK does.
+const GRPC_SERVER_ERRORS: [u32; 6] = [2, 4, 12, 13, 14, 15];
+
+/// HTTP/2 error codes (RFC 9113 7) by number.
+const H2_ERRORS: [&str; 14] = [
+    "NO_ERROR",
+    "PROTOCOL_ERROR",
+    "INTERNAL_ERROR",
+    "FLOW_CONTROL_ERROR",
+    "SETTINGS_TIMEOUT",
+    "STREAM_CLOSED",
+    "FRAME_SIZE_ERROR",
+    "REFUSED_STREAM",
+    "CANCEL",
+    "COMPRESSION_ERROR",
+    "CONNECT_ERROR",
+    "ENHANCE_YOUR_CALM",
+    "INADEQUATE_SECURITY",
+    "HTTP_1_1_REQUIRED",
+];
+
+fn grpc_code_name(code: u32) -> String {
+    GRPC_CODES
+        .get(code as usize)
+        .map_or_else(|| code.to_string(), |n| (*n).to_string())
+}
+
+fn h2_error_name(code: u32) -> String {
+    H2_ERRORS
+        .get(code as usize)
+        .map_or_else(|| format!("0x{code:x}"), |n| (*n).to_string())
 }
 
 /// One HTTP request and its response, seen from one process.
@@ -64,7 +148,7 @@ pub struct HttpSpan {
     pub tid: u32,
     pub method: String,
     pub target: String,
-    pub minor_version: u8,
+    pub version: crate::protocol::Version,
     pub host: Option<String>,
     pub user_agent: Option<String>,
     pub request_body_size: Option<u64>,
@@ -80,6 +164,10 @@ pub struct HttpSpan {
     pub capture_query: bool,
     /// Read from a TLS library's plaintext: the request was made over HTTPS.
     pub tls: bool,
+    /// A gRPC call (HTTP/2, `content-type: application/grpc*`).
+    pub grpc: bool,
+    /// Request fields that could not be decoded (HTTP/2 joined late): `:method`, `:path`.
+    pub undecoded: Vec<&'static str>,
 }
 
 const KNOWN_METHODS: &[&str] = &[
@@ -94,13 +182,42 @@ impl HttpSpan {
         KNOWN_METHODS.contains(&self.method.as_str())
     }
 
-    /// Span name per the conventions: the method, or `HTTP` for methods they do not know.
+    /// Span name per the conventions: gRPC's `{rpc.method}` (`grpc` when it is not known or
+    /// not recognised); for HTTP the method, or `HTTP` for methods they do not know (or that
+    /// could not be decoded).
     pub fn name(&self) -> &str {
-        if self.known_method() {
+        if self.grpc {
+            match self.rpc_method() {
+                Some(m) if self.rpc_method_recognised() => m,
+                _ => "grpc",
+            }
+        } else if self.known_method() {
             &self.method
         } else {
             "HTTP"
         }
+    }
+
+    /// gRPC's fully qualified method (`package.Service/Method`), from the path.
+    pub fn rpc_method(&self) -> Option<&str> {
+        if !self.grpc || self.undecoded.contains(&":path") {
+            return None;
+        }
+        let m = self.path().strip_prefix('/')?;
+        m.contains('/').then_some(m)
+    }
+
+    /// Whether the server knew the method: it did not answer UNIMPLEMENTED. An unknown method
+    /// is reported as `_OTHER` (its name in `rpc.method_original`), so that calls to made-up
+    /// methods cannot multiply span names.
+    fn rpc_method_recognised(&self) -> bool {
+        const UNIMPLEMENTED: u32 = 12;
+        let status = self
+            .response
+            .as_ref()
+            .and_then(|r| r.grpc.as_ref())
+            .and_then(|g| g.status);
+        status != Some(UNIMPLEMENTED)
     }
 
     /// The path of the request target, without query or fragment.
@@ -136,21 +253,48 @@ impl HttpSpan {
 
     /// Whether the span's status is ERROR: 5xx on servers, 4xx and 5xx on clients, and any
     /// request whose response was never observed.
+    ///
+    /// gRPC: a status the conventions count as an error (on clients every code but OK), or a
+    /// call that ended without one (reset, or never answered). A reset stream is an error.
     pub fn is_error(&self) -> bool {
-        match &self.response {
-            None => true,
-            Some(r) => match self.kind {
-                Kind::Server => r.status >= 500,
-                Kind::Client => r.status >= 400,
-            },
-        }
+        self.error_type().is_some()
     }
 
-    /// The status description for an ERROR span with no response.
-    pub fn error_message(&self) -> Option<&'static str> {
-        self.response
-            .is_none()
-            .then_some("no response was observed before the connection ended")
+    /// `error.type`, for a span that is an error.
+    pub fn error_type(&self) -> Option<String> {
+        let Some(r) = &self.response else {
+            return Some(NO_RESPONSE.to_string());
+        };
+        if self.grpc
+            && let Some(code) = r.grpc.as_ref().and_then(|g| g.status)
+        {
+            let error = match self.kind {
+                Kind::Server => GRPC_SERVER_ERRORS.contains(&code),
+                Kind::Client => code != 0,
+            };
+            return error.then(|| grpc_code_name(code));
+        }
+        if let Some(code) = r.reset {
+            return Some(h2_error_name(code));
+        }
+        let status = r.status?;
+        let error = match self.kind {
+            Kind::Server => status >= 500,
+            Kind::Client => status >= 400,
+        };
+        error.then(|| status.to_string())
+    }
+
+    /// The status description for an ERROR span without a status of its own.
+    pub fn error_message(&self) -> Option<String> {
+        match &self.response {
+            None => Some("no response was observed before the connection ended".into()),
+            Some(r) => match (r.reset, r.grpc.as_ref().and_then(|g| g.message.clone())) {
+                (_, Some(m)) if self.is_error() => Some(m),
+                (Some(code), _) => Some(format!("stream reset ({})", h2_error_name(code))),
+                _ => None,
+            },
+        }
     }
 
     /// Host and port named by the Host header, if any.
@@ -190,7 +334,9 @@ impl HttpSpan {
     pub fn attributes(&self) -> Vec<(Key, Value)> {
         use Value::{Int, Str};
         let mut a = Vec::with_capacity(20);
-        if self.known_method() {
+        if self.undecoded.contains(&":method") {
+            // Not decodable: no value is made up for it.
+        } else if self.known_method() {
             a.push(("http.request.method".into(), Str(self.method.clone())));
         } else {
             a.push(("http.request.method".into(), Str("_OTHER".into())));
@@ -200,7 +346,9 @@ impl HttpSpan {
             ));
         }
         let (server_address, server_port) = self.server();
-        a.push(("url.path".into(), Str(self.path().to_string())));
+        if !self.undecoded.contains(&":path") {
+            a.push(("url.path".into(), Str(self.path().to_string())));
+        }
         let scheme = if self.tls { "https" } else { "http" };
         a.push(("url.scheme".into(), Str(scheme.into())));
         if self.kind == Kind::Client {
@@ -213,8 +361,27 @@ impl HttpSpan {
                 Str(format!("{scheme}://{authority}{}", self.path())),
             ));
         }
-        if let Some(r) = &self.response {
-            a.push(("http.response.status_code".into(), Int(r.status as i64)));
+        if let Some(status) = self.response.as_ref().and_then(|r| r.status) {
+            a.push(("http.response.status_code".into(), Int(status as i64)));
+        }
+        if self.grpc {
+            a.push(("rpc.system.name".into(), Str("grpc".into())));
+            if let Some(m) = self.rpc_method() {
+                if self.rpc_method_recognised() {
+                    a.push(("rpc.method".into(), Str(m.to_string())));
+                } else {
+                    a.push(("rpc.method".into(), Str("_OTHER".into())));
+                    a.push(("rpc.method_original".into(), Str(m.to_string())));
+                }
+            }
+            if let Some(code) = self
+                .response
+                .as_ref()
+                .and_then(|r| r.grpc.as_ref())
+                .and_then(|g| g.status)
+            {
+                a.push(("rpc.response.status_code".into(), Str(grpc_code_name(code))));
+            }
         }
         a.push(("server.address".into(), Str(server_address)));
         a.push(("server.port".into(), Int(server_port as i64)));
@@ -241,7 +408,7 @@ impl HttpSpan {
         a.push(("network.type".into(), Str(net_type.into())));
         a.push((
             "network.protocol.version".into(),
-            Str(format!("1.{}", self.minor_version)),
+            Str(self.version.attribute()),
         ));
         if let Some(ua) = &self.user_agent {
             a.push(("user_agent.original".into(), Str(ua.clone())));
@@ -253,12 +420,20 @@ impl HttpSpan {
             a.push(("http.response.body.size".into(), Int(n as i64)));
         }
         a.push(("thread.id".into(), Int(self.tid as i64)));
-        if self.is_error() {
-            let error = match &self.response {
-                Some(r) => r.status.to_string(),
-                None => NO_RESPONSE.to_string(),
-            };
+        if let Some(error) = self.error_type() {
             a.push(("error.type".into(), Str(error)));
+        }
+        let mut undecoded: Vec<String> = self.undecoded.iter().map(|f| f.to_string()).collect();
+        if let Some(r) = &self.response {
+            if r.status.is_none() && r.reset.is_none() {
+                undecoded.push(":status".into());
+            }
+            if r.grpc.as_ref().is_some_and(|g| g.status_undecoded) {
+                undecoded.push("grpc-status".into());
+            }
+        }
+        if !undecoded.is_empty() {
+            a.push(("tracer.http2.undecoded".into(), Value::StrList(undecoded)));
         }
         if self.capture_query
             && let Some(q) = self.redacted_query()
@@ -320,14 +495,16 @@ pub(crate) mod tests {
             tid: 8,
             method: "GET".into(),
             target: "/items/3?secret=1".into(),
-            minor_version: 1,
+            version: crate::protocol::Version::Http1(1),
             host: Some("shop.local:8080".into()),
             user_agent: Some("curl/8".into()),
             request_body_size: None,
             response: Some(Response {
-                status: 404,
+                status: Some(404),
                 body_size: Some(10),
                 headers: vec![("set-cookie".into(), "a=1".into())],
+                grpc: None,
+                reset: None,
             }),
             local: "127.0.0.1:8080".parse().unwrap(),
             remote: "127.0.0.1:50000".parse().unwrap(),
@@ -335,6 +512,8 @@ pub(crate) mod tests {
             request_headers: vec![],
             capture_query: false,
             tls: false,
+            grpc: false,
+            undecoded: Vec::new(),
         }
     }
 

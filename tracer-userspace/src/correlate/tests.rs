@@ -290,7 +290,7 @@ fn pipelined_requests_get_one_span_each() {
             (
                 s.method.as_str(),
                 s.path(),
-                s.response.as_ref().map(|r| r.status),
+                s.response.as_ref().and_then(|r| r.status),
             )
         })
         .collect();
@@ -357,7 +357,7 @@ fn connection_already_open_picks_up_at_the_next_request() {
         .run();
     assert_eq!(spans.len(), 1);
     assert_eq!(spans[0].kind, Kind::Client);
-    assert_eq!(spans[0].response.as_ref().unwrap().status, 503);
+    assert_eq!(spans[0].response.as_ref().unwrap().status, Some(503));
     assert!(spans[0].is_error());
     assert_eq!(spans[0].server(), ("api".to_string(), 9000));
     assert_eq!(stats.unmatched_responses, 0);
@@ -456,7 +456,13 @@ fn informational_and_switching_responses() {
         .run();
     let got: Vec<_> = spans
         .iter()
-        .map(|s| (s.path(), s.response.as_ref().map(|r| r.status), s.end_ns))
+        .map(|s| {
+            (
+                s.path(),
+                s.response.as_ref().and_then(|r| r.status),
+                s.end_ns,
+            )
+        })
         .collect();
     assert_eq!(got, vec![("/up", Some(200), 170), ("/ws", Some(101), 230)]);
     assert_eq!(spans[0].request_body_size, Some(2));
@@ -954,4 +960,363 @@ fn inferred_tls_plaintext_is_dropped_on_a_plaintext_socket() {
     // The plain socket's own exchange, and the TLS plaintext of the TLS and unseen sockets.
     assert_eq!(got, vec![(false, 1_200), (true, 2_010), (true, 4_010)]);
     assert_eq!(stats.tls_misattributed, 2);
+}
+
+/// HTTP/2 frames for the tests: `(type, flags, stream, payload)`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+mod h2 {
+    pub const DATA: u8 = 0;
+    pub const HEADERS: u8 = 1;
+    pub const RST_STREAM: u8 = 3;
+    pub const SETTINGS: u8 = 4;
+    pub const END_STREAM: u8 = 1;
+    pub const END_HEADERS: u8 = 4;
+}
+
+/// Both ends of one h2c connection carrying what `exchange` lays out: the client's bytes
+/// (preface, SETTINGS, then `requests`), the server's (SETTINGS, then `responses`).
+fn h2_connection(requests: &[Vec<u8>], responses: &[Vec<u8>]) -> Recording {
+    use crate::protocol::http2::frame::PREFACE;
+    let mut out = PREFACE.to_vec();
+    out.extend(h2_frame(h2::SETTINGS, 0, 0, &[]));
+    let mut back = h2_frame(h2::SETTINGS, 0, 0, &[]);
+    let mut r = Recording::new()
+        .open(CLIENT_PID, CLIENT_SOCK, OUT, 1_000)
+        .open(SERVER_PID, SERVER_SOCK, IN, 1_100);
+    let mut t = 2_000;
+    for req in requests {
+        out.extend(req);
+        r = r.all(CLIENT_PID, CLIENT_SOCK, OUT, (t, t + 10), &out).all(
+            SERVER_PID,
+            SERVER_SOCK,
+            IN,
+            (t - 500, t + 20),
+            &out,
+        );
+        out.clear();
+        t += 100;
+    }
+    for resp in responses {
+        back.extend(resp);
+        r = r.all(SERVER_PID, SERVER_SOCK, OUT, (t, t + 10), &back).all(
+            CLIENT_PID,
+            CLIENT_SOCK,
+            IN,
+            (t - 500, t + 20),
+            &back,
+        );
+        back.clear();
+        t += 100;
+    }
+    r.close(SERVER_PID, SERVER_SOCK, t + 100)
+        .close(CLIENT_PID, CLIENT_SOCK, t + 200)
+}
+
+fn hpack_block(encoder: &mut loona_hpack::Encoder<'_>, fields: &[(&str, &str)]) -> Vec<u8> {
+    encoder.encode(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+}
+
+/// Two streams on one connection, answered in the other order: each span is its stream's,
+/// with HTTP/2's version, and each server span's parent is its client span.
+#[test]
+fn http2_streams_pair_by_id() {
+    let mut req = loona_hpack::Encoder::new();
+    let mut resp = loona_hpack::Encoder::new();
+    let get = |e: &mut loona_hpack::Encoder<'_>, path: &str| {
+        hpack_block(
+            e,
+            &[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", path),
+                (":authority", "127.0.0.1:8080"),
+                ("user-agent", "curl/7.88.1"),
+            ],
+        )
+    };
+    let a = get(&mut req, "/a");
+    let b = get(&mut req, "/b");
+    let requests = vec![
+        h2_frame(h2::HEADERS, h2::END_HEADERS | h2::END_STREAM, 1, &a),
+        h2_frame(h2::HEADERS, h2::END_HEADERS | h2::END_STREAM, 3, &b),
+    ];
+    let ok = hpack_block(&mut resp, &[(":status", "200")]);
+    let missing = hpack_block(&mut resp, &[(":status", "404")]);
+    let responses = vec![
+        [
+            h2_frame(h2::HEADERS, h2::END_HEADERS, 3, &ok),
+            h2_frame(h2::DATA, h2::END_STREAM, 3, b"hello"),
+        ]
+        .concat(),
+        [
+            h2_frame(h2::HEADERS, h2::END_HEADERS, 1, &missing),
+            h2_frame(h2::DATA, 0, 1, b"no"),
+            h2_frame(h2::DATA, h2::END_STREAM, 1, b"pe"),
+        ]
+        .concat(),
+    ];
+    let (spans, stats) = h2_connection(&requests, &responses).run();
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    assert_eq!((stats.unmatched_responses, stats.desyncs), (0, 0));
+    for s in &spans {
+        assert_eq!(
+            attr(s, "network.protocol.version"),
+            Some(Value::Str("2".into()))
+        );
+        let (status, size) = match s.path() {
+            "/a" => (404, 4),
+            "/b" => (200, 5),
+            other => panic!("{other}"),
+        };
+        assert_eq!(
+            attr(s, "http.response.status_code"),
+            Some(Value::Int(status))
+        );
+        assert_eq!(attr(s, "http.response.body.size"), Some(Value::Int(size)));
+        assert_eq!(s.is_error(), status == 404 && s.kind == Kind::Client);
+        assert_eq!(s.name(), "GET");
+    }
+    for server in spans.iter().filter(|s| s.kind == Kind::Server) {
+        let client = spans
+            .iter()
+            .find(|c| c.kind == Kind::Client && c.path() == server.path())
+            .unwrap();
+        assert_eq!(server.parent_span_id, Some(client.span_id));
+    }
+}
+
+/// gRPC: the span is named after the method, the status comes from the trailers (or a
+/// trailers-only response), the conventions say which codes are errors on each side, and a
+/// reset stream is an error with no status made up.
+#[test]
+fn grpc_status_from_trailers_and_resets() {
+    let mut req = loona_hpack::Encoder::new();
+    let mut resp = loona_hpack::Encoder::new();
+    let call = |e: &mut loona_hpack::Encoder<'_>, method: &str| {
+        hpack_block(
+            e,
+            &[
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", method),
+                (":authority", "127.0.0.1:8080"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ],
+        )
+    };
+    let message = [0u8, 0, 0, 0, 2, 8, 1];
+    let requests = vec![
+        [
+            h2_frame(
+                h2::HEADERS,
+                h2::END_HEADERS,
+                1,
+                &call(&mut req, "/demo.Echo/Say"),
+            ),
+            h2_frame(h2::DATA, h2::END_STREAM, 1, &message),
+        ]
+        .concat(),
+        [
+            h2_frame(
+                h2::HEADERS,
+                h2::END_HEADERS,
+                3,
+                &call(&mut req, "/demo.Echo/Fail"),
+            ),
+            h2_frame(h2::DATA, h2::END_STREAM, 3, &message),
+        ]
+        .concat(),
+        [
+            h2_frame(
+                h2::HEADERS,
+                h2::END_HEADERS,
+                5,
+                &call(&mut req, "/demo.Echo/Slow"),
+            ),
+            h2_frame(h2::DATA, h2::END_STREAM, 5, &message),
+        ]
+        .concat(),
+        // The client gives up on /Slow: CANCEL.
+        h2_frame(h2::RST_STREAM, 0, 5, &[0, 0, 0, 8]),
+    ];
+    let head = hpack_block(
+        &mut resp,
+        &[(":status", "200"), ("content-type", "application/grpc")],
+    );
+    let ok = hpack_block(&mut resp, &[("grpc-status", "0")]);
+    let unavailable = hpack_block(
+        &mut resp,
+        &[
+            (":status", "200"),
+            ("content-type", "application/grpc"),
+            ("grpc-status", "14"),
+            ("grpc-message", "down"),
+        ],
+    );
+    let responses = vec![
+        [
+            h2_frame(h2::HEADERS, h2::END_HEADERS, 1, &head),
+            h2_frame(h2::DATA, 0, 1, &message),
+            h2_frame(h2::HEADERS, h2::END_HEADERS | h2::END_STREAM, 1, &ok),
+        ]
+        .concat(),
+        h2_frame(
+            h2::HEADERS,
+            h2::END_HEADERS | h2::END_STREAM,
+            3,
+            &unavailable,
+        ),
+    ];
+    let (spans, _) = h2_connection(&requests, &responses).run();
+    assert_eq!(spans.len(), 6, "{spans:#?}");
+    let find = |kind: Kind, name: &str| {
+        spans
+            .iter()
+            .find(|s| s.kind == kind && s.name() == name)
+            .unwrap_or_else(|| panic!("{name}: {spans:#?}"))
+    };
+    for kind in [Kind::Client, Kind::Server] {
+        let say = find(kind, "demo.Echo/Say");
+        assert_eq!(
+            attr(say, "rpc.system.name"),
+            Some(Value::Str("grpc".into()))
+        );
+        assert_eq!(
+            attr(say, "rpc.method"),
+            Some(Value::Str("demo.Echo/Say".into()))
+        );
+        assert_eq!(
+            attr(say, "rpc.response.status_code"),
+            Some(Value::Str("OK".into()))
+        );
+        assert!(!say.is_error());
+        assert_eq!(attr(say, "http.request.body.size"), Some(Value::Int(7)));
+        let fail = find(kind, "demo.Echo/Fail");
+        assert_eq!(
+            attr(fail, "rpc.response.status_code"),
+            Some(Value::Str("UNAVAILABLE".into()))
+        );
+        assert!(fail.is_error(), "UNAVAILABLE is an error on both sides");
+        assert_eq!(
+            attr(fail, "error.type"),
+            Some(Value::Str("UNAVAILABLE".into()))
+        );
+        assert_eq!(fail.error_message().as_deref(), Some("down"));
+        let slow = find(kind, "demo.Echo/Slow");
+        assert!(slow.is_error());
+        assert_eq!(attr(slow, "error.type"), Some(Value::Str("CANCEL".into())));
+        assert_eq!(
+            attr(slow, "rpc.response.status_code"),
+            None,
+            "none on the wire"
+        );
+        assert_eq!(attr(slow, "http.response.status_code"), None);
+    }
+}
+
+/// A header block split over CONTINUATION frames, and frames cut across sends.
+#[test]
+fn http2_continuation_and_frames_across_sends() {
+    let mut req = loona_hpack::Encoder::new();
+    let mut resp = loona_hpack::Encoder::new();
+    let long = "x".repeat(3000);
+    let block = hpack_block(
+        &mut req,
+        &[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/split"),
+            (":authority", "a"),
+            ("x-long", long.as_str()),
+        ],
+    );
+    let (first, rest) = block.split_at(10);
+    let (second, third) = rest.split_at(1000);
+    let all = [
+        h2_frame(h2::HEADERS, h2::END_STREAM, 1, first),
+        h2_frame(9, 0, 1, second),
+        h2_frame(9, h2::END_HEADERS, 1, third),
+    ]
+    .concat();
+    // The request crosses three sends, cut inside frame headers.
+    let cut = [&all[..5], &all[5..1020], &all[1020..]];
+    let response = [
+        h2_frame(
+            h2::HEADERS,
+            h2::END_HEADERS,
+            1,
+            &hpack_block(&mut resp, &[(":status", "204")]),
+        ),
+        h2_frame(h2::DATA, h2::END_STREAM, 1, &[]),
+    ]
+    .concat();
+    let (spans, stats) = h2_connection(
+        &cut.iter().map(|c| c.to_vec()).collect::<Vec<_>>(),
+        &[response],
+    )
+    .run();
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    assert_eq!(stats.desyncs, 0);
+    for s in &spans {
+        assert_eq!(s.path(), "/split");
+        assert_eq!(attr(s, "http.response.status_code"), Some(Value::Int(204)));
+    }
+}
+
+/// A method the server does not know (UNIMPLEMENTED) is `_OTHER`, named apart.
+#[test]
+fn an_unimplemented_grpc_method_is_other() {
+    let mut req = loona_hpack::Encoder::new();
+    let mut resp = loona_hpack::Encoder::new();
+    let call = hpack_block(
+        &mut req,
+        &[
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/demo.Echo/Nope"),
+            (":authority", "a"),
+            ("content-type", "application/grpc+proto"),
+        ],
+    );
+    let unimplemented = hpack_block(
+        &mut resp,
+        &[
+            (":status", "200"),
+            ("content-type", "application/grpc"),
+            ("grpc-status", "12"),
+        ],
+    );
+    let (spans, _) = h2_connection(
+        &[h2_frame(
+            h2::HEADERS,
+            h2::END_HEADERS | h2::END_STREAM,
+            1,
+            &call,
+        )],
+        &[h2_frame(
+            h2::HEADERS,
+            h2::END_HEADERS | h2::END_STREAM,
+            1,
+            &unimplemented,
+        )],
+    )
+    .run();
+    assert_eq!(spans.len(), 2);
+    for s in &spans {
+        assert_eq!(s.name(), "grpc");
+        assert_eq!(attr(s, "rpc.method"), Some(Value::Str("_OTHER".into())));
+        assert_eq!(
+            attr(s, "rpc.method_original"),
+            Some(Value::Str("demo.Echo/Nope".into()))
+        );
+        assert!(s.is_error(), "UNIMPLEMENTED is an error on both sides");
+    }
 }

@@ -168,7 +168,7 @@ impl Encoder {
         if s.is_error() {
             nonempty_field(
                 STATUS_MESSAGE,
-                s.error_message().unwrap_or("").as_bytes(),
+                s.error_message().unwrap_or_default().as_bytes(),
                 &mut self.value,
             );
             varint_field(STATUS_CODE, STATUS_ERROR, &mut self.value);

@@ -559,7 +559,7 @@ fn str_value(s: String) -> Option<AnyValue> {
 pub fn proto_span(span: &HttpSpan, clock: &Clock) -> Span {
     let status = if span.is_error() {
         Status {
-            message: span.error_message().unwrap_or("").to_string(),
+            message: span.error_message().unwrap_or_default(),
             code: StatusCode::Error as i32,
         }
     } else {

@@ -46,7 +46,9 @@ fn duration(ns: u64) -> String {
 /// The one-line text form of a span.
 pub fn text_line(span: &HttpSpan, clock: &Clock) -> String {
     let status = match &span.response {
-        Some(r) => r.status.to_string(),
+        Some(r) => r
+            .status
+            .map_or_else(|| "---".to_string(), |s| s.to_string()),
         None => "---".to_string(),
     };
     let mut line = format!(

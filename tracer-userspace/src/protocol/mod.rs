@@ -1,6 +1,56 @@
-//! Pure protocol parsers: bytes in, messages out, no I/O.
+//! Pure protocol parsers: bytes in, messages out, no I/O; and what every protocol reports of
+//! a request ([`Request`]), the one shape pairing, linking and spans consume.
 
 pub mod http1;
+pub mod http2;
+
+/// The protocol and version an exchange used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// HTTP/1.x with its minor version (0 or 1).
+    Http1(u8),
+    Http2,
+}
+
+impl Default for Version {
+    fn default() -> Self {
+        Version::Http1(1)
+    }
+}
+
+impl Version {
+    /// `network.protocol.version`.
+    pub fn attribute(self) -> String {
+        match self {
+            Version::Http1(minor) => format!("1.{minor}"),
+            Version::Http2 => "2".to_string(),
+        }
+    }
+}
+
+/// A request as any protocol reports it: what tracing uses of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// The request target as sent (path and query, or an absolute URI).
+    pub target: String,
+    pub version: Version,
+    /// `Host` (HTTP/1.x), the authority.
+    pub host: Option<String>,
+    pub user_agent: Option<String>,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    /// Headers the user asked to capture, as (lower-case name, value), in order.
+    pub captured: Vec<(String, String)>,
+    /// The head did not fit in what was captured: the fields above are what could be read
+    /// from its first bytes.
+    pub truncated: bool,
+    /// Fields that could not be decoded (HTTP/2 joined late): `:method`, `:path`. Their
+    /// values above are empty, never made up.
+    pub undecoded: Vec<&'static str>,
+    /// A gRPC call (`content-type: application/grpc*`).
+    pub grpc: bool,
+}
 
 /// Largest TLS record body (2^14 bytes of plaintext plus the most a cipher may add).
 const TLS_RECORD_MAX: usize = (1 << 14) + 2048;

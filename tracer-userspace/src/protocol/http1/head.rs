@@ -50,6 +50,25 @@ pub struct RequestHead {
     pub truncated: bool,
 }
 
+impl RequestHead {
+    /// What every protocol reports of a request (the framing stays here).
+    pub fn into_request(self) -> crate::protocol::Request {
+        crate::protocol::Request {
+            method: self.method,
+            target: self.target,
+            version: crate::protocol::Version::Http1(self.minor_version),
+            host: self.host,
+            user_agent: self.user_agent,
+            traceparent: self.traceparent,
+            tracestate: self.tracestate,
+            captured: self.captured,
+            truncated: self.truncated,
+            undecoded: Vec::new(),
+            grpc: false,
+        }
+    }
+}
+
 /// The parts of a response head that tracing uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResponseHead {
