@@ -100,6 +100,11 @@ impl Received {
     pub fn pid(&self) -> u32 {
         self.res("process.pid").int() as u32
     }
+
+    /// The span's status is ERROR.
+    pub fn is_error(&self) -> bool {
+        self.span.status.as_ref().is_some_and(|s| s.code == 2)
+    }
 }
 
 #[derive(Default)]

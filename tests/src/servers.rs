@@ -342,6 +342,27 @@ pub struct ClientRun {
     pub statuses: Vec<u16>,
 }
 
+/// A client that ran to completion, and what it printed.
+pub struct ClientText {
+    pub pid: u32,
+    pub text: String,
+}
+
+/// Run a client command to completion and keep what it prints.
+pub fn run_client_text(cmd: &mut Command) -> ClientText {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let pid = child.id();
+    let out = child.wait_with_output().expect("waiting for the client");
+    assert!(out.status.success(), "{cmd:?} failed");
+    ClientText {
+        pid,
+        text: String::from_utf8_lossy(&out.stdout).into_owned(),
+    }
+}
+
 /// Run `scripts/client.py MODE 127.0.0.1 PORT [ARG]`.
 pub fn python_client(mode: &str, port: u16, arg: Option<&str>) -> ClientRun {
     run_client(

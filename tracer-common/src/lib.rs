@@ -10,7 +10,7 @@ pub const MAX_CAPTURE: usize = 8192;
 /// Payload bytes captured per syscall unless the user asks for another window.
 pub const DEFAULT_CAPTURE: u32 = 2048;
 /// iovecs walked per readv/writev/sendmsg/recvmsg; later ones are counted, not copied.
-pub const MAX_IOV: u32 = 16;
+pub const MAX_IOV: u32 = 64;
 /// Length of a kernel task name (`comm`), NUL padding included.
 pub const COMM_LEN: usize = 16;
 

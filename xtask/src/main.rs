@@ -37,11 +37,13 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("go", "golang-go"),
     ("ip", "iproute2"),
 ];
-/// Python packages the end-to-end tests use (an SDK-instrumented program), from PyPI.
+/// Python packages the end-to-end tests use (an SDK-instrumented program, an aiohttp app, a
+/// gRPC server and client), from PyPI.
 const TEST_PYTHON_PACKAGES: &[&str] = &[
     "opentelemetry-sdk==1.39.1",
     "opentelemetry-exporter-otlp-proto-http==1.39.1",
     "aiohttp==3.14.5",
+    "grpcio==1.85.1",
 ];
 /// npm packages the end-to-end tests use (an express app), installed into `tests/scripts`
 /// where the scripts find them. Installed in one command: `npm install --no-save` removes
@@ -280,7 +282,7 @@ fn setup(test: bool) -> anyhow::Result<()> {
     if test
         && output(Command::new("python3").args([
             "-c",
-            "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, aiohttp",
+            "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, aiohttp, grpc",
         ]))
         .is_none()
     {
