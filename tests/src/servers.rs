@@ -392,14 +392,8 @@ pub fn spawn_server(cmd: &mut Command, port: u16) -> Server {
 
 /// Run a client command to completion; it prints the statuses it got.
 pub fn run_client(cmd: &mut Command) -> ClientRun {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-    let pid = child.id();
-    let out = child.wait_with_output().expect("waiting for the client");
-    assert!(out.status.success(), "{cmd:?} failed");
-    let statuses = String::from_utf8_lossy(&out.stdout)
+    let ClientText { pid, text } = run_client_text(cmd);
+    let statuses = text
         .split_whitespace()
         .filter_map(|s| s.parse().ok())
         .collect();
