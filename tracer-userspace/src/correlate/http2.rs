@@ -31,6 +31,8 @@ struct Block {
     stream: u32,
     bytes: Vec<u8>,
     end_stream: bool,
+    /// A PUSH_PROMISE's block: it fills the table, the promised request is not followed.
+    promise: bool,
     ts: u64,
 }
 
@@ -109,6 +111,7 @@ impl Sink for Feed<'_, '_> {
                     stream: header.stream,
                     bytes: fragment.to_vec(),
                     end_stream: header.flags & flag::END_STREAM != 0,
+                    promise: false,
                     ts,
                 };
                 if header.flags & flag::END_HEADERS != 0 {
@@ -132,17 +135,21 @@ impl Sink for Feed<'_, '_> {
                 }
             }
             kind::PUSH_PROMISE => {
-                // Its header block is in the table too; the promised request is not followed.
-                let fragment = payload.get(4..).unwrap_or_default();
+                let Some(fragment) = frame::headers_fragment(&header, payload) else {
+                    self.lost();
+                    return;
+                };
+                let block = Block {
+                    stream: header.stream,
+                    bytes: fragment.to_vec(),
+                    end_stream: false,
+                    promise: true,
+                    ts,
+                };
                 if header.flags & flag::END_HEADERS != 0 {
-                    let _ = self.dir.hpack.decode(fragment);
+                    self.block(block);
                 } else {
-                    self.dir.block = Some(Block {
-                        stream: header.stream,
-                        bytes: fragment.to_vec(),
-                        end_stream: false,
-                        ts,
-                    });
+                    self.dir.block = Some(block);
                 }
             }
             kind::RST_STREAM => {
@@ -216,6 +223,9 @@ impl Feed<'_, '_> {
             // The table is lost; this block's fields are not known.
             Err(_) => Vec::new(),
         };
+        if block.promise {
+            return;
+        }
         if self.requests {
             self.request_headers(block, &fields);
         } else {
@@ -425,18 +435,6 @@ impl Http2 {
             role,
             requests: Direction::new(Reader::after_preface(), true),
             responses: Direction::new(Reader::at_frame(), true),
-            state: State::default(),
-            capture: capture.clone(),
-        }
-    }
-
-    /// A connection joined late, at a frame boundary in both directions: header blocks decode
-    /// as far as the tables are known.
-    pub fn joined(role: Kind, capture: &std::sync::Arc<[String]>) -> Self {
-        Http2 {
-            role,
-            requests: Direction::new(Reader::at_frame(), false),
-            responses: Direction::new(Reader::at_frame(), false),
             state: State::default(),
             capture: capture.clone(),
         }

@@ -259,8 +259,8 @@ impl Reader {
     }
 }
 
-/// The payload of a HEADERS frame less its padding and priority fields: the header block
-/// fragment. `None` when the lengths do not add up.
+/// The payload of a HEADERS or PUSH_PROMISE frame less its padding, priority fields and
+/// promised stream id: the header block fragment. `None` when the lengths do not add up.
 pub fn headers_fragment<'p>(header: &Header, payload: &'p [u8]) -> Option<&'p [u8]> {
     let mut p = payload;
     let mut pad = 0usize;
@@ -270,6 +270,9 @@ pub fn headers_fragment<'p>(header: &Header, payload: &'p [u8]) -> Option<&'p [u
     }
     if header.kind == kind::HEADERS && header.flags & flag::PRIORITY != 0 {
         p = p.get(5..)?;
+    }
+    if header.kind == kind::PUSH_PROMISE {
+        p = p.get(4..)?;
     }
     p.get(..p.len().checked_sub(pad)?)
 }
@@ -425,5 +428,15 @@ mod tests {
         assert_eq!(headers_fragment(&h, &payload), Some(&b"ab"[..]));
         assert_eq!(headers_fragment(&h, &[9, 0, 0, 0, 0, 0]), None);
         assert_eq!(headers_fragment(&h, &[]), None);
+        let promise = Header {
+            len: 0,
+            kind: kind::PUSH_PROMISE,
+            flags: flag::PADDED,
+            stream: 1,
+        };
+        assert_eq!(
+            headers_fragment(&promise, &[1, 0, 0, 0, 2, b'a', 0]),
+            Some(&b"a"[..])
+        );
     }
 }
