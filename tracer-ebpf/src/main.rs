@@ -84,15 +84,20 @@ fn enter_data(ctx: &TracePointContext, syscall: u8, mode: u8, dir: u8) -> Result
     Ok(0)
 }
 
-/// Emit the event of a data syscall that moved bytes.
+/// Emit the event of a data syscall (`syscall`) that moved bytes.
 #[inline(always)]
-fn exit_data(ctx: &TracePointContext, dir: u8) -> Result<u32, u32> {
+fn exit_data(ctx: &TracePointContext, syscall: u8, dir: u8) -> Result<u32, u32> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     if !filter::maybe_traced(pid_tgid) {
         return Ok(0);
     }
     let call = *unsafe { INFLIGHT.get(pid_tgid) }.ok_or(0u32)?;
     let _ = INFLIGHT.remove(pid_tgid);
+    // The entry must be this call's: one left by a call whose return was not seen (its exit
+    // program was not attached yet) names another buffer and another length.
+    if call.syscall != syscall {
+        return Ok(0);
+    }
     let ret: i64 = unsafe { ctx.read_at(RET) }.map_err(|_| 0u32)?;
     if ret <= 0 {
         return Ok(0);
@@ -162,7 +167,7 @@ macro_rules! data_syscall {
 
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            match exit_data(&ctx, $dir) {
+            match exit_data(&ctx, $syscall, $dir) {
                 Ok(v) | Err(v) => v,
             }
         }
@@ -287,6 +292,9 @@ fn connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let call = *unsafe { INFLIGHT.get(pid_tgid) }.ok_or(0u32)?;
     let _ = INFLIGHT.remove(pid_tgid);
+    if call.syscall != syscall::CONNECT {
+        return Ok(0);
+    }
     propagate::connect_returned(call.buf);
     let ret: i64 = unsafe { ctx.read_at(RET) }.map_err(|_| 0u32)?;
     if ret != 0 && ret != -EINPROGRESS {

@@ -102,25 +102,31 @@ impl Probes {
                  searches for it does not load here (it needs Linux 5.17 or later): {e}"
             );
         }
-        let all = TRACEPOINTS
-            .iter()
+        // Every program is loaded first, then each call's exit is attached before its entry:
+        // an entry seen with its exit not yet attached would leave a record behind for the
+        // thread's next call to return into.
+        let exits = TRACEPOINTS.iter().filter(|n| !n.starts_with("sys_enter_"));
+        let enters = TRACEPOINTS.iter().filter(|n| n.starts_with("sys_enter_"));
+        let all: Vec<(&str, &str)> = exits
+            .chain(enters)
             .map(|&name| (SYSCALLS, name))
-            .chain([(PROCESS_EXIT.0, PROCESS_EXIT.1)]);
-        for (category, name) in all {
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(CaptureError::Missing(name))?
-                .try_into()
+            .chain([(PROCESS_EXIT.0, PROCESS_EXIT.1)])
+            .collect();
+        for &(_, name) in &all {
+            tracepoint(&mut ebpf, name)?
+                .load()
                 .map_err(|e| CaptureError::Program {
                     name,
                     source: Box::new(e),
                 })?;
-            let wrap = |e| CaptureError::Program {
-                name,
-                source: Box::new(e),
-            };
-            program.load().map_err(wrap)?;
-            program.attach(category, name).map_err(wrap)?;
+        }
+        for (category, name) in all {
+            tracepoint(&mut ebpf, name)?
+                .attach(category, name)
+                .map_err(|e| CaptureError::Program {
+                    name,
+                    source: Box::new(e),
+                })?;
         }
         if propagate {
             attach_propagation(&mut ebpf)?;
@@ -462,4 +468,18 @@ fn raise_memlock() {
             std::io::Error::last_os_error()
         );
     }
+}
+
+/// The tracepoint program `name`.
+fn tracepoint<'e>(
+    ebpf: &'e mut Ebpf,
+    name: &'static str,
+) -> Result<&'e mut TracePoint, CaptureError> {
+    ebpf.program_mut(name)
+        .ok_or(CaptureError::Missing(name))?
+        .try_into()
+        .map_err(|e| CaptureError::Program {
+            name,
+            source: Box::new(e),
+        })
 }
