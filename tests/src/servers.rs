@@ -20,6 +20,12 @@ impl Server {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// The certificate a server made for itself, if it did ([`self_signed`]).
+    pub fn certificate(&self) -> Option<PathBuf> {
+        let cert = self._dir.as_ref()?.path().join("cert.pem");
+        cert.exists().then_some(cert)
+    }
 }
 
 impl Drop for Server {
@@ -371,6 +377,21 @@ pub fn python_client(mode: &str, port: u16, arg: Option<&str>) -> ClientRun {
             .args([mode, "127.0.0.1", &port.to_string()])
             .args(arg),
     )
+}
+
+/// `scripts/grpc_js_server.js`: @grpc/grpc-js serving `demo.Echo` over h2c, or over TLS with a
+/// certificate of its own ([`Server::certificate`]).
+pub fn grpc_js(port: u16, tls: bool) -> Server {
+    let dir = TempDir::new("grpcjs");
+    let mut cmd = Command::new("node");
+    cmd.arg(script("grpc_js_server.js")).arg(port.to_string());
+    if tls {
+        let (cert, key) = self_signed(dir.path());
+        cmd.args([&cert, &key]);
+    }
+    let mut server = spawn_server(&mut cmd, port);
+    server._dir = Some(dir);
+    server
 }
 
 /// Start a server command that listens on `port`; spans come from the process itself.

@@ -7,7 +7,7 @@ use tracer_e2e::{
     agent::Agent,
     free_port,
     receiver::{Received, Receiver},
-    servers::{curl, nginx_http2, run_client_text, script, spawn_server},
+    servers::{curl, grpc_js, nginx_http2, run_client_text, script, spawn_server},
 };
 
 /// Each server span's parent is the client span of the same stream, on this host.
@@ -143,4 +143,154 @@ fn grpcio_calls_of_every_kind_over_h2c() {
             }
         }
     }
+}
+
+/// The agent starts while a gRPC connection is busy: its preface, its settings and the
+/// header-table entries made so far were never seen. Frames are found again, every span is
+/// of a call seen from its start, and what could only be decoded with a missed table entry
+/// is reported undecoded: no method, path or status is ever wrong.
+#[test]
+fn agent_started_on_a_busy_grpc_connection() {
+    use std::io::{BufRead, BufReader, Write};
+    let receiver = Receiver::start();
+    let port = free_port();
+    let _server = spawn_server(
+        Command::new("python3")
+            .arg(script("grpc_server.py"))
+            .arg(port.to_string()),
+        port,
+    );
+    let mut client = Command::new("python3")
+        .arg(script("grpc_busy.py"))
+        .arg(port.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "busy");
+    let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
+    writeln!(client.stdin.take().unwrap()).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "OK OK");
+    client.wait().unwrap();
+    // Both ends of the two Sum calls, at least.
+    receiver.wait_spans(4, |s| s.span.name == "demo.Echo/Sum");
+    let spans = receiver.spans();
+    agent.stop();
+    let sums: Vec<_> = spans
+        .iter()
+        .filter(|s| s.span.name == "demo.Echo/Sum")
+        .collect();
+    assert_eq!(
+        sums.len(),
+        4,
+        "a method first called after the agent started is decoded: {spans:#?}"
+    );
+    assert_eq!(sums.iter().filter(|s| s.is_server()).count(), 2);
+    assert!(
+        spans.len() > 10,
+        "the busy calls after the start are traced: {}",
+        spans.len()
+    );
+    for s in &spans {
+        assert_eq!(s.attr("http.request.method").str(), "POST", "{s:#?}");
+        assert_eq!(s.attr("network.protocol.version").str(), "2");
+        let undecoded = match s.attributes.get("tracer.http2.undecoded") {
+            Some(tracer_e2e::receiver::Value::List(l)) => l.clone(),
+            _ => Vec::new(),
+        };
+        match s
+            .attributes
+            .get("rpc.method")
+            .map(|_| s.attr("rpc.method").str())
+        {
+            Some(m) => {
+                assert!(
+                    ["demo.Echo/Say", "demo.Echo/Chat", "demo.Echo/Sum"].contains(&m),
+                    "{s:#?}"
+                );
+                assert_eq!(s.span.name, m);
+            }
+            None => {
+                assert!(undecoded.iter().any(|u| u == ":path"), "{s:#?}");
+                assert_eq!(s.span.name, "grpc");
+            }
+        }
+        match s.attributes.get("rpc.response.status_code") {
+            Some(_) => assert_eq!(s.attr("rpc.response.status_code").str(), "OK", "{s:#?}"),
+            None => assert!(undecoded.iter().any(|u| u == "grpc-status"), "{s:#?}"),
+        }
+        assert!(!s.is_error(), "{s:#?}");
+    }
+}
+
+/// Each call's two spans, the client's (in `client`) and the server's (in `server`), named
+/// after its method, with its status code; errors as the conventions say for each side.
+fn assert_grpc_spans(spans: &[Received], calls: &[(&str, &str)], server: u32, client: u32) {
+    assert_eq!(spans.len(), calls.len() * 2, "{spans:#?}");
+    assert_pairs(spans);
+    for (method, code) in calls {
+        for server_side in [false, true] {
+            let s = spans
+                .iter()
+                .find(|s| s.span.name == *method && s.is_server() == server_side)
+                .unwrap_or_else(|| panic!("no {method} span (server {server_side}): {spans:#?}"));
+            assert_eq!(s.pid(), if server_side { server } else { client }, "{s:#?}");
+            assert_eq!(s.attr("rpc.system.name").str(), "grpc");
+            assert_eq!(s.attr("rpc.method").str(), *method);
+            assert_eq!(s.attr("network.protocol.version").str(), "2");
+            assert_eq!(s.attr("rpc.response.status_code").str(), *code, "{s:#?}");
+            assert_eq!(s.is_error(), *code != "OK", "{s:#?}");
+        }
+    }
+}
+
+const GRPC_JS_CALLS: [(&str, &str); 5] = [
+    ("demo.Echo/Say", "OK"),
+    ("demo.Echo/Fail", "UNAVAILABLE"),
+    ("demo.Echo/Count", "OK"),
+    ("demo.Echo/Sum", "OK"),
+    ("demo.Echo/Chat", "OK"),
+];
+
+fn grpc_js_calls(tls: bool) {
+    let receiver = Receiver::start();
+    let port = free_port();
+    let server = grpc_js(port, tls);
+    let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
+    let mut client = Command::new("node");
+    client
+        .arg(script("grpc_js_client.js"))
+        .arg(port.to_string());
+    if tls {
+        client
+            .arg("--tls")
+            .arg(server.certificate().expect("a certificate"));
+    }
+    let run = run_client_text(client.args(["say", "fail", "count", "sum", "chat"]));
+    assert_eq!(run.text.trim(), "OK UNAVAILABLE OK OK OK");
+    let spans = receiver.wait_spans(10, |_| true);
+    agent.stop();
+    assert_grpc_spans(&spans, &GRPC_JS_CALLS, server.pid(), run.pid);
+    let scheme = if tls { "https" } else { "http" };
+    assert!(
+        spans.iter().all(|s| s.attr("url.scheme").str() == scheme),
+        "{spans:#?}"
+    );
+}
+
+/// Node's @grpc/grpc-js at both ends over h2c: its own HTTP/2 (Node's nghttp2).
+#[test]
+fn grpc_js_calls_of_every_kind_over_h2c() {
+    grpc_js_calls(false);
+}
+
+/// The same over TLS: Node's OpenSSL on memory buffers, HTTP/2 in its plaintext.
+#[test]
+fn grpc_js_calls_of_every_kind_over_tls() {
+    grpc_js_calls(true);
 }

@@ -92,6 +92,7 @@ pub fn run_http2(data: &[u8]) -> usize {
             let _ = frame::headers_fragment(&header, payload);
         }
         fn data(&mut self, _stream: u32, _len: u64, _end: bool, _ts: u64) {}
+        fn gap(&mut self) {}
         fn lost(&mut self) {}
     }
     let mut found = 0;
@@ -104,10 +105,10 @@ pub fn run_http2(data: &[u8]) -> usize {
         }
         rest = next;
     }
-    let mut reader = if data.len().is_multiple_of(2) {
-        frame::Reader::after_preface()
-    } else {
-        frame::Reader::at_frame()
+    let mut reader = match data.len() % 3 {
+        0 => frame::Reader::after_preface(),
+        1 => frame::Reader::at_frame(),
+        _ => frame::Reader::joining(),
     };
     let mut count = Count(0);
     for (i, piece) in data.chunks(7 + data.len() % 13).enumerate() {

@@ -45,10 +45,10 @@ const TEST_PYTHON_PACKAGES: &[&str] = &[
     "aiohttp==3.14.5",
     "grpcio==1.85.1",
 ];
-/// npm packages the end-to-end tests use (an express app), installed into `tests/scripts`
-/// where the scripts find them. Installed in one command: `npm install --no-save` removes
-/// the packages it is not given.
-const TEST_NODE_PACKAGES: &[&str] = &["express@5.3.0"];
+/// npm packages the end-to-end tests use (an express app, a gRPC server and client),
+/// installed into `tests/scripts` where the scripts find them. Installed in one command:
+/// `npm install --no-save` removes the packages it is not given.
+const TEST_NODE_PACKAGES: &[&str] = &["express@5.3.0", "@grpc/grpc-js@1.14.7"];
 /// The crates whose tests need neither root nor a kernel.
 const HOST_CRATES: &[&str] = &["tracer-common", "tracer-userspace", "xtask"];
 const BPF_LINKER_VERSION: &str = "0.13.0";

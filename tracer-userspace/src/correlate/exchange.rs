@@ -129,10 +129,7 @@ pub fn begin(
                 },
                 remote: true,
             })
-            .or_else(|| {
-                env.links
-                    .server_parent(env.ends(), &request.method, &request.target)
-            }),
+            .or_else(|| env.links.server_parent(env.ends(), request.sending())),
         Kind::Client => {
             suppressed = request.traceparent.is_some();
             if suppressed {
@@ -185,7 +182,7 @@ pub fn begin(
         ),
         Kind::Client if !suppressed => {
             env.links
-                .client_sent(env.ends(), ctx, &request.method, &request.target, at.ts)
+                .client_sent(env.ends(), ctx, request.sending(), at.ts)
         }
         Kind::Client => {}
     }

@@ -54,6 +54,25 @@ impl Direction {
     }
 }
 
+impl Stream {
+    /// The response as far as it was seen: `reset` with this code, or `ended` (its last byte
+    /// seen), or neither (the connection closed first).
+    fn response(self, grpc: bool, reset: Option<u32>, ended: bool) -> Response {
+        let mut status = self.grpc;
+        if self.response_gap && grpc && status.as_ref().is_none_or(|g| g.status.is_none()) {
+            // The trailers may have gone by unread.
+            status.get_or_insert_with(Grpc::default).status_undecoded = true;
+        }
+        Response {
+            status: self.status,
+            body_size: (ended && !self.response_gap).then_some(self.response_bytes),
+            headers: self.response_headers,
+            grpc: status,
+            reset,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Stream {
     /// The request's exchange, once its headers were seen.
@@ -68,6 +87,12 @@ struct Stream {
     response_bytes: u64,
     grpc: Option<Grpc>,
     response_headers: Vec<(String, String)>,
+    /// Bytes of the request (or the response) went by unread while the stream was open:
+    /// what they held (a body's size, a status, trailers) is not known.
+    request_gap: bool,
+    response_gap: bool,
+    /// The response is gRPC's (its content type or fields say so).
+    grpc_response: bool,
 }
 
 /// What the frames of one chunk are turned into.
@@ -76,26 +101,30 @@ struct Feed<'a, 'e> {
     dir: &'a mut Direction,
     env: &'a mut Env<'e>,
     hints: &'a mut Hints,
-    kind: Kind,
     tid: u32,
-    /// Whether this direction carries requests.
-    requests: bool,
+    /// Whether this direction's bytes flow into the traced process.
+    ingress: bool,
     capture: &'a [String],
 }
 
 /// What outlives one chunk.
 #[derive(Debug, Default)]
 struct State {
+    /// SERVER when requests arrive on this connection, CLIENT when they leave; on a
+    /// connection joined late, unknown until a header block says which way requests go.
+    role: Option<Kind>,
     streams: BTreeMap<u32, Stream>,
     finished: Vec<Finished>,
     losses: Losses,
     started: u64,
-    /// A direction lost its frames: nothing more is learnt from this connection.
+    /// A direction lost its frames for good: nothing more is learnt from this connection.
     lost: bool,
+    /// Times a direction's bytes went by unread.
+    gaps: u64,
     /// Streams above this were refused by GOAWAY.
     goaway: Option<u32>,
-    /// SETTINGS_HEADER_TABLE_SIZE a direction's sender announced (true: the requests'
-    /// sender): it bounds the other direction's table.
+    /// SETTINGS_HEADER_TABLE_SIZE a direction's sender announced (true: the sender of the
+    /// bytes into the traced process): it bounds the other direction's table.
     table_limit: Option<(bool, u32)>,
 }
 
@@ -104,7 +133,7 @@ impl Sink for Feed<'_, '_> {
         match header.kind {
             kind::HEADERS => {
                 let Some(fragment) = frame::headers_fragment(&header, payload) else {
-                    self.lost();
+                    self.gap();
                     return;
                 };
                 let block = Block {
@@ -122,10 +151,11 @@ impl Sink for Feed<'_, '_> {
             }
             kind::CONTINUATION => {
                 let Some(mut block) = self.dir.block.take() else {
-                    return self.lost();
+                    // The start of its block went by unread (joined late, or a gap).
+                    return self.gap();
                 };
                 if block.stream != header.stream || block.bytes.len() + payload.len() > MAX_BLOCK {
-                    return self.lost();
+                    return self.gap();
                 }
                 block.bytes.extend_from_slice(payload);
                 if header.flags & flag::END_HEADERS != 0 {
@@ -136,7 +166,7 @@ impl Sink for Feed<'_, '_> {
             }
             kind::PUSH_PROMISE => {
                 let Some(fragment) = frame::headers_fragment(&header, payload) else {
-                    self.lost();
+                    self.gap();
                     return;
                 };
                 let block = Block {
@@ -180,7 +210,7 @@ impl Sink for Feed<'_, '_> {
                     if setting[..2] == [0, 1] {
                         let size =
                             u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
-                        self.s.table_limit = Some((self.requests, size));
+                        self.s.table_limit = Some((self.ingress, size));
                     }
                 }
             }
@@ -189,10 +219,13 @@ impl Sink for Feed<'_, '_> {
     }
 
     fn data(&mut self, stream: u32, len: u64, end_stream: bool, ts: u64) {
+        let Some(requests) = self.requests() else {
+            return;
+        };
         let Some(st) = self.s.streams.get_mut(&stream) else {
             return;
         };
-        if self.requests {
+        if requests {
             st.request_bytes += len;
             if end_stream {
                 self.request_end(stream, ts);
@@ -205,10 +238,23 @@ impl Sink for Feed<'_, '_> {
         }
     }
 
-    fn lost(&mut self) {
-        self.s.lost = true;
+    fn gap(&mut self) {
+        self.s.gaps += 1;
         self.dir.hpack.lost_track();
         self.dir.block = None;
+        let requests = self.requests();
+        for st in self.s.streams.values_mut() {
+            match requests {
+                Some(true) => st.request_gap = true,
+                Some(false) => st.response_gap = true,
+                None => {}
+            }
+        }
+    }
+
+    fn lost(&mut self) {
+        self.gap();
+        self.s.lost = true;
     }
 }
 
@@ -216,20 +262,47 @@ impl Sink for Feed<'_, '_> {
 const REFUSED_STREAM: u32 = 0x7;
 
 impl Feed<'_, '_> {
+    /// Whether this direction carries requests, once the role is known.
+    fn requests(&self) -> Option<bool> {
+        self.s.role.map(|r| self.ingress == (r == Kind::Server))
+    }
+
+    /// SERVER or CLIENT: known whenever a stream exists.
+    fn kind(&self) -> Kind {
+        self.s.role.unwrap_or(Kind::Server)
+    }
+
     /// A whole header block of `block.stream`.
     fn block(&mut self, block: Block) {
-        let fields = match self.dir.hpack.decode(&block.bytes) {
-            Ok(b) => b.fields,
+        let (fields, whole) = match self.dir.hpack.decode(&block.bytes) {
+            Ok(b) => {
+                let whole = b.fields.iter().all(|f| f.name.is_some());
+                (b.fields, whole)
+            }
             // The table is lost; this block's fields are not known.
-            Err(_) => Vec::new(),
+            Err(_) => (Vec::new(), false),
         };
         if block.promise {
             return;
         }
-        if self.requests {
+        if self.s.role.is_none() {
+            // Joined late: a request's pseudo-headers, or a response's status, say which
+            // way requests go. Until one does, nothing is followed.
+            let request = named(&fields)
+                .any(|(n, _)| matches!(n, Some(":method" | ":path" | ":scheme" | ":authority")));
+            let response = named(&fields).any(|(n, _)| n == Some(":status"));
+            self.s.role = match (request, response) {
+                (true, false) if self.ingress => Some(Kind::Server),
+                (true, false) => Some(Kind::Client),
+                (false, true) if self.ingress => Some(Kind::Client),
+                (false, true) => Some(Kind::Server),
+                _ => return,
+            };
+        }
+        if self.requests() == Some(true) {
             self.request_headers(block, &fields);
         } else {
-            self.response_headers(block, &fields);
+            self.response_headers(block, &fields, whole);
         }
     }
 
@@ -246,6 +319,7 @@ impl Feed<'_, '_> {
         }
         let mut request = Request {
             version: Version::Http2,
+            stream: Some(id),
             ..Request::default()
         };
         let mut content_type = None;
@@ -283,7 +357,7 @@ impl Feed<'_, '_> {
             self.s.losses.pending_overflow += 1;
         }
         let at = Start {
-            kind: self.kind,
+            kind: self.kind(),
             tid: self.tid,
             ts: block.ts,
             first: self.s.started == 0,
@@ -297,8 +371,10 @@ impl Feed<'_, '_> {
         }
     }
 
-    fn response_headers(&mut self, block: Block, fields: &[Field]) {
+    /// A response head or trailers; `whole` when every field's name was decoded.
+    fn response_headers(&mut self, block: Block, fields: &[Field], whole: bool) {
         let id = block.stream;
+        let kind = self.kind();
         let Some(st) = self.s.streams.get_mut(&id) else {
             if block.end_stream {
                 self.s.losses.unmatched_responses += 1;
@@ -323,7 +399,7 @@ impl Feed<'_, '_> {
                 None => st.status_undecoded = true,
             }
             st.answered = true;
-            exchange::answered(self.env, self.kind, pending, self.tid, block.ts);
+            exchange::answered(self.env, kind, pending, self.tid, block.ts);
             for (n, v) in named(fields) {
                 if let (Some(n), Some(v)) = (n, v)
                     && self.capture.iter().any(|c| c == n)
@@ -332,20 +408,34 @@ impl Feed<'_, '_> {
                 }
             }
         }
-        // gRPC's status: in the trailers, or in a trailers-only response's one head.
-        if pending.request.grpc {
-            for (n, v) in named(fields) {
-                match n {
-                    Some("grpc-status") => {
-                        let g = st.grpc.get_or_insert_with(Grpc::default);
-                        g.status = v.as_deref().and_then(|v| v.parse().ok());
-                        g.status_undecoded = v.is_none();
-                    }
-                    Some("grpc-message") => {
-                        st.grpc.get_or_insert_with(Grpc::default).message = v;
-                    }
-                    _ => {}
+        // gRPC's status: in the trailers, or in a trailers-only response's one head. Its
+        // fields, or the response's content type, also say a call is gRPC when the request's
+        // content type could not be decoded (joined late).
+        for (n, v) in named(fields) {
+            match n {
+                Some("grpc-status") => {
+                    let g = st.grpc.get_or_insert_with(Grpc::default);
+                    g.status = v.as_deref().and_then(|v| v.parse().ok());
+                    g.status_undecoded = v.is_none();
                 }
+                Some("grpc-message") => {
+                    st.grpc.get_or_insert_with(Grpc::default).message = v;
+                }
+                Some("content-type")
+                    if v.as_deref()
+                        .is_some_and(|c| c.starts_with("application/grpc")) =>
+                {
+                    st.grpc_response = true;
+                }
+                _ => {}
+            }
+        }
+        st.grpc_response |= st.grpc.is_some();
+        if pending.request.grpc || st.grpc_response {
+            let known = st.grpc.as_ref().is_some_and(|g| g.status.is_some());
+            if block.end_stream && !whole && !known {
+                // A field whose name is unknown may be the status.
+                st.grpc.get_or_insert_with(Grpc::default).status_undecoded = true;
             }
         }
         if block.end_stream {
@@ -361,9 +451,10 @@ impl Feed<'_, '_> {
             return;
         }
         st.request_ended = true;
+        let kind = self.s.role.unwrap_or(Kind::Server);
         if let Some(p) = st.pending.as_mut() {
-            p.request_body_size = Some(st.request_bytes);
-            exchange::request_read(self.env, self.kind, p, self.tid, ts);
+            p.request_body_size = (!st.request_gap).then_some(st.request_bytes);
+            exchange::request_read(self.env, kind, p, self.tid, ts);
         }
     }
 
@@ -379,25 +470,22 @@ impl Feed<'_, '_> {
 
     /// Stream `id` is over: its response ended, or it was reset with `reset`.
     fn finish(&mut self, id: u32, reset: Option<u32>, ts: u64) {
-        let Some(st) = self.s.streams.remove(&id) else {
+        let kind = self.kind();
+        let Some(mut st) = self.s.streams.remove(&id) else {
             return;
         };
-        let Some(pending) = st.pending else {
+        let Some(mut pending) = st.pending.take() else {
             return;
         };
         if !st.answered {
-            exchange::answered(self.env, self.kind, &pending, self.tid, ts);
+            exchange::answered(self.env, kind, &pending, self.tid, ts);
         }
+        pending.request.grpc |= st.grpc_response;
+        let grpc = pending.request.grpc;
         self.s.finished.push(Finished {
-            kind: self.kind,
+            kind,
             request: pending,
-            response: Some(Response {
-                status: st.status,
-                body_size: Some(st.response_bytes),
-                headers: st.response_headers,
-                grpc: st.grpc,
-                reset,
-            }),
+            response: Some(st.response(grpc, reset, true)),
             end_ns: ts,
         });
     }
@@ -418,11 +506,9 @@ fn named(fields: &[Field]) -> impl Iterator<Item = (Option<&str>, Option<String>
 /// HTTP/2 state of one connection's byte stream.
 #[derive(Debug)]
 pub struct Http2 {
-    /// SERVER when requests arrive on this connection, CLIENT when they leave.
-    role: Kind,
-    /// Client to server (requests), server to client (responses).
-    requests: Direction,
-    responses: Direction,
+    /// The bytes into the traced process, and out of it.
+    ingress: Direction,
+    egress: Direction,
     state: State,
     capture: std::sync::Arc<[String]>,
 }
@@ -431,17 +517,43 @@ impl Http2 {
     /// A connection seen from its start: the client's preface first (requests), the server's
     /// frames (responses).
     pub fn from_preface(role: Kind, capture: &std::sync::Arc<[String]>) -> Self {
+        let client = Direction::new(Reader::after_preface(), true);
+        let server = Direction::new(Reader::at_frame(), true);
+        let (ingress, egress) = match role {
+            Kind::Server => (client, server),
+            Kind::Client => (server, client),
+        };
         Http2 {
-            role,
-            requests: Direction::new(Reader::after_preface(), true),
-            responses: Direction::new(Reader::at_frame(), true),
-            state: State::default(),
+            ingress,
+            egress,
+            state: State {
+                role: Some(role),
+                ..State::default()
+            },
             capture: capture.clone(),
         }
     }
 
-    pub fn role(&self) -> Kind {
-        self.role
+    /// A connection joined after its start, or whose first bytes were not seen: its role, if
+    /// not known (`role`), is learnt from the first header block that shows it. Each
+    /// direction's frames are read from its first chunk that starts with them (or with the
+    /// client preface); header blocks decode what the static table and the entries inserted
+    /// since allow.
+    pub fn joined(role: Option<Kind>, capture: &std::sync::Arc<[String]>) -> Self {
+        Http2 {
+            ingress: Direction::new(Reader::joining(), false),
+            egress: Direction::new(Reader::joining(), false),
+            state: State {
+                role,
+                ..State::default()
+            },
+            capture: capture.clone(),
+        }
+    }
+
+    /// SERVER or CLIENT, once known.
+    pub fn role(&self) -> Option<Kind> {
+        self.state.role
     }
 
     /// Bytes moved on the connection. `ingress` is true for bytes into the traced process.
@@ -453,11 +565,10 @@ impl Http2 {
         env: &mut Env<'_>,
         hints: &mut Hints,
     ) {
-        let requests = ingress == (self.role == Kind::Server);
-        let dir = if requests {
-            &mut self.requests
+        let dir = if ingress {
+            &mut self.ingress
         } else {
-            &mut self.responses
+            &mut self.egress
         };
         let mut frames = std::mem::replace(&mut dir.frames, Reader::at_frame());
         let mut feed = Feed {
@@ -465,25 +576,24 @@ impl Http2 {
             dir,
             env,
             hints,
-            kind: self.role,
             tid,
-            requests,
+            ingress,
             capture: &self.capture,
         };
         frames.feed(chunk, &mut feed);
         feed.dir.frames = frames;
-        if let Some((from_requests, size)) = self.state.table_limit.take() {
+        if let Some((from_ingress, size)) = self.state.table_limit.take() {
             // The sender's decoder bounds what the other direction's encoder uses.
-            let other = if from_requests {
-                &mut self.responses
+            let other = if from_ingress {
+                &mut self.egress
             } else {
-                &mut self.requests
+                &mut self.ingress
             };
             other.hpack.set_limit(size);
         }
     }
 
-    /// Whether nothing more can be learnt: a direction lost its frames.
+    /// Whether nothing more can be learnt: a direction lost its frames for good.
     pub fn is_done(&self) -> bool {
         self.state.lost
     }
@@ -492,12 +602,25 @@ impl Http2 {
     /// without a response.
     pub fn close(&mut self, _ts: u64, last: u64, env: &mut Env<'_>) {
         let streams = std::mem::take(&mut self.state.streams);
-        for (_, st) in streams {
-            if let Some(p) = st.pending {
-                self.state
-                    .finished
-                    .push(exchange::unanswered(env, self.role, p, last));
-            }
+        let kind = self.state.role.unwrap_or(Kind::Server);
+        for (_, mut st) in streams {
+            let Some(mut p) = st.pending.take() else {
+                continue;
+            };
+            p.request.grpc |= st.grpc_response;
+            let finished = if st.answered {
+                // Its head was seen, its end not: what the head said, no size.
+                let grpc = p.request.grpc;
+                Finished {
+                    kind,
+                    request: p,
+                    response: Some(st.response(grpc, None, false)),
+                    end_ns: last,
+                }
+            } else {
+                exchange::unanswered(env, kind, p, last)
+            };
+            self.state.finished.push(finished);
         }
     }
 
@@ -517,8 +640,8 @@ impl Http2 {
         std::mem::take(&mut self.state.losses)
     }
 
-    /// Times a direction lost its frames.
+    /// Times a direction's frames were lost (and looked for again).
     pub fn desyncs(&self) -> u64 {
-        u64::from(self.requests.frames.is_lost()) + u64::from(self.responses.frames.is_lost())
+        self.ingress.frames.gaps + self.egress.frames.gaps
     }
 }

@@ -60,6 +60,26 @@ pub struct Ends {
     pub remote: SocketAddr,
 }
 
+/// What identifies a request between the two ends of a connection: its method and target,
+/// and on HTTP/2 its stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Sending<'a> {
+    pub method: &'a str,
+    pub target: &'a str,
+    pub stream: Option<u32>,
+}
+
+impl<'a> Sending<'a> {
+    /// An HTTP/1.x request.
+    pub fn http1(method: &'a str, target: &'a str) -> Self {
+        Sending {
+            method,
+            target,
+            stream: None,
+        }
+    }
+}
+
 /// A client request waiting for its server end.
 #[derive(Debug, Clone)]
 struct Sent {
@@ -67,6 +87,8 @@ struct Sent {
     tgid: u32,
     method: String,
     target: String,
+    /// Its HTTP/2 stream id.
+    stream: Option<u32>,
     at: u64,
 }
 
@@ -209,8 +231,8 @@ impl Linker {
         Some(ctx)
     }
 
-    /// A client request left on `conn`: remember it for the server end.
-    pub fn client_sent(&mut self, conn: Ends, ctx: Context, method: &str, target: &str, at: u64) {
+    /// A client request left on `conn` (on HTTP/2 `stream`): remember it for the server end.
+    pub fn client_sent(&mut self, conn: Ends, ctx: Context, request: Sending<'_>, at: u64) {
         let Ends {
             tgid,
             local,
@@ -229,15 +251,16 @@ impl Linker {
         queue.push_back(Sent {
             ctx,
             tgid,
-            method: method.to_string(),
-            target: target.to_string(),
+            method: request.method.to_string(),
+            target: request.target.to_string(),
+            stream: request.stream,
             at,
         });
     }
 
     /// A server received a request on `conn`: the client span that sent it, when that client
     /// is traced on this host.
-    pub fn server_parent(&mut self, conn: Ends, method: &str, target: &str) -> Option<Parent> {
+    pub fn server_parent(&mut self, conn: Ends, request: Sending<'_>) -> Option<Parent> {
         let Ends {
             tgid,
             local,
@@ -245,19 +268,32 @@ impl Linker {
         } = conn;
         let key = (remote, local);
         let queue = self.sent.get_mut(&key)?;
-        // Requests are answered in order; one the server never saw (it was already reading
-        // when the agent started) is skipped by method and target.
-        let found = loop {
-            let Some(sent) = queue.pop_front() else {
-                break None;
-            };
-            if sent.method == method && sent.target == target {
-                break Some(Parent {
-                    ctx: sent.ctx,
-                    remote: sent.tgid != tgid,
-                });
-            }
-        };
+        let same = |sent: &Sent| sent.method == request.method && sent.target == request.target;
+        let found = match request.stream {
+            // HTTP/2: the client's request on the same stream, which must agree. Requests
+            // sent before it on other streams were read before it, or never will be.
+            Some(stream) => match queue.iter().position(|s| s.stream == Some(stream)) {
+                Some(at) => {
+                    let sent = queue.drain(..=at).next_back().expect("at least one");
+                    same(&sent).then_some(sent)
+                }
+                None => None,
+            },
+            // Requests are answered in order; one the server never saw (it was already
+            // reading when the agent started) is skipped by method and target.
+            None => loop {
+                let Some(sent) = queue.pop_front() else {
+                    break None;
+                };
+                if same(&sent) {
+                    break Some(sent);
+                }
+            },
+        }
+        .map(|sent| Parent {
+            ctx: sent.ctx,
+            remote: sent.tgid != tgid,
+        });
         if queue.is_empty() {
             self.sent.remove(&key);
         }
@@ -402,28 +438,63 @@ mod tests {
     #[test]
     fn server_finds_the_client_span_of_its_connection_in_order() {
         let mut l = Linker::default();
-        l.client_sent(ends(2, 5000, 80), ctx(1), "GET", "/a", 10);
-        l.client_sent(ends(2, 5000, 80), ctx(2), "GET", "/b", 20);
+        l.client_sent(ends(2, 5000, 80), ctx(1), Sending::http1("GET", "/a"), 10);
+        l.client_sent(ends(2, 5000, 80), ctx(2), Sending::http1("GET", "/b"), 20);
         let found = |l: &mut Linker, target| {
-            l.server_parent(ends(1, 80, 5000), "GET", target)
+            l.server_parent(ends(1, 80, 5000), Sending::http1("GET", target))
                 .map(|p| p.ctx)
         };
         assert_eq!(found(&mut l, "/a"), Some(ctx(1)));
         assert_eq!(found(&mut l, "/b"), Some(ctx(2)));
         assert_eq!(found(&mut l, "/c"), None);
         // Another connection's requests are never taken.
-        l.client_sent(ends(2, 5001, 80), ctx(3), "GET", "/a", 30);
+        l.client_sent(ends(2, 5001, 80), ctx(3), Sending::http1("GET", "/a"), 30);
         assert_eq!(found(&mut l, "/a"), None);
         assert_eq!(l.stats.same_host, 2);
+    }
+
+    /// HTTP/2: identical calls on one connection are told apart by their stream, so one the
+    /// server never saw (lost in a gap) does not shift every parent after it.
+    #[test]
+    fn http2_streams_find_their_own_client_span() {
+        let mut l = Linker::default();
+        let on = |stream| Sending {
+            method: "POST",
+            target: "/demo.Echo/Say",
+            stream: Some(stream),
+        };
+        for (i, stream) in [1, 3, 5, 7].into_iter().enumerate() {
+            l.client_sent(
+                ends(2, 5000, 80),
+                ctx(i as u8 + 1),
+                on(stream),
+                10 * i as u64,
+            );
+        }
+        let mut found = |stream| {
+            l.server_parent(ends(1, 80, 5000), on(stream))
+                .map(|p| p.ctx)
+        };
+        // Stream 1 was never read by the server.
+        assert_eq!(found(3), Some(ctx(2)));
+        // A stream the client was not seen sending: nothing, and nothing is used up.
+        assert_eq!(found(9), None);
+        assert_eq!(found(5), Some(ctx(3)));
+        assert_eq!(found(7), Some(ctx(4)));
+        assert_eq!(found(1), None, "passed over");
     }
 
     #[test]
     fn a_client_in_another_process_is_a_remote_parent_one_in_the_same_is_not() {
         let mut l = Linker::default();
-        l.client_sent(ends(2, 5000, 80), ctx(1), "GET", "/", 10);
-        l.client_sent(ends(1, 5001, 80), ctx(2), "GET", "/", 20);
-        let other = l.server_parent(ends(1, 80, 5000), "GET", "/").unwrap();
-        let same = l.server_parent(ends(1, 80, 5001), "GET", "/").unwrap();
+        l.client_sent(ends(2, 5000, 80), ctx(1), Sending::http1("GET", "/"), 10);
+        l.client_sent(ends(1, 5001, 80), ctx(2), Sending::http1("GET", "/"), 20);
+        let other = l
+            .server_parent(ends(1, 80, 5000), Sending::http1("GET", "/"))
+            .unwrap();
+        let same = l
+            .server_parent(ends(1, 80, 5001), Sending::http1("GET", "/"))
+            .unwrap();
         assert_eq!((other.ctx, other.remote), (ctx(1), true));
         assert_eq!((same.ctx, same.remote), (ctx(2), false));
     }
@@ -431,10 +502,20 @@ mod tests {
     #[test]
     fn a_request_the_server_missed_is_skipped() {
         let mut l = Linker::default();
-        l.client_sent(ends(2, 5000, 80), ctx(1), "GET", "/missed", 10);
-        l.client_sent(ends(2, 5000, 80), ctx(2), "POST", "/seen", 20);
+        l.client_sent(
+            ends(2, 5000, 80),
+            ctx(1),
+            Sending::http1("GET", "/missed"),
+            10,
+        );
+        l.client_sent(
+            ends(2, 5000, 80),
+            ctx(2),
+            Sending::http1("POST", "/seen"),
+            20,
+        );
         assert_eq!(
-            l.server_parent(ends(1, 80, 5000), "POST", "/seen")
+            l.server_parent(ends(1, 80, 5000), Sending::http1("POST", "/seen"))
                 .map(|p| p.ctx),
             Some(ctx(2))
         );
@@ -648,8 +729,11 @@ mod tests {
     #[test]
     fn unclaimed_requests_expire() {
         let mut l = Linker::default();
-        l.client_sent(ends(2, 5000, 80), ctx(1), "GET", "/", 10);
+        l.client_sent(ends(2, 5000, 80), ctx(1), Sending::http1("GET", "/"), 10);
         l.expire(10 + SENT_TTL_NS + 1);
-        assert_eq!(l.server_parent(ends(1, 80, 5000), "GET", "/"), None);
+        assert_eq!(
+            l.server_parent(ends(1, 80, 5000), Sending::http1("GET", "/")),
+            None
+        );
     }
 }

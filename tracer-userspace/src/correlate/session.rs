@@ -5,7 +5,11 @@
 
 use std::sync::Arc;
 
-use crate::protocol::{http1::stream::Chunk, http2::frame::PREFACE, starts_tls};
+use crate::protocol::{
+    http1::stream::Chunk,
+    http2::frame::{self, PREFACE},
+    starts_tls,
+};
 
 use super::{
     exchange::{Env, Finished, Hints, Losses},
@@ -15,7 +19,8 @@ use super::{
 };
 
 /// The protocols a session can carry. A session starts as HTTP/1.x and becomes HTTP/2 when
-/// its first bytes are the client preface.
+/// its first bytes are the client preface, or, before any HTTP/1.x message, whole HTTP/2
+/// frames (a connection the agent joined late).
 #[derive(Debug)]
 enum Protocol {
     Http1(Http1),
@@ -58,7 +63,7 @@ impl Session {
     pub fn role(&self) -> Option<Kind> {
         match &self.protocol {
             Protocol::Http1(h) => h.role(),
-            Protocol::Http2(h) => Some(h.role()),
+            Protocol::Http2(h) => h.role(),
         }
     }
 
@@ -89,6 +94,16 @@ impl Session {
                     // The client sends the preface.
                     let role = if ingress { Kind::Server } else { Kind::Client };
                     let mut h2 = Http2::from_preface(role, &self.capture);
+                    h2.data(ingress, chunk, tid, env, &mut self.hints);
+                    self.protocol = Protocol::Http2(h2);
+                    return;
+                }
+                if !h.saw_message() && frame::joinable(chunk.data, chunk.total) {
+                    // Frames without a preface: a connection that started before the agent,
+                    // or TLS plaintext whose first calls were not seen. On a connection seen
+                    // from its start, these may be the server's frames sent before it read the
+                    // client's preface: that preface is then read as one.
+                    let mut h2 = Http2::joined(h.role(), &self.capture);
                     h2.data(ingress, chunk, tid, env, &mut self.hints);
                     self.protocol = Protocol::Http2(h2);
                     return;

@@ -983,6 +983,13 @@ mod h2 {
 /// Both ends of one h2c connection carrying what `exchange` lays out: the client's bytes
 /// (preface, SETTINGS, then `requests`), the server's (SETTINGS, then `responses`).
 fn h2_connection(requests: &[Vec<u8>], responses: &[Vec<u8>]) -> Recording {
+    let (r, t) = h2_connection_open(requests, responses);
+    r.close(SERVER_PID, SERVER_SOCK, t + 100)
+        .close(CLIENT_PID, CLIENT_SOCK, t + 200)
+}
+
+/// [`h2_connection`] still open, and the time its last bytes moved.
+fn h2_connection_open(requests: &[Vec<u8>], responses: &[Vec<u8>]) -> (Recording, u64) {
     use crate::protocol::http2::frame::PREFACE;
     let mut out = PREFACE.to_vec();
     out.extend(h2_frame(h2::SETTINGS, 0, 0, &[]));
@@ -1015,12 +1022,24 @@ fn h2_connection(requests: &[Vec<u8>], responses: &[Vec<u8>]) -> Recording {
         back.clear();
         t += 100;
     }
-    r.close(SERVER_PID, SERVER_SOCK, t + 100)
-        .close(CLIENT_PID, CLIENT_SOCK, t + 200)
+    (r, t)
 }
 
 fn hpack_block(encoder: &mut loona_hpack::Encoder<'_>, fields: &[(&str, &str)]) -> Vec<u8> {
     encoder.encode(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+}
+
+/// The header block of `GET path` to authority `a`.
+fn h2_get(encoder: &mut loona_hpack::Encoder<'_>, path: &str) -> Vec<u8> {
+    hpack_block(
+        encoder,
+        &[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "a"),
+        ],
+    )
 }
 
 /// Two streams on one connection, answered in the other order: each span is its stream's,
@@ -1319,4 +1338,270 @@ fn an_unimplemented_grpc_method_is_other() {
         );
         assert!(s.is_error(), "UNIMPLEMENTED is an error on both sides");
     }
+}
+
+/// A gRPC connection busy before the agent started: no preface and no open event, and the
+/// header table already holds entries the agent never saw. Frames are found from the first
+/// chunk that starts with them, the role comes from the first decoded head, and what can only
+/// be decoded with the missed entries is reported as undecoded, never given another value.
+#[test]
+fn http2_joined_late_decodes_what_it_can_and_guesses_nothing() {
+    // Header blocks as an encoder that indexes writes them (RFC 7541): before the agent, the
+    // client's encoder inserted `:path: /demo.Echo/Say` and the server's `grpc-status: 0`,
+    // each as entry 62.
+    fn literal(prefix: u8, value: &str) -> Vec<u8> {
+        let mut b = vec![prefix, value.len() as u8];
+        b.extend(value.as_bytes());
+        b
+    }
+    // :method POST, :scheme http (static), then the path, :authority as a literal not
+    // indexed (static name 1), and content-type from an entry made before (index 69: unknown
+    // whatever was inserted since).
+    let call = |path: Vec<u8>| {
+        [
+            vec![0x83, 0x86],
+            path,
+            literal(0x01, "127.0.0.1:8080"),
+            vec![0xc5],
+        ]
+        .concat()
+    };
+    let say_before = call(vec![0xbe]);
+    // A new path, inserted (literal with incremental indexing, static name 4): entry 62 now.
+    let count_new = call(literal(0x44, "/demo.Echo/Count"));
+    let count_again = call(vec![0xbe]);
+    // The server's head: :status 200 (static) and its content type from an old entry; its
+    // trailers: grpc-status from an old entry, and an empty grpc-message as a literal with a
+    // literal name, which says the call is gRPC's.
+    let head = vec![0x88, 0xc5];
+    let trailers = [&[0xbe, 0x00, 0x0c][..], b"grpc-message", &[0x00]].concat();
+    let message = [0u8, 0, 0, 0, 2, 8, 1];
+    // Seen: the tail of stream 1's response DATA (not at a frame's start: skipped), then
+    // stream 3 repeats the call (path: an entry from before), stream 5 calls a new method (a
+    // literal: known), and stream 7 repeats it (an entry inserted since: known).
+    let mut tail = h2_frame(h2::DATA, h2::END_STREAM, 1, &[1; 40]);
+    tail.drain(..20);
+    let mut server_in = Vec::new();
+    let mut server_out = vec![tail.clone()];
+    for (id, block) in [(3, say_before), (5, count_new), (7, count_again)] {
+        server_in.push(
+            [
+                h2_frame(h2::HEADERS, h2::END_HEADERS, id, &block),
+                h2_frame(h2::DATA, h2::END_STREAM, id, &message),
+            ]
+            .concat(),
+        );
+        server_out.push(
+            [
+                h2_frame(h2::HEADERS, h2::END_HEADERS, id, &head),
+                h2_frame(h2::DATA, 0, id, &message),
+                h2_frame(h2::HEADERS, h2::END_HEADERS | h2::END_STREAM, id, &trailers),
+            ]
+            .concat(),
+        );
+    }
+    let mut r = Recording::new();
+    let mut t = 2_000;
+    r = r.all(SERVER_PID, SERVER_SOCK, OUT, (t, t + 5), &server_out[0]);
+    for i in 0..3 {
+        t += 100;
+        r = r
+            .all(SERVER_PID, SERVER_SOCK, IN, (t, t + 5), &server_in[i])
+            .all(
+                SERVER_PID,
+                SERVER_SOCK,
+                OUT,
+                (t + 50, t + 55),
+                &server_out[i + 1],
+            );
+    }
+    let (spans, stats) = r.close(SERVER_PID, SERVER_SOCK, t + 500).run();
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    assert_eq!(stats.unmatched_responses, 0);
+    for s in &spans {
+        assert_eq!(s.kind, Kind::Server, "the role from the first head");
+        assert_eq!(s.method, "POST", "static table");
+        assert_eq!(
+            attr(s, "http.response.status_code"),
+            Some(Value::Int(200)),
+            "static table"
+        );
+    }
+    let undecoded = |s: &HttpSpan| match attr(s, "tracer.http2.undecoded") {
+        Some(Value::StrList(l)) => l,
+        _ => Vec::new(),
+    };
+    // Stream 3: its path and its grpc-status were entries inserted before the agent.
+    assert_eq!(
+        spans[0].name(),
+        "grpc",
+        "the system, for want of the method"
+    );
+    assert_eq!(attr(&spans[0], "rpc.method"), None);
+    assert_eq!(attr(&spans[0], "rpc.response.status_code"), None);
+    assert_eq!(undecoded(&spans[0]), vec![":path", "grpc-status"]);
+    assert!(!spans[0].is_error(), "an unknown status is no error");
+    // Streams 5 and 7: the new method is known; their grpc-status still is not.
+    for s in &spans[1..] {
+        assert_eq!(s.name(), "demo.Echo/Count");
+        assert_eq!(undecoded(s), vec!["grpc-status"]);
+    }
+}
+
+/// A gap inside a connection (bytes moved that were not captured, where a frame header lay):
+/// streams open across it report what they lost, frames are found again, and the connection
+/// goes on being traced.
+#[test]
+fn http2_gap_is_reported_and_frames_are_found_again() {
+    let mut req = loona_hpack::Encoder::new();
+    let mut resp = loona_hpack::Encoder::new();
+    let get = h2_get;
+    let requests = vec![
+        h2_frame(
+            h2::HEADERS,
+            h2::END_HEADERS | h2::END_STREAM,
+            1,
+            &get(&mut req, "/a"),
+        ),
+        h2_frame(
+            h2::HEADERS,
+            h2::END_HEADERS | h2::END_STREAM,
+            3,
+            &get(&mut req, "/b"),
+        ),
+    ];
+    let status = hpack_block(&mut resp, &[(":status", "200")]);
+    let (mut r, _) = h2_connection_open(&requests, &[]);
+    // The server's answer to stream 1 moves in one write whose tail was not captured: a large
+    // DATA frame, then stream 1's end and the head of stream 3 beyond the capture window.
+    let big = [
+        h2_frame(h2::SETTINGS, 0, 0, &[]),
+        h2_frame(h2::HEADERS, h2::END_HEADERS, 1, &status),
+        h2_frame(h2::DATA, 0, 1, &[0; 3000]),
+        h2_frame(h2::DATA, h2::END_STREAM, 1, &[]),
+        h2_frame(
+            h2::HEADERS,
+            h2::END_HEADERS,
+            3,
+            &hpack_block(&mut resp, &[(":status", "201")]),
+        ),
+    ]
+    .concat();
+    let captured = 1000;
+    r = r
+        .data(
+            SERVER_PID,
+            SERVER_SOCK,
+            OUT,
+            (3_000, 3_010),
+            &big[..captured],
+            big.len() as u64,
+        )
+        .data(
+            CLIENT_PID,
+            CLIENT_SOCK,
+            IN,
+            (3_020, 3_030),
+            &big[..captured],
+            big.len() as u64,
+        );
+    // Stream 3's body and end, then a third stream answered in full.
+    let more = [h2_frame(h2::DATA, h2::END_STREAM, 3, b"ok")].concat();
+    r = r
+        .all(SERVER_PID, SERVER_SOCK, OUT, (3_100, 3_110), &more)
+        .all(CLIENT_PID, CLIENT_SOCK, IN, (3_120, 3_130), &more);
+    let third = h2_frame(
+        h2::HEADERS,
+        h2::END_HEADERS | h2::END_STREAM,
+        5,
+        &get(&mut req, "/c"),
+    );
+    r = r
+        .all(CLIENT_PID, CLIENT_SOCK, OUT, (3_200, 3_210), &third)
+        .all(SERVER_PID, SERVER_SOCK, IN, (3_220, 3_230), &third);
+    let answer = [
+        h2_frame(
+            h2::HEADERS,
+            h2::END_HEADERS,
+            5,
+            &hpack_block(&mut resp, &[(":status", "202")]),
+        ),
+        h2_frame(h2::DATA, h2::END_STREAM, 5, b"yes"),
+    ]
+    .concat();
+    r = r
+        .all(SERVER_PID, SERVER_SOCK, OUT, (3_300, 3_310), &answer)
+        .all(CLIENT_PID, CLIENT_SOCK, IN, (3_320, 3_330), &answer);
+    let (spans, stats) = r
+        .close(SERVER_PID, SERVER_SOCK, 4_000)
+        .close(CLIENT_PID, CLIENT_SOCK, 4_100)
+        .run();
+    assert_eq!(stats.desyncs, 2, "one gap on each end");
+    assert_eq!(spans.len(), 6, "{spans:#?}");
+    for s in &spans {
+        let status = attr(s, "http.response.status_code");
+        let size = attr(s, "http.response.body.size");
+        match s.path() {
+            // Answered before the gap; its end lay in it: ended at close, with its status
+            // and without a size.
+            "/a" => assert_eq!((status, size), (Some(Value::Int(200)), None)),
+            // Its head lay in the gap: no status, said so.
+            "/b" => {
+                assert_eq!((status, size), (None, None));
+                assert_eq!(
+                    attr(s, "tracer.http2.undecoded"),
+                    Some(Value::StrList(vec![":status".into()]))
+                );
+            }
+            "/c" => assert_eq!((status, size), (Some(Value::Int(202)), Some(Value::Int(3)))),
+            other => panic!("{other}"),
+        }
+    }
+}
+
+/// A server seen from its accept often sends its SETTINGS before it reads the client's
+/// preface: that is no connection joined late, and the preface that follows is read as one.
+#[test]
+fn http2_server_settings_before_the_preface() {
+    use crate::protocol::http2::frame::PREFACE;
+    let mut req = loona_hpack::Encoder::new();
+    let mut resp = loona_hpack::Encoder::new();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(h2_frame(h2::SETTINGS, 0, 0, &[]));
+    hello.extend(h2_frame(
+        h2::HEADERS,
+        h2::END_HEADERS | h2::END_STREAM,
+        1,
+        &h2_get(&mut req, "/first"),
+    ));
+    let answer = [
+        h2_frame(
+            h2::HEADERS,
+            h2::END_HEADERS,
+            1,
+            &hpack_block(&mut resp, &[(":status", "200")]),
+        ),
+        h2_frame(h2::DATA, h2::END_STREAM, 1, b"hi"),
+    ]
+    .concat();
+    let (spans, stats) = Recording::new()
+        .open(SERVER_PID, SERVER_SOCK, IN, 1_000)
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            OUT,
+            (1_100, 1_110),
+            &h2_frame(h2::SETTINGS, 0, 0, &[]),
+        )
+        .all(SERVER_PID, SERVER_SOCK, IN, (1_200, 1_210), &hello)
+        .all(SERVER_PID, SERVER_SOCK, OUT, (1_300, 1_310), &answer)
+        .close(SERVER_PID, SERVER_SOCK, 2_000)
+        .run();
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    assert_eq!(spans[0].path(), "/first");
+    assert_eq!(
+        attr(&spans[0], "http.response.status_code"),
+        Some(Value::Int(200))
+    );
+    assert_eq!(stats.desyncs, 0);
 }

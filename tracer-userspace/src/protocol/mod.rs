@@ -50,6 +50,19 @@ pub struct Request {
     pub undecoded: Vec<&'static str>,
     /// A gRPC call (`content-type: application/grpc*`).
     pub grpc: bool,
+    /// The HTTP/2 stream it was sent on.
+    pub stream: Option<u32>,
+}
+
+impl Request {
+    /// What the two ends of its connection both see of it.
+    pub fn sending(&self) -> crate::correlate::link::Sending<'_> {
+        crate::correlate::link::Sending {
+            method: &self.method,
+            target: &self.target,
+            stream: self.stream,
+        }
+    }
 }
 
 /// Largest TLS record body (2^14 bytes of plaintext plus the most a cipher may add).

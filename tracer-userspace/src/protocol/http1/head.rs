@@ -65,6 +65,7 @@ impl RequestHead {
             truncated: self.truncated,
             undecoded: Vec::new(),
             grpc: false,
+            stream: None,
         }
     }
 }

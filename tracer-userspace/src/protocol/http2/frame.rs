@@ -91,21 +91,37 @@ pub trait Sink {
     /// `len` more bytes of stream `stream`'s DATA; `end_stream` with the frame's last byte
     /// when it ends the stream.
     fn data(&mut self, stream: u32, len: u64, end_stream: bool, ts: u64);
-    /// Bytes were not seen, or were not HTTP/2: frames can no longer be found here.
+    /// Bytes of this direction went by unread (not captured, not frames, or a header block
+    /// too large to keep): whatever they held is unknown. Frames are looked for again.
+    fn gap(&mut self);
+    /// Frames cannot be found here any more: nothing more is learnt from this direction.
     fn lost(&mut self);
 }
+
+/// Chunks looked at for one that starts with frames, before a direction is given up.
+const MAX_SYNC_TRIES: u8 = 32;
+
+/// The largest frame a direction joined late may start with: the size every peer accepts
+/// until told otherwise (RFC 9113 4.2). Larger frames are legal, but a stricter test keeps
+/// other bytes from being taken for frames.
+const MAX_JOIN_FRAME: u32 = 16 * 1024;
 
 #[derive(Debug, Clone)]
 enum State {
     /// The client preface: how many of its bytes have been seen.
     Preface(usize),
+    /// Waiting for a chunk that starts with frames (joined late, or after a gap): the
+    /// number of chunks that did not.
+    Sync(u8),
     /// A frame header: the bytes seen so far.
     Header([u8; HEADER_LEN], usize),
-    /// A payload: its header, the bytes still to come, and when it started.
+    /// A payload: its header, the bytes still to come, when it started, and whether it is
+    /// kept (a frame that would be kept but is too large is skipped, as a gap).
     Payload {
         header: Header,
         left: u32,
         ts: u64,
+        keep: bool,
     },
     Lost,
 }
@@ -116,23 +132,33 @@ pub struct Reader {
     state: State,
     /// The payload of the frame being kept.
     kept: Vec<u8>,
+    /// Times this direction's frames were lost and looked for again.
+    pub gaps: u64,
 }
 
 impl Reader {
+    fn with(state: State) -> Self {
+        Reader {
+            state,
+            kept: Vec::new(),
+            gaps: 0,
+        }
+    }
+
     /// A direction that starts with the client preface (the client's side, from its start).
     pub fn after_preface() -> Self {
-        Reader {
-            state: State::Preface(0),
-            kept: Vec::new(),
-        }
+        Self::with(State::Preface(0))
     }
 
     /// A direction whose next byte starts a frame.
     pub fn at_frame() -> Self {
-        Reader {
-            state: State::Header([0; HEADER_LEN], 0),
-            kept: Vec::new(),
-        }
+        Self::with(State::Header([0; HEADER_LEN], 0))
+    }
+
+    /// A direction joined after its start: frames are read from the first chunk that starts
+    /// with them ([`joinable`]).
+    pub fn joining() -> Self {
+        Self::with(State::Sync(0))
     }
 
     pub fn is_lost(&self) -> bool {
@@ -141,10 +167,24 @@ impl Reader {
 
     /// The next chunk of this direction.
     pub fn feed(&mut self, chunk: Chunk<'_>, sink: &mut impl Sink) {
+        if let State::Sync(tries) = self.state {
+            if chunk.data.starts_with(PREFACE) {
+                self.state = State::Preface(0);
+            } else if !joinable(chunk.data, chunk.total) {
+                if tries + 1 >= MAX_SYNC_TRIES {
+                    self.lose(sink);
+                } else {
+                    self.state = State::Sync(tries + 1);
+                }
+                return;
+            } else {
+                self.state = State::Header([0; HEADER_LEN], 0);
+            }
+        }
         let mut data = chunk.data;
         while !data.is_empty() {
             match &mut self.state {
-                State::Lost => return,
+                State::Lost | State::Sync(_) => return,
                 State::Preface(seen) => {
                     let want = &PREFACE[*seen..];
                     let n = want.len().min(data.len());
@@ -166,28 +206,36 @@ impl Reader {
                     if *have == HEADER_LEN {
                         let header = Header::parse(buf);
                         if !header.plausible() && header.kind <= kind::CONTINUATION {
-                            self.lose(sink);
+                            self.resync(sink);
                             return;
                         }
-                        if header.kept() && header.len as usize > MAX_KEPT {
-                            self.lose(sink);
-                            return;
+                        let keep = header.kept() && header.len as usize <= MAX_KEPT;
+                        if header.kept() && !keep {
+                            // Its header block is not read: the table lost track.
+                            self.gaps += 1;
+                            sink.gap();
                         }
                         self.kept.clear();
                         self.state = State::Payload {
                             header,
                             left: header.len,
                             ts: chunk.ts_first,
+                            keep,
                         };
                         self.payload_done(sink);
                     }
                 }
-                State::Payload { header, left, ts } => {
-                    let (header, ts) = (*header, *ts);
+                State::Payload {
+                    header,
+                    left,
+                    ts,
+                    keep,
+                } => {
+                    let (header, ts, keep) = (*header, *ts, *keep);
                     let n = (*left as usize).min(data.len());
                     *left -= n as u32;
                     let done = *left == 0;
-                    if header.kept() {
+                    if keep {
                         self.kept.extend_from_slice(&data[..n]);
                     } else if header.kind == kind::DATA {
                         let end = done && header.flags & flag::END_STREAM != 0;
@@ -200,11 +248,16 @@ impl Reader {
                 }
             }
         }
-        // Bytes moved but not captured: only a DATA payload (or one not kept) may lie there.
+        // Bytes moved but not captured: only a payload not kept (DATA) may lie there.
         let mut missing = chunk.total.saturating_sub(chunk.data.len() as u64);
         while missing > 0 {
             match &mut self.state {
-                State::Payload { header, left, ts } if !header.kept() => {
+                State::Payload {
+                    header,
+                    left,
+                    ts,
+                    keep: false,
+                } => {
                     let (header, ts) = (*header, *ts);
                     let n = u64::from(*left).min(missing);
                     *left -= n as u32;
@@ -217,19 +270,19 @@ impl Reader {
                         self.payload_done(sink);
                     }
                 }
-                State::Lost => return,
+                State::Lost | State::Sync(_) => return,
                 _ => {
-                    self.lose(sink);
+                    self.resync(sink);
                     return;
                 }
             }
         }
     }
 
-    /// The bytes that follow are not seen (a gap): frames can no longer be found.
+    /// The bytes that follow are not seen (a gap): frames are looked for again after it.
     pub fn gap(&mut self, sink: &mut impl Sink) {
-        if !self.is_lost() {
-            self.lose(sink);
+        if !matches!(self.state, State::Lost | State::Sync(_)) {
+            self.resync(sink);
         }
     }
 
@@ -239,11 +292,12 @@ impl Reader {
             header,
             left: 0,
             ts,
+            keep,
         } = self.state
         else {
             return;
         };
-        if header.kept() {
+        if keep {
             sink.frame(header, &self.kept, ts);
             self.kept.clear();
         } else if header.kind == kind::DATA && header.len == 0 {
@@ -252,11 +306,71 @@ impl Reader {
         self.state = State::Header([0; HEADER_LEN], 0);
     }
 
+    /// Frame boundaries were lost: what was missed is a gap, and frames are looked for again
+    /// from the next chunk that starts with them.
+    fn resync(&mut self, sink: &mut impl Sink) {
+        self.state = State::Sync(0);
+        self.kept = Vec::new();
+        self.gaps += 1;
+        sink.gap();
+    }
+
     fn lose(&mut self, sink: &mut impl Sink) {
         self.state = State::Lost;
         self.kept = Vec::new();
         sink.lost();
     }
+}
+
+/// The flags RFC 9113 defines for each frame type.
+fn defined_flags(kind: u8) -> u8 {
+    match kind {
+        kind::DATA => flag::END_STREAM | flag::PADDED,
+        kind::HEADERS => flag::END_STREAM | flag::END_HEADERS | flag::PADDED | flag::PRIORITY,
+        kind::SETTINGS | kind::PING => flag::ACK,
+        kind::PUSH_PROMISE => flag::END_HEADERS | flag::PADDED,
+        kind::CONTINUATION => flag::END_HEADERS,
+        _ => 0,
+    }
+}
+
+/// Whether a chunk of a connection joined late (or after a gap) can be read as frames from
+/// its first byte: it is whole frames of known types, each plausible on its stream, with only
+/// the flags its type defines, at most 16 KiB long, a request's header block on a
+/// client-initiated (odd) stream, and the last frame ends with the chunk or continues past it
+/// without leaving a header block unseen. Text, TLS records and the middle of a frame almost
+/// never pass; a chunk that fails is skipped and the next one tried.
+pub fn joinable(data: &[u8], total: u64) -> bool {
+    let mut at = 0usize;
+    let mut last_kept = false;
+    while at < data.len() {
+        let Some(raw) = data.get(at..at + HEADER_LEN) else {
+            return false;
+        };
+        let raw: &[u8; HEADER_LEN] = raw.try_into().expect("HEADER_LEN bytes");
+        let h = Header::parse(raw);
+        let reserved = raw[5] & 0x80 != 0;
+        let odd_only = matches!(h.kind, kind::HEADERS | kind::PUSH_PROMISE);
+        if reserved
+            || !h.plausible()
+            || h.len > MAX_JOIN_FRAME
+            || h.flags & !defined_flags(h.kind) != 0
+            || (odd_only && h.stream.is_multiple_of(2))
+            || (h.kind == kind::SETTINGS && h.flags & flag::ACK != 0 && h.len != 0)
+        {
+            return false;
+        }
+        last_kept = h.kept();
+        at += HEADER_LEN + h.len as usize;
+    }
+    let end = at as u64;
+    if at == 0 || end < total {
+        // Nothing, or frames beyond what was captured that cannot be read.
+        return false;
+    }
+    // A kept frame that runs past what was captured, when more moved than was captured,
+    // lost bytes.
+    !(last_kept && at > data.len() && total > data.len() as u64)
 }
 
 /// The payload of a HEADERS or PUSH_PROMISE frame less its padding, priority fields and
@@ -285,6 +399,7 @@ mod tests {
     struct Seen {
         frames: Vec<(Header, Vec<u8>, u64)>,
         data: Vec<(u32, u64, bool)>,
+        gaps: u32,
         lost: u32,
     }
 
@@ -294,6 +409,9 @@ mod tests {
         }
         fn data(&mut self, stream: u32, len: u64, end_stream: bool, _ts: u64) {
             self.data.push((stream, len, end_stream));
+        }
+        fn gap(&mut self) {
+            self.gaps += 1;
         }
         fn lost(&mut self) {
             self.lost += 1;
@@ -375,15 +493,16 @@ mod tests {
         assert_eq!(seen.data.iter().map(|d| d.1).sum::<u64>(), 60 * 1024);
     }
 
-    /// Bytes moved but not captured inside DATA are counted; a frame header in them is lost.
+    /// Bytes moved but not captured inside DATA are counted; a frame header in them is a
+    /// gap, after which frames are found again in a chunk that starts with them.
     #[test]
-    fn uncaptured_bytes_are_counted_or_lost() {
+    fn uncaptured_bytes_are_counted_or_a_gap() {
         let data = frame(kind::DATA, flag::END_STREAM, 1, &[1; 1000]);
         let mut r = Reader::at_frame();
         let mut seen = Seen::default();
         r.feed(chunk(&data[..100], data.len() as u64, 1), &mut seen);
         assert_eq!(
-            (seen.lost, seen.data.iter().map(|d| d.1).sum::<u64>()),
+            (seen.gaps, seen.data.iter().map(|d| d.1).sum::<u64>()),
             (0, 1000)
         );
         assert!(seen.data.last().unwrap().2, "the stream's end is known");
@@ -392,28 +511,95 @@ mod tests {
         let mut r = Reader::at_frame();
         let mut seen = Seen::default();
         r.feed(chunk(&two[..100], two.len() as u64, 1), &mut seen);
-        assert_eq!(seen.lost, 1);
-        assert!(r.is_lost());
+        assert_eq!((seen.gaps, r.gaps), (1, 1));
         assert!(seen.frames.is_empty());
+        // The next chunk starts in the middle of a frame: skipped, not read as frames.
+        let middle = &frame(kind::HEADERS, flag::END_HEADERS, 5, b"abcdefgh")[3..];
+        r.feed(chunk(middle, middle.len() as u64, 2), &mut seen);
+        assert!(seen.frames.is_empty());
+        // Then one that starts with a frame.
+        let next = frame(kind::HEADERS, flag::END_HEADERS, 7, b"block-7");
+        r.feed(chunk(&next, next.len() as u64, 3), &mut seen);
+        assert_eq!(seen.frames.len(), 1);
+        assert_eq!(
+            (seen.frames[0].0.stream, &seen.frames[0].1[..]),
+            (7, &b"block-7"[..])
+        );
+        assert!(!r.is_lost());
     }
 
     #[test]
-    fn garbage_is_lost_not_a_panic() {
+    fn garbage_is_a_gap_or_lost_not_a_panic() {
         let mut r = Reader::after_preface();
         let mut seen = Seen::default();
         r.feed(chunk(b"GET / HTTP/1.1\r\n\r\n", 18, 1), &mut seen);
         assert_eq!(seen.lost, 1);
+        assert!(r.is_lost());
         let mut r = Reader::at_frame();
         let mut seen = Seen::default();
         // A HEADERS frame on stream 0.
         r.feed(chunk(&frame(kind::HEADERS, 0, 0, b"x"), 10, 1), &mut seen);
-        assert_eq!(seen.lost, 1);
-        // An oversized header block.
+        assert_eq!((seen.gaps, seen.lost), (1, 0));
+        // An oversized header block: not kept, a gap, and the frames after it are found.
         let mut r = Reader::at_frame();
         let mut seen = Seen::default();
-        let big = [0xff, 0xff, 0xff, kind::HEADERS, 0, 0, 0, 0, 1];
-        r.feed(chunk(&big, 9, 1), &mut seen);
+        let mut big = frame(kind::HEADERS, flag::END_HEADERS, 1, &vec![7; MAX_KEPT + 1]);
+        big.extend(frame(kind::RST_STREAM, 0, 1, &[0, 0, 0, 8]));
+        r.feed(chunk(&big, big.len() as u64, 1), &mut seen);
+        assert_eq!(seen.gaps, 1);
+        assert_eq!(seen.frames.len(), 1);
+        assert_eq!(seen.frames[0].0.kind, kind::RST_STREAM);
+        // A direction that never finds frames again is given up.
+        let mut r = Reader::joining();
+        let mut seen = Seen::default();
+        for i in 0..MAX_SYNC_TRIES {
+            assert!(!r.is_lost());
+            r.feed(chunk(b"HTTP/1.1 200 OK\r\n", 17, u64::from(i)), &mut seen);
+        }
+        assert!(r.is_lost());
         assert_eq!(seen.lost, 1);
+    }
+
+    #[test]
+    fn a_chunk_joined_late_is_read_only_if_it_starts_with_frames() {
+        let headers = frame(kind::HEADERS, flag::END_HEADERS, 1, b"block");
+        let data = frame(kind::DATA, flag::END_STREAM, 1, &[0; 100]);
+        let ping = frame(kind::PING, 0, 0, &[0; 8]);
+        let mut all = headers.clone();
+        all.extend(&data);
+        all.extend(&ping);
+        let n = all.len() as u64;
+        assert!(joinable(&all, n));
+        // Not at a frame's start.
+        assert!(!joinable(&all[1..], n - 1));
+        assert!(!joinable(
+            &all[headers.len() + 9..],
+            n - headers.len() as u64 - 9
+        ));
+        // DATA running past the capture is fine; frames past it are not.
+        assert!(joinable(&data[..50], data.len() as u64));
+        assert!(!joinable(&all[..headers.len() + 50], n));
+        // A header block cut by the capture window.
+        assert!(!joinable(&headers[..12], n));
+        // The frame goes on in the next chunk, all of this one captured.
+        assert!(joinable(&data[..50], 50));
+        // Text, TLS, a request on an even stream, undefined flags, a large frame, the
+        // reserved bit.
+        assert!(!joinable(b"GET / HTTP/1.1\r\n", 16));
+        assert!(!joinable(&[0x16, 3, 1, 0, 0x50, 1, 0, 0, 0x4c], 9));
+        assert!(!joinable(
+            &frame(kind::HEADERS, flag::END_HEADERS, 2, b"x"),
+            10
+        ));
+        assert!(!joinable(&frame(kind::HEADERS, 0x40, 1, b"x"), 10));
+        assert!(!joinable(
+            &frame(kind::DATA, 0, 1, &vec![0; 16 * 1024 + 1]),
+            16_394
+        ));
+        let mut reserved = frame(kind::DATA, 0, 1, b"x");
+        reserved[5] |= 0x80;
+        assert!(!joinable(&reserved, 10));
+        assert!(!joinable(&[], 0));
     }
 
     #[test]
