@@ -1,6 +1,6 @@
 """A gRPC client (grpcio, h2c) for grpc_server.py: the calls named on the command line, in
 order, on one channel (one connection); prints each call's status code name.
-usage: grpc_client.py PORT CALL...   CALL: say | fail | slow | count | sum | chat"""
+usage: grpc_client.py PORT CALL...   CALL: say | fail | slow | big | count | sum | chat"""
 import sys
 
 import grpc
@@ -12,6 +12,8 @@ for call in calls:
     try:
         if call == "say":
             channel.unary_unary("/demo.Echo/Say")(b"you")
+        elif call == "big":
+            channel.unary_unary("/demo.Echo/Big")(b"x")
         elif call == "fail":
             channel.unary_unary("/demo.Echo/Fail")(b"x")
         elif call == "slow":

@@ -8,11 +8,14 @@ const grpc = require("@grpc/grpc-js");
 
 let [port, ...calls] = process.argv.slice(2);
 let credentials = grpc.credentials.createInsecure();
+let options = {};
 if (calls[0] === "--tls") {
   credentials = grpc.credentials.createSsl(fs.readFileSync(calls[1]));
+  // The certificate names localhost; the name is sent as SNI (an address may not be).
+  options = { "grpc.ssl_target_name_override": "localhost" };
   calls = calls.slice(2);
 }
-const client = new grpc.Client(`127.0.0.1:${port}`, credentials);
+const client = new grpc.Client(`127.0.0.1:${port}`, credentials, options);
 const id = (b) => b;
 const name = (err) => (err ? grpc.status[err.code] : "OK");
 

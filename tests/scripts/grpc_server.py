@@ -1,5 +1,6 @@
 """A gRPC server (grpcio, h2c) with a generic service `demo.Echo` on raw bytes (no generated
-code): Say (unary), Fail (UNAVAILABLE, "down"), Slow (sleeps 2 s), Count (server streaming:
+code): Say (unary), Fail (UNAVAILABLE, "down"), Slow (sleeps 2 s), Big (answers 60 KiB, which
+grpcio writes as one sendmsg: head, DATA frames, then the trailers), Count (server streaming:
 as many messages as the request's first byte), Sum (client streaming: the number of
 messages), Chat (bidirectional: each message echoed).
 usage: grpc_server.py PORT"""
@@ -23,6 +24,10 @@ def slow(request, context):
     return b"late"
 
 
+def big(request, context):
+    return b"b" * (60 * 1024)
+
+
 def count(request, context):
     for i in range(request[0] if request else 0):
         yield bytes([i])
@@ -39,6 +44,7 @@ def chat(requests, context):
 
 handlers = {
     "Say": grpc.unary_unary_rpc_method_handler(say),
+    "Big": grpc.unary_unary_rpc_method_handler(big),
     "Fail": grpc.unary_unary_rpc_method_handler(fail),
     "Slow": grpc.unary_unary_rpc_method_handler(slow),
     "Count": grpc.unary_stream_rpc_method_handler(count),

@@ -435,6 +435,29 @@ pub fn go_binary_stripped() -> PathBuf {
         .clone()
 }
 
+/// The Go gRPC test program (`scripts/gogrpc`), built once per test process with Debian's Go
+/// and Debian's `google.golang.org/grpc` sources (GOPATH mode: Debian packages Go libraries
+/// as sources under `/usr/share/gocode`).
+pub fn go_grpc_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e/gogrpc");
+            let status = Command::new("go")
+                .args(["build", "-o"])
+                .arg(&out)
+                .arg(".")
+                .env("GO111MODULE", "off")
+                .env("GOPATH", "/usr/share/gocode")
+                .current_dir(script("gogrpc"))
+                .status()
+                .expect("running go build");
+            assert!(status.success(), "go build of scripts/gogrpc failed");
+            out
+        })
+        .clone()
+}
+
 fn go_build(name: &str, flags: &[&str]) -> PathBuf {
     let out = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/e2e")

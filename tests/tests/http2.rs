@@ -7,7 +7,7 @@ use tracer_e2e::{
     agent::Agent,
     free_port,
     receiver::{Received, Receiver},
-    servers::{curl, grpc_js, nginx_http2, run_client_text, script, spawn_server},
+    servers::{curl, go_grpc_binary, grpc_js, nginx_http2, run_client_text, script, spawn_server},
 };
 
 /// Each server span's parent is the client span of the same stream, on this host.
@@ -20,6 +20,17 @@ fn assert_pairs(spans: &[Received]) {
         assert!(parent.is_client());
         assert_eq!(parent.attr("url.path"), s.attr("url.path"));
     }
+}
+
+/// `scripts/grpc_server.py` (grpcio, h2c) on a free port.
+fn grpcio_server() -> tracer_e2e::servers::Server {
+    let port = free_port();
+    spawn_server(
+        Command::new("python3")
+            .arg(script("grpc_server.py"))
+            .arg(port.to_string()),
+        port,
+    )
 }
 
 fn curl_h2(scheme: &str, port: u16, path: &str) {
@@ -84,13 +95,8 @@ fn curl_and_nginx_over_h2_in_tls() {
 #[test]
 fn grpcio_calls_of_every_kind_over_h2c() {
     let receiver = Receiver::start();
-    let port = free_port();
-    let server = spawn_server(
-        Command::new("python3")
-            .arg(script("grpc_server.py"))
-            .arg(port.to_string()),
-        port,
-    );
+    let server = grpcio_server();
+    let port = server.port;
     let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
     let calls = ["say", "fail", "count", "sum", "chat", "slow"];
     let run = run_client_text(
@@ -153,13 +159,8 @@ fn grpcio_calls_of_every_kind_over_h2c() {
 fn agent_started_on_a_busy_grpc_connection() {
     use std::io::{BufRead, BufReader, Write};
     let receiver = Receiver::start();
-    let port = free_port();
-    let _server = spawn_server(
-        Command::new("python3")
-            .arg(script("grpc_server.py"))
-            .arg(port.to_string()),
-        port,
-    );
+    let _server = grpcio_server();
+    let port = _server.port;
     let mut client = Command::new("python3")
         .arg(script("grpc_busy.py"))
         .arg(port.to_string())
@@ -249,7 +250,7 @@ fn assert_grpc_spans(spans: &[Received], calls: &[(&str, &str)], server: u32, cl
     }
 }
 
-const GRPC_JS_CALLS: [(&str, &str); 5] = [
+const GRPC_CALLS: [(&str, &str); 5] = [
     ("demo.Echo/Say", "OK"),
     ("demo.Echo/Fail", "UNAVAILABLE"),
     ("demo.Echo/Count", "OK"),
@@ -275,7 +276,7 @@ fn grpc_js_calls(tls: bool) {
     assert_eq!(run.text.trim(), "OK UNAVAILABLE OK OK OK");
     let spans = receiver.wait_spans(10, |_| true);
     agent.stop();
-    assert_grpc_spans(&spans, &GRPC_JS_CALLS, server.pid(), run.pid);
+    assert_grpc_spans(&spans, &GRPC_CALLS, server.pid(), run.pid);
     let scheme = if tls { "https" } else { "http" };
     assert!(
         spans.iter().all(|s| s.attr("url.scheme").str() == scheme),
@@ -293,4 +294,112 @@ fn grpc_js_calls_of_every_kind_over_h2c() {
 #[test]
 fn grpc_js_calls_of_every_kind_over_tls() {
     grpc_js_calls(true);
+}
+
+/// 100 calls at once on one connection (100 concurrent streams), grpc-js calling grpcio:
+/// 100 spans on each side, each server span the child of its own client span.
+#[test]
+fn a_hundred_concurrent_streams_on_one_connection() {
+    let receiver = Receiver::start();
+    let server = grpcio_server();
+    let port = server.port;
+    let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
+    let run = run_client_text(
+        Command::new("node")
+            .arg(script("grpc_js_client.js"))
+            .args([&port.to_string(), "many100"]),
+    );
+    assert_eq!(run.text.trim(), "OK");
+    let spans = receiver.wait_spans(200, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 200);
+    let clients: Vec<_> = spans.iter().filter(|s| s.is_client()).collect();
+    let servers: Vec<_> = spans.iter().filter(|s| s.is_server()).collect();
+    assert_eq!((clients.len(), servers.len()), (100, 100));
+    let connections: std::collections::HashSet<_> = clients
+        .iter()
+        .map(|s| s.attr("network.local.port").int())
+        .collect();
+    assert_eq!(connections.len(), 1, "one connection");
+    let mut parents = std::collections::HashSet::new();
+    for s in &servers {
+        assert_eq!(s.pid(), server.pid());
+        let parent = clients
+            .iter()
+            .find(|c| c.span.span_id == s.span.parent_span_id)
+            .unwrap_or_else(|| panic!("no client parent: {s:#?}"));
+        assert!(
+            parents.insert(parent.span.span_id.clone()),
+            "one child per client span"
+        );
+        assert!(parent.span.start_time_unix_nano <= s.span.start_time_unix_nano);
+        assert!(s.span.end_time_unix_nano <= parent.span.end_time_unix_nano);
+    }
+    for s in &spans {
+        assert_eq!(s.span.name, "demo.Echo/Say");
+        assert_eq!(s.attr("rpc.response.status_code").str(), "OK", "{s:#?}");
+    }
+}
+
+/// grpcio answers 60 KiB in one `sendmsg`: its head, four DATA frames, then the trailers with
+/// the status, 61 KiB past the copied bytes. The kernel walks the frames there and sends the
+/// trailers: the status is known on both sides, the body size is exact, and the call after it
+/// on the same connection is whole.
+#[test]
+fn trailers_after_60_kib_of_data_in_one_write() {
+    let receiver = Receiver::start();
+    let server = grpcio_server();
+    let port = server.port;
+    let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
+    let run = run_client_text(
+        Command::new("python3")
+            .arg(script("grpc_client.py"))
+            .arg(port.to_string())
+            .args(["big", "say"]),
+    );
+    assert_eq!(run.text.trim(), "OK OK");
+    let spans = receiver.wait_spans(4, |_| true);
+    agent.stop();
+    assert_grpc_spans(
+        &spans,
+        &[("demo.Echo/Big", "OK"), ("demo.Echo/Say", "OK")],
+        server.pid(),
+        run.pid,
+    );
+    for s in spans.iter().filter(|s| s.span.name == "demo.Echo/Big") {
+        // The message and its 5-byte gRPC prefix.
+        assert_eq!(
+            s.attr("http.response.body.size").int(),
+            60 * 1024 + 5,
+            "{s:#?}"
+        );
+        assert!(
+            !s.attributes.contains_key("tracer.http2.undecoded"),
+            "{s:#?}"
+        );
+    }
+}
+
+/// Go's gRPC (`google.golang.org/grpc` 1.33, Debian's) at both ends over h2c: its own HTTP/2
+/// (`golang.org/x/net/http2`'s framer and HPACK encoder).
+#[test]
+fn go_grpc_calls_of_every_kind_over_h2c() {
+    let binary = go_grpc_binary();
+    let receiver = Receiver::start();
+    let port = free_port();
+    let server = spawn_server(
+        Command::new(&binary).args(["serve", &port.to_string()]),
+        port,
+    );
+    let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
+    let run = run_client_text(
+        Command::new(&binary)
+            .args(["call", &port.to_string()])
+            .args(["say", "fail", "count", "sum", "chat"]),
+    );
+    // Go names the codes in its own spelling.
+    assert_eq!(run.text.trim(), "OK Unavailable OK OK OK");
+    let spans = receiver.wait_spans(10, |_| true);
+    agent.stop();
+    assert_grpc_spans(&spans, &GRPC_CALLS, server.pid(), run.pid);
 }

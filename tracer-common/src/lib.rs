@@ -256,7 +256,16 @@ pub mod kind {
     /// A traced process started a program or mapped an executable file: the agent looks for
     /// TLS libraries in it. No connection, no payload.
     pub const MAPPED: u8 = 8;
+    /// HTTP/2 frames found past the capture window of the syscall that the next `DATA` event
+    /// of the connection reports, in the same direction. Payload: pieces, each its offset in
+    /// that syscall's bytes (u32, little-endian), its length (u16), and the bytes found
+    /// there (a frame's header, and its payload when it carries a header block, settings or
+    /// a stream's end). Sent just before that event, with the same time.
+    pub const FRAMES: u8 = 9;
 }
+
+/// The most bytes of pieces one `FRAMES` event carries.
+pub const FRAMES_MAX: usize = 8192;
 
 /// Length of a version-00 `traceparent` value: `00-<32 hex>-<16 hex>-<2 hex>`.
 pub const TRACEPARENT_VALUE_LEN: usize = 55;
@@ -381,7 +390,10 @@ pub mod counter {
     /// Executable files that traced processes started or mapped, not yet looked at by the
     /// agent (for TLS libraries): reported to it, not counted as events.
     pub const FILES_REPORTED: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// Syscalls with HTTP/2 frames past their copied bytes that the kernel's walk could not
+    /// all copy (its room or its steps ran out): the agent sees a gap there.
+    pub const FRAMES_NOT_COPIED: u32 = 9;
+    pub const COUNT: u32 = 10;
 
     /// Whether a counter counts something lost (not events or reports).
     pub const fn is_loss(index: u32) -> bool {
@@ -399,6 +411,7 @@ pub mod counter {
         "iov_truncated",
         "lost_queue_full",
         "files_reported",
+        "frames_not_copied",
     ];
 }
 

@@ -48,18 +48,31 @@ fn lookup_state(tgid: u32, fd: i32) -> Option<ConnInfo> {
 /// or names another file now.
 #[inline(always)]
 pub fn cached_state(tgid: u32, fd: i32, file: u64) -> Option<u32> {
+    let state = cached_state_of(tgid, fd, file);
+    (state != NO_STATE).then_some(state)
+}
+
+const NO_STATE: u32 = u32::MAX;
+
+/// [`cached_state`] as a function of its own, returning [`NO_STATE`] for none: inlined into
+/// callers that ask twice, the compiler merged paths so that one register held the map value
+/// on one and a number on the other, which the verifier refuses.
+#[inline(never)]
+fn cached_state_of(tgid: u32, fd: i32, file: u64) -> u32 {
     if fd < 0 {
-        return None;
+        return NO_STATE;
     }
     let key = FdKey {
         tgid,
         fd: fd as u32,
     };
-    let info = unsafe { CONNS.get(key) }?;
+    let Some(info) = (unsafe { CONNS.get(key) }) else {
+        return NO_STATE;
+    };
     if info.file != file || info.state == conn_state::IGNORED || !still_names(fd as u32, info) {
-        return None;
+        return NO_STATE;
     }
-    Some(info.state)
+    info.state
 }
 
 /// The cached, traced connection of a descriptor already checked to name `file`.

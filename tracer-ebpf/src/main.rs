@@ -11,6 +11,7 @@ mod check;
 mod conn;
 mod emit;
 mod filter;
+mod frames;
 mod maps;
 mod propagate;
 mod tls;
@@ -115,10 +116,12 @@ fn exit_data(ctx: &TracePointContext, syscall: u8, dir: u8) -> Result<u32, u32> 
     }
     let copied = emit::copy_payload(buf, &call, ret as u64);
     unsafe { (*buf).header.captured_len = copied as u32 };
-    if config!(propagate) != 0 || (dir == direction::INGRESS && ret as u64 > copied) {
+    if config!(propagate) != 0 || ret as u64 > copied {
         propagate::set_user_buffer(if call.mode == MODE_PLAIN { call.buf } else { 0 });
-        // The searches of a request's head run in a program of their own, which sends the
-        // event: they need `bpf_loop` (Linux 5.17) and a stack of their own. Where that
+        frames::set_source(call.buf, call.mode, call.iovcnt);
+        // The searches of a request's head, and of HTTP/2 frames past the copied bytes, run
+        // in a program of their own, which sends the event: they need `bpf_loop` (Linux
+        // 5.17) and a stack of their own. Where that
         // program is not loaded the tail call returns, and the event goes out as it is.
         unsafe { maps::AFTER_COPY.tail_call(ctx, 0) };
     }
@@ -126,10 +129,12 @@ fn exit_data(ctx: &TracePointContext, syscall: u8, dir: u8) -> Result<u32, u32> 
     Ok(0)
 }
 
-/// The tail of an exit program whose event may start a request: the searches of
+/// The tail of an exit program whose event may start a request or hold frames past its
+/// copied bytes: the walk of [`frames::beyond_window`] and the searches of
 /// [`propagate::after_copy`], then the event (left in the scratch buffer) is sent.
 #[tracepoint]
 pub fn tracer_after_copy(_ctx: TracePointContext) -> u32 {
+    frames::beyond_window();
     propagate::after_copy();
     if let Some(buf) = maps::SCRATCH.get_ptr_mut(0) {
         let copied = unsafe { (*buf).header.captured_len } as u64;

@@ -118,6 +118,7 @@ pub fn run_http2(data: &[u8]) -> usize {
             total,
             ts_first: i as u64,
             ts_last: i as u64,
+            beyond: &[],
         };
         reader.feed(chunk, &mut count);
     }

@@ -37,6 +37,9 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("go", "golang-go"),
     ("ip", "iproute2"),
 ];
+/// Debian libraries the end-to-end tests build against: Go's gRPC, for a Go server and client
+/// (built in GOPATH mode from Debian's Go sources).
+const TEST_LIBRARIES: &[&str] = &["golang-google-grpc-dev"];
 /// Python packages the end-to-end tests use (an SDK-instrumented program, an aiohttp app, a
 /// gRPC server and client), from PyPI.
 const TEST_PYTHON_PACKAGES: &[&str] = &[
@@ -259,6 +262,7 @@ fn setup(test: bool) -> anyhow::Result<()> {
         missing.extend(
             kernels::PACKAGES
                 .iter()
+                .chain(TEST_LIBRARIES)
                 .copied()
                 .filter(|p| !package_installed(p)),
         );

@@ -284,7 +284,7 @@ fn agent_programs() -> Vec<Item> {
             "head search",
             true,
             format!(
-                "loads (traceparent past the capture window; --propagate's context){}",
+                "loads (traceparent and HTTP/2 frames past the capture window; --propagate's context){}",
                 verifier_work(&ebpf, [AFTER_COPY_PROGRAM])
             ),
             false,

@@ -45,6 +45,7 @@ impl<'a> Event<'a> {
                 | kind::INJECT
                 | kind::TRACEPARENT
                 | kind::MAPPED
+                | kind::FRAMES
         ) {
             return Err(DecodeError::Kind(header.kind));
         }

@@ -146,8 +146,10 @@ pub struct Call {
     pub connected_at: Option<u64>,
 }
 
-/// Client requests remembered per connection, and for how long.
-const MAX_SENT_PER_CONN: usize = 64;
+/// Client requests remembered per connection, and for how long: as many as HTTP/2 streams
+/// followed at once on one connection (`http2::MAX_STREAMS`), so that a burst of concurrent
+/// calls finds every parent.
+const MAX_SENT_PER_CONN: usize = 1024;
 const SENT_TTL_NS: u64 = 30 * 1_000_000_000;
 const MAX_CONNS: usize = 65_536;
 const MAX_THREADS: usize = 65_536;

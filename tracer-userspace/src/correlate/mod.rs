@@ -174,13 +174,15 @@ impl Pipeline {
                 // Bytes into the process: the first byte is there when the read returns.
                 // Bytes out: the first byte leaves when the write starts.
                 let ts_first = if ingress { h.ts_exit_ns } else { h.ts_enter_ns };
+                let c = self.conn(key, ev, None);
+                let beyond = c.conn.session.take_frames(h.direction, h.ts_exit_ns);
                 let chunk = Chunk {
                     data: ev.payload,
                     total: h.total_len,
                     ts_first,
                     ts_last: h.ts_exit_ns,
+                    beyond: &beyond,
                 };
-                let c = self.conn(key, ev, None);
                 c.conn.fd = h.fd;
                 let mut env = Env {
                     ids: c.ids,
@@ -224,6 +226,13 @@ impl Pipeline {
                         None => {}
                     }
                 }
+            }
+            kind::FRAMES => {
+                self.conn(key, ev, None).conn.session.frames_beyond(
+                    h.direction,
+                    h.ts_exit_ns,
+                    ev.payload.to_vec(),
+                );
             }
             kind::TRACEPARENT => {
                 if let Ok(value) = std::str::from_utf8(ev.payload) {

@@ -12,9 +12,10 @@ pub const WINDOW_NS: u64 = 50_000_000;
 /// Events held at most; past this the oldest are released early.
 const MAX_HELD: usize = 50_000;
 
-/// The time an event's first byte moved.
+/// The time an event's first byte moved. A `FRAMES` event goes with its syscall's `DATA`
+/// event, which follows it.
 fn key(h: &EventHeader) -> u64 {
-    if h.kind == kind::DATA && h.direction == direction::EGRESS {
+    if matches!(h.kind, kind::DATA | kind::FRAMES) && h.direction == direction::EGRESS {
         h.ts_enter_ns
     } else {
         h.ts_exit_ns
@@ -92,6 +93,26 @@ mod tests {
             ts_exit_ns: exit,
             ..Default::default()
         }
+    }
+
+    /// The pieces the kernel found past a write's copied bytes arrive just before its event,
+    /// with the same times, and stay just before it.
+    #[test]
+    fn frames_stay_just_before_their_write() {
+        let mut r = Reorder::default();
+        let mut frames = ev(kind::FRAMES, direction::EGRESS, 10, 50);
+        frames.captured_len = 0;
+        let data = ev(kind::DATA, direction::EGRESS, 10, 50);
+        let read = ev(kind::DATA, direction::INGRESS, 20, 30);
+        for h in [read, frames, data] {
+            r.push(&Event {
+                header: h,
+                payload: &[],
+            });
+        }
+        let mut order = Vec::new();
+        r.release(u64::MAX, |e| order.push(e.header.kind));
+        assert_eq!(order, vec![kind::FRAMES, kind::DATA, kind::DATA]);
     }
 
     #[test]

@@ -21,10 +21,14 @@ use super::{
 /// The protocols a session can carry. A session starts as HTTP/1.x and becomes HTTP/2 when
 /// its first bytes are the client preface, or, before any HTTP/1.x message, whole HTTP/2
 /// frames (a connection the agent joined late).
+///
+/// HTTP/1.x, the common case, is held inline (no allocation per connection); HTTP/2, twice its
+/// size, is boxed so that HTTP/1.x connections do not carry its room.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Protocol {
     Http1(Http1),
-    Http2(Http2),
+    Http2(Box<Http2>),
 }
 
 /// Whether `data` starts like HTTP/2's client preface (at least its first four bytes).
@@ -42,6 +46,9 @@ pub struct Session {
     hints: Hints,
     /// Header names the user asked to capture.
     capture: Arc<[String]>,
+    /// HTTP/2 frames the kernel found past the copied bytes of the next chunk: its
+    /// direction, its time, the pieces.
+    frames: Option<(u8, u64, Vec<u8>)>,
     /// Kernel time of the last event seen.
     pub last_ns: u64,
 }
@@ -55,6 +62,7 @@ impl Session {
             tls: false,
             hints: Hints::default(),
             capture: capture_headers.clone(),
+            frames: None,
             last_ns: 0,
         }
     }
@@ -71,6 +79,21 @@ impl Session {
     /// or a client request it wrote a `traceparent` into (`--propagate`).
     pub fn expect_kernel_ids(&mut self, ids: tracer_common::TraceIds) {
         self.hints.kernel_ids = Some(ids);
+    }
+
+    /// The kernel found HTTP/2 frames past the copied bytes of the next chunk in
+    /// `direction`, reported at `ts` (`tracer_common::kind::FRAMES`).
+    pub fn frames_beyond(&mut self, direction: u8, ts: u64, pieces: Vec<u8>) {
+        self.frames = Some((direction, ts, pieces));
+    }
+
+    /// The pieces for the chunk moved in `direction` at `ts`, if the kernel sent them (empty
+    /// otherwise).
+    pub fn take_frames(&mut self, direction: u8, ts: u64) -> Vec<u8> {
+        match self.frames.take() {
+            Some((d, t, pieces)) if d == direction && t == ts => pieces,
+            _ => Vec::new(),
+        }
     }
 
     /// The kernel found the next request's `traceparent` beyond what was captured of it.
@@ -95,7 +118,7 @@ impl Session {
                     let role = if ingress { Kind::Server } else { Kind::Client };
                     let mut h2 = Http2::from_preface(role, &self.capture);
                     h2.data(ingress, chunk, tid, env, &mut self.hints);
-                    self.protocol = Protocol::Http2(h2);
+                    self.protocol = Protocol::Http2(Box::new(h2));
                     return;
                 }
                 if !h.saw_message() && frame::joinable(chunk.data, chunk.total) {
@@ -105,7 +128,7 @@ impl Session {
                     // client's preface: that preface is then read as one.
                     let mut h2 = Http2::joined(h.role(), &self.capture);
                     h2.data(ingress, chunk, tid, env, &mut self.hints);
-                    self.protocol = Protocol::Http2(h2);
+                    self.protocol = Protocol::Http2(Box::new(h2));
                     return;
                 }
                 h.data(ingress, chunk, tid, env, &mut self.hints);

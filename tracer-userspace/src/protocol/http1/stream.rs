@@ -23,6 +23,9 @@ pub struct Chunk<'a> {
     pub ts_first: u64,
     /// Kernel time of the chunk's last byte (ns).
     pub ts_last: u64,
+    /// Bytes past `data` the kernel found HTTP/2 frames in, as a `FRAMES` event's pieces
+    /// (`tracer_common::kind::FRAMES`); empty for none.
+    pub beyond: &'a [u8],
 }
 
 /// Which messages a direction carries.
@@ -356,6 +359,7 @@ mod tests {
             total: data.len() as u64,
             ts_first: ts,
             ts_last: ts + 1,
+            beyond: &[],
         }
     }
 
@@ -411,6 +415,7 @@ mod tests {
                 total: head.len() as u64 + 600_000,
                 ts_first: 1,
                 ts_last: 2,
+                beyond: &[],
             },
             &mut c,
         );
@@ -420,6 +425,7 @@ mod tests {
                 total: 400_000,
                 ts_first: 3,
                 ts_last: 4,
+                beyond: &[],
             },
             &mut c,
         );
@@ -474,6 +480,7 @@ mod tests {
                 total: 9000,
                 ts_first: 1,
                 ts_last: 2,
+                beyond: &[],
             },
             &mut c,
         );

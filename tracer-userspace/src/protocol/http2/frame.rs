@@ -134,6 +134,31 @@ pub struct Reader {
     kept: Vec<u8>,
     /// Times this direction's frames were lost and looked for again.
     pub gaps: u64,
+    /// Where the current chunk's next byte, and the frame in progress, are in it (`None`:
+    /// the frame began in an earlier chunk).
+    at: u64,
+    frame_at: Option<u64>,
+}
+
+/// The pieces of a `FRAMES` event: (offset, bytes), in the order the kernel found them.
+struct Pieces<'a>(&'a [u8]);
+
+impl<'a> Pieces<'a> {
+    /// The bytes from `pos` on of the piece that starts at `frame` (a frame's header).
+    fn at(&self, frame: u64, pos: u64) -> Option<&'a [u8]> {
+        let mut rest = self.0;
+        while rest.len() >= 6 {
+            let off = u64::from(u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]));
+            let len = usize::from(u16::from_le_bytes([rest[4], rest[5]]));
+            let bytes = rest.get(6..6 + len)?;
+            if off == frame {
+                let skip = usize::try_from(pos.checked_sub(off)?).ok()?;
+                return bytes.get(skip..).filter(|b| !b.is_empty());
+            }
+            rest = &rest[6 + len..];
+        }
+        None
+    }
 }
 
 impl Reader {
@@ -142,6 +167,8 @@ impl Reader {
             state,
             kept: Vec::new(),
             gaps: 0,
+            at: 0,
+            frame_at: None,
         }
     }
 
@@ -181,7 +208,54 @@ impl Reader {
                 self.state = State::Header([0; HEADER_LEN], 0);
             }
         }
-        let mut data = chunk.data;
+        self.at = 0;
+        // A frame that starts here can be found in the kernel's pieces; one begun in an
+        // earlier chunk cannot.
+        self.frame_at = matches!(self.state, State::Header(_, 0)).then_some(0);
+        self.consume(chunk.data, chunk.ts_first, sink);
+        // Bytes moved but not captured: a payload not kept (DATA) is counted; a frame header
+        // or a kept payload must be in the pieces the kernel found there, or it is a gap.
+        let pieces = Pieces(chunk.beyond);
+        while self.at < chunk.total {
+            match &mut self.state {
+                State::Payload {
+                    header,
+                    left,
+                    ts,
+                    keep: false,
+                } => {
+                    let (header, ts) = (*header, *ts);
+                    let n = u64::from(*left).min(chunk.total - self.at);
+                    *left -= n as u32;
+                    self.at += n;
+                    if header.kind == kind::DATA {
+                        let end = *left == 0 && header.flags & flag::END_STREAM != 0;
+                        sink.data(header.stream, n, end, ts);
+                    }
+                    if *left == 0 {
+                        self.payload_done(sink);
+                    }
+                }
+                State::Lost | State::Sync(_) => return,
+                State::Header(..) | State::Payload { .. } => {
+                    let found = self.frame_at.and_then(|f| pieces.at(f, self.at));
+                    let Some(bytes) = found else {
+                        self.resync(sink);
+                        return;
+                    };
+                    let n = bytes.len().min((chunk.total - self.at) as usize);
+                    self.consume(&bytes[..n], chunk.ts_first, sink);
+                }
+                State::Preface(_) => {
+                    self.resync(sink);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Bytes of this direction at `self.at` of the current chunk, read as frames.
+    fn consume(&mut self, mut data: &[u8], chunk_ts: u64, sink: &mut impl Sink) {
         while !data.is_empty() {
             match &mut self.state {
                 State::Lost | State::Sync(_) => return,
@@ -194,8 +268,10 @@ impl Reader {
                     }
                     *seen += n;
                     data = &data[n..];
+                    self.at += n as u64;
                     if *seen == PREFACE.len() {
                         self.state = State::Header([0; HEADER_LEN], 0);
+                        self.frame_at = Some(self.at);
                     }
                 }
                 State::Header(buf, have) => {
@@ -203,6 +279,7 @@ impl Reader {
                     buf[*have..*have + n].copy_from_slice(&data[..n]);
                     *have += n;
                     data = &data[n..];
+                    self.at += n as u64;
                     if *have == HEADER_LEN {
                         let header = Header::parse(buf);
                         if !header.plausible() && header.kind <= kind::CONTINUATION {
@@ -219,7 +296,7 @@ impl Reader {
                         self.state = State::Payload {
                             header,
                             left: header.len,
-                            ts: chunk.ts_first,
+                            ts: chunk_ts,
                             keep,
                         };
                         self.payload_done(sink);
@@ -242,38 +319,10 @@ impl Reader {
                         sink.data(header.stream, n as u64, end, ts);
                     }
                     data = &data[n..];
+                    self.at += n as u64;
                     if done {
                         self.payload_done(sink);
                     }
-                }
-            }
-        }
-        // Bytes moved but not captured: only a payload not kept (DATA) may lie there.
-        let mut missing = chunk.total.saturating_sub(chunk.data.len() as u64);
-        while missing > 0 {
-            match &mut self.state {
-                State::Payload {
-                    header,
-                    left,
-                    ts,
-                    keep: false,
-                } => {
-                    let (header, ts) = (*header, *ts);
-                    let n = u64::from(*left).min(missing);
-                    *left -= n as u32;
-                    missing -= n;
-                    if header.kind == kind::DATA {
-                        let end = *left == 0 && header.flags & flag::END_STREAM != 0;
-                        sink.data(header.stream, n, end, ts);
-                    }
-                    if *left == 0 {
-                        self.payload_done(sink);
-                    }
-                }
-                State::Lost | State::Sync(_) => return,
-                _ => {
-                    self.resync(sink);
-                    return;
                 }
             }
         }
@@ -304,6 +353,7 @@ impl Reader {
             sink.data(header.stream, 0, header.flags & flag::END_STREAM != 0, ts);
         }
         self.state = State::Header([0; HEADER_LEN], 0);
+        self.frame_at = Some(self.at);
     }
 
     /// Frame boundaries were lost: what was missed is a gap, and frames are looked for again
@@ -433,6 +483,7 @@ mod tests {
             total,
             ts_first: ts,
             ts_last: ts,
+            beyond: &[],
         }
     }
 
@@ -491,6 +542,73 @@ mod tests {
         assert_eq!(seen.frames.len(), 1);
         assert_eq!(seen.frames[0].1, b"block-3");
         assert_eq!(seen.data.iter().map(|d| d.1).sum::<u64>(), 60 * 1024);
+    }
+
+    /// Pieces as the kernel sends them: (offset, bytes) each.
+    fn pieces(list: &[(u32, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (off, bytes) in list {
+            out.extend(off.to_le_bytes());
+            out.extend((bytes.len() as u16).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        out
+    }
+
+    /// A write of a 60 KiB DATA frame, a HEADERS frame and a 20 KiB DATA frame that ends its
+    /// stream, of which 2 KiB were copied: the kernel's pieces hold the frame headers past
+    /// that, and the header block, at their offsets; the frames are found whole.
+    #[test]
+    fn frames_past_the_copied_bytes_come_from_the_kernels_pieces() {
+        let data = frame(kind::DATA, 0, 1, &vec![0; 60 * 1024]);
+        let headers = frame(kind::HEADERS, flag::END_HEADERS, 3, b"block-3");
+        let tail = frame(kind::DATA, flag::END_STREAM, 3, &vec![1; 20 * 1024]);
+        let bytes = [data.clone(), headers.clone(), tail.clone()].concat();
+        let at_headers = data.len() as u32;
+        let at_tail = at_headers + headers.len() as u32;
+        let found = pieces(&[(at_headers, &headers), (at_tail, &tail[..9])]);
+        let mut r = Reader::at_frame();
+        let mut seen = Seen::default();
+        let c = Chunk {
+            beyond: &found,
+            ..chunk(&bytes[..2048], bytes.len() as u64, 5)
+        };
+        r.feed(c, &mut seen);
+        assert_eq!(seen.gaps, 0);
+        assert_eq!(seen.frames.len(), 1);
+        assert_eq!(
+            (seen.frames[0].0.stream, &seen.frames[0].1[..]),
+            (3, &b"block-3"[..])
+        );
+        let counted = |s: u32| {
+            seen.data
+                .iter()
+                .filter(|d| d.0 == s)
+                .map(|d| d.1)
+                .sum::<u64>()
+        };
+        assert_eq!((counted(1), counted(3)), (60 * 1024, 20 * 1024));
+        assert!(seen.data.iter().any(|d| d.0 == 3 && d.2), "stream 3 ended");
+        // A piece at an offset where no frame starts is not taken: a gap.
+        let wrong = pieces(&[(at_headers + 1, &headers[1..])]);
+        let mut r = Reader::at_frame();
+        let mut seen = Seen::default();
+        let c = Chunk {
+            beyond: &wrong,
+            ..chunk(&bytes[..2048], bytes.len() as u64, 5)
+        };
+        r.feed(c, &mut seen);
+        assert_eq!((seen.gaps, seen.frames.len()), (1, 0));
+        // A header block cut short in its piece is a gap too.
+        let short = pieces(&[(at_headers, &headers[..12])]);
+        let mut r = Reader::at_frame();
+        let mut seen = Seen::default();
+        let c = Chunk {
+            beyond: &short,
+            ..chunk(&bytes[..2048], bytes.len() as u64, 5)
+        };
+        r.feed(c, &mut seen);
+        assert_eq!((seen.gaps, seen.frames.len()), (1, 0));
     }
 
     /// Bytes moved but not captured inside DATA are counted; a frame header in them is a
