@@ -4,8 +4,8 @@
 use tracer_e2e::{
     agent::Agent,
     free_port,
-    receiver::Receiver,
-    servers::{Server, curl, nginx, python_client, python_framings},
+    receiver::{Received, Receiver},
+    servers::{Server, curl, nginx, nginx_http2, python_client, python_framings, script},
 };
 
 /// Resident memory of a process, in KiB.
@@ -21,13 +21,18 @@ fn rss_kib(pid: u32) -> u64 {
 /// Run `hostile` against a server under a tracing agent, then five valid requests: they must
 /// give exactly ten correct spans (both sides), and the agent must stay small.
 fn survive(server: Server, hostile: impl FnOnce(u16)) {
+    survive_with(server, hostile, &[]);
+}
+
+/// [`survive`], the valid requests made by curl with `curl_args`. Returns every span received.
+fn survive_with(server: Server, hostile: impl FnOnce(u16), curl_args: &[&str]) -> Vec<Received> {
     let receiver = Receiver::start();
     let port = server.port;
     let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
     hostile(port);
     let mut pids = Vec::new();
     for i in 0..5 {
-        let run = curl(&format!("http://127.0.0.1:{port}/valid{i}"), &[]);
+        let run = curl(&format!("http://127.0.0.1:{port}/valid{i}"), curl_args);
         assert!(
             run.status == 200 || run.status == 404,
             "status {}",
@@ -35,7 +40,12 @@ fn survive(server: Server, hostile: impl FnOnce(u16)) {
         );
         pids.push(run.pid);
     }
-    let valid = receiver.wait_spans(10, |s| s.attr("url.path").str().starts_with("/valid"));
+    let is_valid = |s: &Received| {
+        s.attributes
+            .get("url.path")
+            .is_some_and(|p| p.str().starts_with("/valid"))
+    };
+    let valid = receiver.wait_spans(10, is_valid);
     let rss = rss_kib(agent.pid());
     agent.stop();
     assert_eq!(
@@ -62,6 +72,7 @@ fn survive(server: Server, hostile: impl FnOnce(u16)) {
         );
     }
     assert!(rss < 128 * 1024, "agent RSS {rss} KiB stays bounded");
+    receiver.spans()
 }
 
 #[test]
@@ -118,4 +129,43 @@ fn binary_garbage_and_tls_bytes() {
         python_client("garbage", port, None);
         python_client("garbage_stream", port, None);
     });
+}
+
+/// Hostile HTTP/2 on an h2c port (nginx `http2`): bad header table indexes, a table size past
+/// the limit, invalid Huffman, a frame claiming 16 MiB, CONTINUATION without HEADERS, a
+/// header block grown past 256 KiB, frames on the wrong streams, padding longer than its
+/// frame, random bytes. Then valid HTTP/2 requests are traced exactly.
+#[test]
+fn hostile_http2_frames() {
+    let spans = survive_with(
+        nginx_http2(free_port(), false),
+        |port| {
+            let out = std::process::Command::new("python3")
+                .arg(script("h2_hostile.py"))
+                .arg(port.to_string())
+                .output()
+                .expect("running h2_hostile.py");
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7");
+        },
+        &["--http2-prior-knowledge"],
+    );
+    // What the hostile streams give is never made up: no path was ever sent, so none is
+    // reported; what could not be decoded is named.
+    for s in spans
+        .iter()
+        .filter(|s| !s.attributes.contains_key("url.path"))
+    {
+        let undecoded = match s.attributes.get("tracer.http2.undecoded") {
+            Some(tracer_e2e::receiver::Value::List(l)) => l.clone(),
+            _ => Vec::new(),
+        };
+        assert!(undecoded.iter().any(|u| u == ":path"), "{s:#?}");
+    }
+    assert!(
+        spans.iter().all(|s| s
+            .attributes
+            .get("url.path")
+            .is_none_or(|p| p.str().starts_with("/valid"))),
+        "{spans:#?}"
+    );
 }
