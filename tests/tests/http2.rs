@@ -403,3 +403,39 @@ fn go_grpc_calls_of_every_kind_over_h2c() {
     agent.stop();
     assert_grpc_spans(&spans, &GRPC_CALLS, server.pid(), run.pid);
 }
+
+/// `Upgrade: h2c`: curl asks Go's h2c handler (golang.org/x/net) to switch an HTTP/1.1
+/// request to HTTP/2. The upgrade request's span ends with its HTTP/2 response on stream 1,
+/// and the next request is an HTTP/2 stream on the same connection.
+#[test]
+fn upgrade_from_http1_to_h2c() {
+    let binary = go_grpc_binary();
+    let receiver = Receiver::start();
+    let port = free_port();
+    let server = spawn_server(Command::new(&binary).args(["h2c", &port.to_string()]), port);
+    let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
+    let urls = [
+        format!("http://127.0.0.1:{port}/up"),
+        format!("http://127.0.0.1:{port}/missing"),
+    ];
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let run = tracer_e2e::servers::curl_many(&urls, &["--http2"]);
+    assert_eq!(run.statuses, vec![200, 404]);
+    let spans = receiver.wait_spans(4, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    assert_pairs(&spans);
+    for s in &spans {
+        let pid = if s.is_server() { server.pid() } else { run.pid };
+        assert_eq!(s.pid(), pid, "{s:#?}");
+        assert_eq!(s.attr("network.protocol.version").str(), "2", "{s:#?}");
+        assert_eq!(s.attr("http.request.method").str(), "GET");
+        let (status, size) = match s.attr("url.path").str() {
+            "/up" => (200, 10),
+            "/missing" => (404, 19),
+            other => panic!("{other}"),
+        };
+        assert_eq!(s.attr("http.response.status_code").int(), status, "{s:#?}");
+        assert_eq!(s.attr("http.response.body.size").int(), size, "{s:#?}");
+    }
+}

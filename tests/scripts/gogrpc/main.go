@@ -3,8 +3,11 @@
 // (UNAVAILABLE, "down"), Count (server streaming: as many messages as the request's first
 // byte), Sum (client streaming: the number of messages), Chat (bidirectional: each message
 // echoed). Over h2c.
+// It also serves plain HTTP that switches to HTTP/2 by `Upgrade: h2c` (golang.org/x/net's
+// h2c handler): every path answers "hello h2c", /missing a 404.
 // usage: gogrpc serve PORT | gogrpc call PORT CALL... (prints each call's status code name)
 //
+//	| gogrpc h2c PORT
 //	CALL: say | fail | count | sum | chat
 package main
 
@@ -13,10 +16,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/h2c"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -124,6 +130,21 @@ func serve(port string) {
 	s.Serve(l)
 }
 
+func serveH2c(port string) {
+	hello := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/missing" {
+			http.NotFound(w, r)
+			return
+		}
+		io.WriteString(w, "hello h2c\n")
+	})
+	server := &http.Server{Addr: "127.0.0.1:" + port, Handler: h2c.NewHandler(hello, &http2.Server{})}
+	if err := server.ListenAndServe(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
 func call(conn *grpc.ClientConn, kind string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -172,6 +193,10 @@ func main() {
 	}
 	if os.Args[1] == "serve" {
 		serve(os.Args[2])
+		return
+	}
+	if os.Args[1] == "h2c" {
+		serveH2c(os.Args[2])
 		return
 	}
 	conn, err := grpc.Dial("127.0.0.1:"+os.Args[2], grpc.WithInsecure(),

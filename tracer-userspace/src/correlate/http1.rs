@@ -39,6 +39,10 @@ struct Pairing {
     ignore_end: bool,
     /// 101 Switching Protocols was answered: no more HTTP/1.x here.
     switched: bool,
+    /// That 101 switched to HTTP/2 (`Upgrade: h2c`): its request goes on as stream 1, and
+    /// the bytes after the 101's head (and how many more moved uncopied) are HTTP/2's.
+    to_h2c: bool,
+    upgraded: Option<(Pending, Vec<u8>, u64)>,
     finished: Vec<Finished>,
     losses: Losses,
     /// Message heads seen on the connection, both directions.
@@ -98,6 +102,7 @@ impl Sink for Feed<'_, '_> {
                     Some(w) => {
                         if head.status == 101 {
                             p.switched = true;
+                            p.to_h2c = head.upgrade_h2c;
                         }
                         exchange::answered(self.env, self.kind, &w.pending, self.tid, ts);
                         w.response = Some(head);
@@ -120,6 +125,13 @@ impl Sink for Feed<'_, '_> {
             .find(|w| w.response.is_none())
             .map(|w| w.pending.request.method.as_str());
         stream::response_framing(head, method)
+    }
+
+    fn switched_to_h2c(&mut self, rest: &[u8], gap: u64) {
+        if let Some((_, bytes, missing)) = self.pairing.upgraded.as_mut() {
+            bytes.extend_from_slice(rest);
+            *missing = gap;
+        }
     }
 }
 
@@ -154,6 +166,11 @@ impl Feed<'_, '_> {
         let head = response.expect("checked above");
         if p.waiting.is_empty() {
             p.waiting = VecDeque::new();
+        }
+        if head.status == 101 && p.to_h2c {
+            // Not over: its response comes as HTTP/2, on stream 1.
+            p.upgraded = Some((pending, Vec::new(), 0));
+            return;
         }
         p.finished.push(Finished {
             kind: self.kind,
@@ -305,6 +322,13 @@ impl Http1 {
     /// Take the exchanges finished so far.
     pub fn take_finished(&mut self) -> Vec<Finished> {
         std::mem::take(&mut self.pairing.finished)
+    }
+
+    /// The connection switched to HTTP/2 by `Upgrade: h2c`: the upgrade request (to go on as
+    /// stream 1), the bytes that followed the `101` in its chunk, and how many more moved
+    /// uncopied.
+    pub fn take_upgrade(&mut self) -> Option<(Pending, Vec<u8>, u64)> {
+        self.pairing.upgraded.take()
     }
 
     /// Requests still waiting for the end of their exchange (spans to be).

@@ -551,6 +551,25 @@ impl Http2 {
         }
     }
 
+    /// A connection switched from HTTP/1.1 by `Upgrade: h2c` (RFC 7540 3.2): the upgrade
+    /// request goes on as stream 1, whose response comes in HTTP/2 frames; the client's
+    /// preface follows the `101`.
+    pub fn upgraded(role: Kind, capture: &std::sync::Arc<[String]>, mut request: Pending) -> Self {
+        let mut h2 = Self::from_preface(role, capture);
+        request.request.version = Version::Http2;
+        request.request.stream = Some(1);
+        h2.state.streams.insert(
+            1,
+            Stream {
+                pending: Some(request),
+                request_ended: true,
+                ..Stream::default()
+            },
+        );
+        h2.state.started = 1;
+        h2
+    }
+
     /// SERVER or CLIENT, once known.
     pub fn role(&self) -> Option<Kind> {
         self.state.role

@@ -132,6 +132,22 @@ impl Session {
                     return;
                 }
                 h.data(ingress, chunk, tid, env, &mut self.hints);
+                if let Some((request, rest, gap)) = h.take_upgrade() {
+                    // `Upgrade: h2c` was answered 101: HTTP/2 from here, the 101's own chunk
+                    // included (the server's SETTINGS and first frames may share it).
+                    let role = h.role().unwrap_or(Kind::Server);
+                    let mut h2 = Http2::upgraded(role, &self.capture, request);
+                    let after = Chunk {
+                        data: &rest,
+                        total: rest.len() as u64 + gap,
+                        beyond: &[],
+                        ..chunk
+                    };
+                    if after.total > 0 {
+                        h2.data(ingress, after, tid, env, &mut self.hints);
+                    }
+                    self.protocol = Protocol::Http2(Box::new(h2));
+                }
             }
             Protocol::Http2(h) => h.data(ingress, chunk, tid, env, &mut self.hints),
         }

@@ -1605,3 +1605,78 @@ fn http2_server_settings_before_the_preface() {
     );
     assert_eq!(stats.desyncs, 0);
 }
+
+/// `Upgrade: h2c` (RFC 7540 3.2): the HTTP/1.1 request is answered `101`, then in HTTP/2 on
+/// stream 1, in the same write as the `101`; later requests are HTTP/2 streams.
+#[test]
+fn http2_by_upgrade_from_http1() {
+    use crate::protocol::http2::frame::PREFACE;
+    let mut req = loona_hpack::Encoder::new();
+    let mut resp = loona_hpack::Encoder::new();
+    let upgrade = b"GET /up HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+                    Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+    let mut switched =
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n".to_vec();
+    switched.extend(h2_frame(h2::SETTINGS, 0, 0, &[]));
+    switched.extend(h2_frame(
+        h2::HEADERS,
+        h2::END_HEADERS,
+        1,
+        &hpack_block(&mut resp, &[(":status", "200")]),
+    ));
+    switched.extend(h2_frame(h2::DATA, h2::END_STREAM, 1, b"hi"));
+    let mut second = PREFACE.to_vec();
+    second.extend(h2_frame(h2::SETTINGS, 0, 0, &[]));
+    second.extend(h2_frame(
+        h2::HEADERS,
+        h2::END_HEADERS | h2::END_STREAM,
+        3,
+        &h2_get(&mut req, "/second"),
+    ));
+    let answer = h2_frame(
+        h2::HEADERS,
+        h2::END_HEADERS | h2::END_STREAM,
+        3,
+        &hpack_block(&mut resp, &[(":status", "204")]),
+    );
+    let (spans, stats) = Recording::new()
+        .open(CLIENT_PID, CLIENT_SOCK, OUT, 1_000)
+        .open(SERVER_PID, SERVER_SOCK, IN, 1_100)
+        .all(CLIENT_PID, CLIENT_SOCK, OUT, (2_000, 2_010), upgrade)
+        .all(SERVER_PID, SERVER_SOCK, IN, (1_500, 2_020), upgrade)
+        .all(SERVER_PID, SERVER_SOCK, OUT, (2_100, 2_110), &switched)
+        .all(CLIENT_PID, CLIENT_SOCK, IN, (1_600, 2_120), &switched)
+        .all(CLIENT_PID, CLIENT_SOCK, OUT, (2_200, 2_210), &second)
+        .all(SERVER_PID, SERVER_SOCK, IN, (2_150, 2_220), &second)
+        .all(SERVER_PID, SERVER_SOCK, OUT, (2_300, 2_310), &answer)
+        .all(CLIENT_PID, CLIENT_SOCK, IN, (2_250, 2_320), &answer)
+        .close(SERVER_PID, SERVER_SOCK, 3_000)
+        .close(CLIENT_PID, CLIENT_SOCK, 3_100)
+        .run();
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    assert_eq!((stats.desyncs, stats.unmatched_responses), (0, 0));
+    for s in &spans {
+        assert_eq!(
+            attr(s, "network.protocol.version"),
+            Some(Value::Str("2".into()))
+        );
+        let (status, size) = match s.path() {
+            "/up" => (200, Some(Value::Int(2))),
+            "/second" => (204, Some(Value::Int(0))),
+            other => panic!("{other}"),
+        };
+        assert_eq!(
+            attr(s, "http.response.status_code"),
+            Some(Value::Int(status)),
+            "{s:#?}"
+        );
+        assert_eq!(attr(s, "http.response.body.size"), size);
+    }
+    for server in spans.iter().filter(|s| s.kind == Kind::Server) {
+        let client = spans
+            .iter()
+            .find(|c| c.kind == Kind::Client && c.path() == server.path())
+            .unwrap();
+        assert_eq!(server.parent_span_id, Some(client.span_id));
+    }
+}

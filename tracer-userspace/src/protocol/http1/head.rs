@@ -78,6 +78,8 @@ pub struct ResponseHead {
     pub content_length: Option<u64>,
     pub chunked: bool,
     pub connection_close: bool,
+    /// `Upgrade: h2c`: with status 101, HTTP/2 follows on the connection (RFC 7540 3.2).
+    pub upgrade_h2c: bool,
     /// Headers the user asked to capture, as (lower-case name, value), in order.
     pub captured: Vec<(String, String)>,
 }
@@ -217,9 +219,15 @@ pub fn parse_response_capturing(buf: &[u8], wanted: &[String]) -> Parsed<Respons
     };
     let mut c = Common::default();
     let mut captured = Vec::new();
+    let mut upgrade_h2c = false;
     for h in resp.headers.iter() {
         if let Some(kept) = capture(h.name, h.value, wanted) {
             captured.push(kept);
+        }
+        if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade_h2c = text(h.value)
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("h2c"));
         }
         common(h.name, h.value, &mut c);
     }
@@ -230,6 +238,7 @@ pub fn parse_response_capturing(buf: &[u8], wanted: &[String]) -> Parsed<Respons
             content_length: c.content_length,
             chunked: c.chunked,
             connection_close: c.connection_close || version == 0,
+            upgrade_h2c,
             captured,
         },
         len,

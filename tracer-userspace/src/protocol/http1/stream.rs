@@ -58,6 +58,9 @@ pub enum Message {
 pub trait Sink {
     fn message(&mut self, message: Message);
     fn response_framing(&mut self, head: &ResponseHead) -> Framing;
+    /// A `101` switched the connection to HTTP/2 (`Upgrade: h2c`): `rest` are the bytes of
+    /// the chunk after its head, and `gap` more moved uncopied. No more HTTP/1.x follows.
+    fn switched_to_h2c(&mut self, _rest: &[u8], _gap: u64) {}
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,10 +207,16 @@ impl Reader {
                         }
                         HeadParse::Response(head, len) => {
                             let framing = sink.response_framing(&head);
+                            let h2c = head.status == 101 && head.upgrade_h2c;
                             sink.message(Message::Response { head, ts });
                             data = &data[(len - buffered).min(data.len())..];
                             self.head.clear();
                             self.begin_body(framing, chunk.ts_last, sink);
+                            if h2c {
+                                self.stop();
+                                sink.switched_to_h2c(data, gap);
+                                return;
+                            }
                         }
                     }
                 }
