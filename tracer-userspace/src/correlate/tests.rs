@@ -1029,6 +1029,17 @@ fn hpack_block(encoder: &mut loona_hpack::Encoder<'_>, fields: &[(&str, &str)]) 
     encoder.encode(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
 }
 
+/// Each server span's parent is the client span of the same path.
+fn assert_server_parents(spans: &[HttpSpan]) {
+    for server in spans.iter().filter(|s| s.kind == Kind::Server) {
+        let client = spans
+            .iter()
+            .find(|c| c.kind == Kind::Client && c.path() == server.path())
+            .unwrap();
+        assert_eq!(server.parent_span_id, Some(client.span_id));
+    }
+}
+
 /// The header block of `GET path` to authority `a`.
 fn h2_get(encoder: &mut loona_hpack::Encoder<'_>, path: &str) -> Vec<u8> {
     hpack_block(
@@ -1102,13 +1113,7 @@ fn http2_streams_pair_by_id() {
         assert_eq!(s.is_error(), status == 404 && s.kind == Kind::Client);
         assert_eq!(s.name(), "GET");
     }
-    for server in spans.iter().filter(|s| s.kind == Kind::Server) {
-        let client = spans
-            .iter()
-            .find(|c| c.kind == Kind::Client && c.path() == server.path())
-            .unwrap();
-        assert_eq!(server.parent_span_id, Some(client.span_id));
-    }
+    assert_server_parents(&spans);
 }
 
 /// gRPC: the span is named after the method, the status comes from the trailers (or a
@@ -1672,11 +1677,5 @@ fn http2_by_upgrade_from_http1() {
         );
         assert_eq!(attr(s, "http.response.body.size"), size);
     }
-    for server in spans.iter().filter(|s| s.kind == Kind::Server) {
-        let client = spans
-            .iter()
-            .find(|c| c.kind == Kind::Client && c.path() == server.path())
-            .unwrap();
-        assert_eq!(server.parent_span_id, Some(client.span_id));
-    }
+    assert_server_parents(&spans);
 }
