@@ -25,6 +25,7 @@ const SINK_PORT: u16 = 18_690;
 const NGINX_PORT: u16 = 18_691;
 const APP_PORT: u16 = 18_692;
 const NGINX_TLS_PORT: u16 = 18_693;
+const NGINX_H2C_PORT: u16 = 18_694;
 /// Python packages of the comparison with OpenTelemetry's own auto-instrumentation.
 const BENCH_PYTHON_PACKAGES: &[&str] = &[
     "flask==3.1.3",
@@ -63,12 +64,19 @@ pub fn bench(opts: Opts) -> anyhow::Result<()> {
                 .args(BENCH_PYTHON_PACKAGES),
         )?;
     }
-    if !crate::on_path("wrk") {
+    // wrk for HTTP/1.1, h2load (nghttp2's) for HTTP/2.
+    let tools: Vec<&str> = [("wrk", "wrk"), ("h2load", "nghttp2-client")]
+        .into_iter()
+        .filter(|(program, _)| !crate::on_path(program))
+        .map(|(_, package)| package)
+        .collect();
+    if !tools.is_empty() {
         crate::status(Command::new("apt-get").args(["update", "-q"]))?;
         crate::status(
             Command::new("apt-get")
                 .env("DEBIAN_FRONTEND", "noninteractive")
-                .args(["install", "-y", "-q", "--no-install-recommends", "wrk"]),
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&tools),
         )?;
     }
     cargo(&["build", "--release", "-p", "tracer-userspace"])?;
@@ -135,9 +143,22 @@ pub fn bench(opts: Opts) -> anyhow::Result<()> {
             key.display()
         ),
     )?;
+    // The same over HTTP/2 cleartext (h2c, prior knowledge).
+    let h2c_dir = dir.join("h2c");
+    std::fs::create_dir_all(&h2c_dir)?;
+    let _nginx_h2c = start_nginx(
+        &h2c_dir,
+        "bench-nginx",
+        &format!("127.0.0.1:{NGINX_H2C_PORT} http2"),
+        "ok",
+        "",
+        "worker_connections 1024;",
+        "keepalive_requests 1000000; keepalive_timeout 300s;",
+    )?;
     wait_port(SINK_PORT)?;
     wait_port(NGINX_PORT)?;
     wait_port(NGINX_TLS_PORT)?;
+    wait_port(NGINX_H2C_PORT)?;
     let endpoint = format!("http://127.0.0.1:{SINK_PORT}");
     let nginx_args = [
         "--port".to_string(),
@@ -167,17 +188,42 @@ pub fn bench(opts: Opts) -> anyhow::Result<()> {
 
     // Saturation, untraced and traced (both ends: wrk's client spans and nginx's server spans).
     let url = format!("http://127.0.0.1:{NGINX_PORT}/");
+    let wrk32 = || wrk(&url, 32, opts.seconds);
     report.insert(
         "saturation".into(),
-        saturation(&opts, &nginx_args, &url, "nginx", "span")?,
+        saturation(&opts, &nginx_args, &wrk32, "wrk -c32", "nginx", "span")?,
     );
     // HTTPS: the same over TLS, both ends traced from their plaintext.
     let mut tls_args = nginx_args.clone();
     tls_args[1] = NGINX_TLS_PORT.to_string();
     let tls_url = format!("https://127.0.0.1:{NGINX_TLS_PORT}/");
+    let wrk_tls = || wrk(&tls_url, 32, opts.seconds);
     report.insert(
         "https_saturation".into(),
-        saturation(&opts, &tls_args, &tls_url, "nginx https", "TLS span")?,
+        saturation(
+            &opts,
+            &tls_args,
+            &wrk_tls,
+            "wrk -c32",
+            "nginx https",
+            "TLS span",
+        )?,
+    );
+    // HTTP/2: the same with h2load, 4 connections of 8 concurrent streams, both ends traced.
+    let mut h2c_args = nginx_args.clone();
+    h2c_args[1] = NGINX_H2C_PORT.to_string();
+    let h2c_url = format!("http://127.0.0.1:{NGINX_H2C_PORT}/");
+    let h2 = || h2load(&h2c_url, opts.seconds);
+    report.insert(
+        "h2c_saturation".into(),
+        saturation(
+            &opts,
+            &h2c_args,
+            &h2,
+            "h2load -c4 -m8",
+            "nginx h2c",
+            "HTTP/2 span",
+        )?,
     );
 
     // Completeness: one long traced run at saturation.
@@ -692,6 +738,42 @@ fn wrk(url: &str, conns: u32, seconds: u64) -> anyhow::Result<(u64, f64)> {
     Ok((requests, rps))
 }
 
+/// `seconds` of HTTP/2 load on `url` with h2load: 4 connections of 8 concurrent streams each.
+/// Returns (requests, requests per second).
+fn h2load(url: &str, seconds: u64) -> anyhow::Result<(u64, f64)> {
+    let out = Command::new("h2load")
+        .args(["-c4", "-m8", "-t1", "-D", &seconds.to_string(), url])
+        .output()
+        .context("running h2load")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "requests: N total, N started, N done, N succeeded, 0 failed, ..."
+    let field = |line: &str, name: &str| -> Option<u64> {
+        line.split(',')
+            .find_map(|p| p.trim().strip_suffix(name)?.trim().parse().ok())
+    };
+    let requests_line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("requests: "))
+        .context("h2load's request counts")?;
+    let done = field(requests_line, "succeeded").context("h2load's succeeded count")?;
+    let failed =
+        field(requests_line, "failed").unwrap_or(0) + field(requests_line, "errored").unwrap_or(0);
+    if !out.status.success() || failed > 0 || done == 0 {
+        bail!(
+            "h2load failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // "finished in 10.00s, 24600.00 req/s, 1.20MB/s"
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split(',').nth(1))
+        .and_then(|r| r.trim().strip_suffix(" req/s")?.parse().ok())
+        .context("h2load's rate")?;
+    Ok((done, rps))
+}
+
 /// One load run, with the agent's attributed costs when it ran.
 struct Leg {
     requests: u64,
@@ -747,12 +829,13 @@ impl Leg {
     }
 }
 
-/// ABBA blocks at saturation (wrk -c32) against `url`, untraced and traced with `args`:
-/// prints each leg and the medians, returns them for the report.
+/// ABBA blocks at saturation (`load`, described as `how`), untraced and traced with
+/// `args`: prints each leg and the medians, returns them for the report.
 fn saturation(
     opts: &Opts,
     args: &[String],
-    url: &str,
+    load: &dyn Fn() -> anyhow::Result<(u64, f64)>,
+    how: &str,
     what: &str,
     span: &str,
 ) -> anyhow::Result<serde_json::Value> {
@@ -760,9 +843,9 @@ fn saturation(
     for block in 0..opts.pairs {
         for (i, with_agent) in [false, true, true, false].into_iter().enumerate() {
             let leg = if with_agent {
-                traced_leg(args, || wrk(url, 32, opts.seconds))?
+                traced_leg(args, load)?
             } else {
-                Leg::untraced(wrk(url, 32, opts.seconds)?)
+                Leg::untraced(load()?)
             };
             println!(
                 "  {what} block {block} leg {i}: {:<8} {:>9.0} req/s{}",
@@ -788,7 +871,7 @@ fn saturation(
             .collect::<Vec<_>>(),
     );
     println!(
-        "{what} saturation (wrk -c32, {} s legs, medians of {}): untraced {u_rps:.0} req/s, \
+        "{what} saturation ({how}, {} s legs, medians of {}): untraced {u_rps:.0} req/s, \
          traced {t_rps:.0} req/s; added CPU per {span} {:.2} us = eBPF {:.2} us + agent {:.2} us",
         opts.seconds,
         untraced.len(),
