@@ -439,3 +439,79 @@ fn upgrade_from_http1_to_h2c() {
         assert_eq!(s.attr("http.response.body.size").int(), size, "{s:#?}");
     }
 }
+
+/// A server that splits its header blocks into CONTINUATION frames (`scripts/h2_split_server.py`,
+/// raw frames), curl the client. A `203` head cut mid-field over HEADERS and two CONTINUATION
+/// frames, and over two writes; then, on another connection, 60 KiB of DATA and trailers
+/// split over HEADERS and two CONTINUATION frames in one write, 60 KiB past the copied bytes.
+/// Both ends read the whole blocks: the status, the body size and the trailers' gRPC status.
+#[test]
+fn header_blocks_split_into_continuation_frames() {
+    let receiver = Receiver::start();
+    let port = free_port();
+    let server = spawn_server(
+        Command::new("python3")
+            .arg(script("h2_split_server.py"))
+            .arg(port.to_string()),
+        port,
+    );
+    let mut agent = Agent::exporting(&receiver, &["--port", &port.to_string()]);
+    let head = curl(
+        &format!("http://127.0.0.1:{port}/head"),
+        &["--http2-prior-knowledge"],
+    );
+    assert_eq!(head.status, 203);
+    let big = curl(
+        &format!("http://127.0.0.1:{port}/demo.Echo/Big"),
+        &[
+            "--http2-prior-knowledge",
+            "-H",
+            "content-type: application/grpc",
+            "--data-binary",
+            "12345",
+        ],
+    );
+    assert_eq!(big.status, 200);
+    let spans = receiver.wait_spans(4, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    assert_pairs(&spans);
+    for s in &spans {
+        assert_eq!(s.attr("network.protocol.version").str(), "2", "{s:#?}");
+        assert!(
+            !s.attributes.contains_key("tracer.http2.undecoded"),
+            "{s:#?}"
+        );
+        let client = if s.attr("url.path").str() == "/head" {
+            head.pid
+        } else {
+            big.pid
+        };
+        assert_eq!(s.pid(), if s.is_server() { server.pid() } else { client });
+    }
+    for s in spans.iter().filter(|s| s.attr("url.path").str() == "/head") {
+        assert_eq!(s.attr("http.request.method").str(), "GET");
+        assert_eq!(s.attr("http.response.status_code").int(), 203, "{s:#?}");
+        assert_eq!(s.attr("http.response.body.size").int(), 10, "{s:#?}");
+        assert!(!s.is_error(), "{s:#?}");
+    }
+    for s in spans.iter().filter(|s| s.span.name == "demo.Echo/Big") {
+        assert_eq!(s.attr("rpc.method").str(), "demo.Echo/Big");
+        assert_eq!(s.attr("http.response.body.size").int(), 60 * 1024, "{s:#?}");
+        assert_eq!(
+            s.attr("rpc.response.status_code").str(),
+            "NOT_FOUND",
+            "{s:#?}"
+        );
+        // NOT_FOUND is an error for a client; a server span is not made an error by it.
+        assert_eq!(s.is_error(), s.is_client(), "{s:#?}");
+    }
+    assert_eq!(
+        spans
+            .iter()
+            .filter(|s| s.span.name == "demo.Echo/Big")
+            .count(),
+        2,
+        "{spans:#?}"
+    );
+}
