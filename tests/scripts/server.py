@@ -6,6 +6,7 @@ GET /close        200, HTTP/1.0 body delimited by closing the connection
 GET /cookie       200 with a Set-Cookie header
 GET /nocontent    204
 GET /slow         sleeps 30 s before answering (for killing mid-request)
+GET /status/NNN   NNN, empty body
 anything else     200, Content-Length body "ok"
 """
 import socket
@@ -42,6 +43,8 @@ def handle(conn):
             elif path == "/slow":
                 time.sleep(30)
                 return
+            elif path.startswith("/status/") and path[8:].isdigit():
+                conn.sendall(b"HTTP/1.1 %s X\r\nContent-Length: 0\r\n\r\n" % path[8:].encode())
             else:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 

@@ -212,6 +212,13 @@ pub struct Config {
     /// Non-zero when TLS libraries may be probed: the data syscalls then look for a TLS call
     /// in progress on their thread, to learn which connection it serves.
     pub tls: u32,
+    /// With `--propagate`, a trace started in the kernel is sampled when its id's last 56
+    /// bits are at least this (0: every trace; 2^56: none), as the agent's sampler decides.
+    pub sample_threshold: u64,
+    /// Non-zero for the parent-based samplers: an incoming `traceparent`'s sampled flag
+    /// stands; otherwise the trace id decides for it too.
+    pub sample_parent_based: u32,
+    pub _pad: u32,
 }
 
 /// A TCP connection's endpoints, as seen from the traced process.
@@ -421,7 +428,7 @@ const _: () = assert!(core::mem::size_of::<FdKey>() == 8);
 const _: () = assert!(EVENT_HEADER_LEN == 112);
 const _: () = assert!(EVENT_HEADER_LEN.is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 112);
-const _: () = assert!(core::mem::size_of::<Config>() == 136);
+const _: () = assert!(core::mem::size_of::<Config>() == 152);
 const _: () = assert!(core::mem::size_of::<TraceIds>() == 32);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
 

@@ -422,6 +422,25 @@ fn hex_value(c: u8) -> u8 {
     }
 }
 
+/// The sampled flag of a trace started here: the agent's root decision, the trace id's last
+/// 56 bits against the configured threshold.
+#[inline(always)]
+fn root_sampled(t: &[u8; 16]) -> u8 {
+    let random = u64::from_be_bytes([0, t[9], t[10], t[11], t[12], t[13], t[14], t[15]]);
+    (random >= config!(sample_threshold)) as u8
+}
+
+/// The flags of a trace continued from a `traceparent`: its own for the parent-based
+/// samplers, else with the sampled bit decided on the trace id.
+#[inline(always)]
+fn header_flags(flags: u8, trace_id: &[u8; 16]) -> u8 {
+    if config!(sample_parent_based) != 0 {
+        flags
+    } else {
+        (flags & !1) | root_sampled(trace_id)
+    }
+}
+
 /// Parse `00-<trace>-<span>-<flags>` at `i`: the trace id and flags into `ids`.
 #[inline(always)]
 fn parse_traceparent(d: &[u8; SCAN_MAX * 2], i: u32, n: u32, ids: &mut TraceIds) -> bool {
@@ -561,9 +580,10 @@ pub fn after_copy() {
     };
     if found {
         ids.from_header = 1;
+        ids.flags = header_flags(ids.flags, &ids.trace_id);
     } else {
         random_bytes(&mut ids.trace_id);
-        ids.flags = 1;
+        ids.flags = root_sampled(&ids.trace_id);
     }
     random_bytes(&mut ids.span_id);
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -591,7 +611,7 @@ fn head_continued(ptr: *mut ScanBuf) {
             if let Some(ctx) = THREAD_CTX.get_ptr_mut(pid_tgid) {
                 unsafe {
                     (*ctx).trace_id = ids.trace_id;
-                    (*ctx).flags = ids.flags;
+                    (*ctx).flags = header_flags(ids.flags, &ids.trace_id);
                     (*ctx).from_header = 1;
                 }
             }
@@ -894,7 +914,7 @@ fn inject(ctx: &SkMsgContext) -> Option<()> {
         }
         None => {
             random_bytes(&mut ids.trace_id);
-            ids.flags = 1;
+            ids.flags = root_sampled(&ids.trace_id);
         }
     }
     random_bytes(&mut ids.span_id);

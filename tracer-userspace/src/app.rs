@@ -40,6 +40,7 @@ use crate::{
     filter::Filter,
     metrics::{
         Snapshot,
+        red::Red,
         serve::{self, Scrape},
     },
 };
@@ -49,6 +50,8 @@ pub struct SinkConfig {
     pub otlp: Option<otlp::OtlpConfig>,
     pub output: Output,
     pub capture: crate::correlate::Capture,
+    /// Which traces are exported (`OTEL_TRACES_SAMPLER`).
+    pub sampler: crate::correlate::sample::Sampler,
 }
 
 /// Everything the agent needs to run, resolved from flags and environment.
@@ -61,6 +64,8 @@ pub struct Config {
     pub tls: bool,
     /// Serve the counters at `0.0.0.0:PORT/metrics` (`--prometheus-port`).
     pub prometheus_port: Option<u16>,
+    /// Series per request-duration metric (`--metrics-series-limit`).
+    pub metrics_series_limit: usize,
     pub sinks: SinkConfig,
     /// Also write every captured event to this file.
     pub record: Option<PathBuf>,
@@ -179,6 +184,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.capture_bytes,
         config.propagate,
         config.tls,
+        &config.sinks.sampler,
     )?;
     // The TLS libraries of the processes running now; later ones are reported by the kernel.
     if probes.tls_enabled() {
@@ -223,13 +229,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let mut flow = Flow {
         pipeline: Pipeline::new(Limits::default(), IdGen::new(), Processes::new())
-            .capturing(config.sinks.capture.clone()),
+            .capturing(config.sinks.capture.clone())
+            .sampling(config.sinks.sampler),
         tx,
         dropped: 0,
         decode_errors: 0,
         recorder,
         reorder: Reorder::default(),
         mapped: Default::default(),
+        red: Red::new(config.metrics_series_limit),
+        unsampled: 0,
     };
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -260,8 +269,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => "printing spans here (no OTLP endpoint configured)".to_string(),
     };
     log::info!(
-        "ready: tracing HTTP of {}; {destination}",
-        config.filter.describe()
+        "ready: tracing HTTP of {}; {destination}; sampler {}",
+        config.filter.describe(),
+        config.sinks.sampler.describe()
     );
 
     loop {
@@ -345,6 +355,8 @@ fn log_report(snapshot: &Snapshot) {
         queue_depth,
         decode_errors,
         kernel,
+        red: _,
+        unsampled,
     } = snapshot;
     let kernel = match kernel {
         Ok(c) => kernel_report(c),
@@ -354,7 +366,7 @@ fn log_report(snapshot: &Snapshot) {
         "stats: spans={} exported={} export_failed={} queue_depth={queue_depth} queue_dropped={} \
          no_response={} connections={} unmatched_responses={} desyncs={} evicted_idle={} \
          evicted_full={} pending_overflow={} tls_connections={} tls_misattributed={} \
-         decode_errors={} kernel: {kernel}",
+         decode_errors={} unsampled={unsampled} kernel: {kernel}",
         s.spans,
         e.exported,
         e.failed,
@@ -385,14 +397,26 @@ struct Flow {
     /// Traced processes that started a program or mapped an executable file since the last
     /// look for TLS libraries.
     mapped: std::collections::BTreeSet<u32>,
+    /// The request-duration metrics, fed every span before the export queue.
+    red: Red,
+    /// Spans not exported because their trace was not sampled.
+    unsampled: u64,
 }
 
 impl Flow {
     fn sender<'a>(
         tx: &'a mpsc::Sender<HttpSpan>,
         dropped: &'a mut u64,
+        red: &'a mut Red,
+        unsampled: &'a mut u64,
     ) -> impl FnMut(HttpSpan) + use<'a> {
         move |span| {
+            // Metrics count every exchange; only sampled spans are exported.
+            red.record(&span);
+            if span.trace_flags & 1 == 0 {
+                *unsampled += 1;
+                return;
+            }
             if tx.try_send(span).is_err() {
                 if *dropped == 0 {
                     log::warn!("export queue full: dropping spans (counted in the report)");
@@ -411,6 +435,8 @@ impl Flow {
             queue_depth: (export::QUEUE_CAPACITY - self.tx.capacity()) as u64,
             decode_errors: self.decode_errors,
             kernel: probes.counters().map_err(|e| e.to_string()),
+            red: self.red.clone(),
+            unsampled: self.unsampled,
         }
     }
 
@@ -440,7 +466,12 @@ impl Flow {
 
     /// Feed the pipeline every held event older than `watermark`.
     fn release(&mut self, watermark: u64) {
-        let mut send = Self::sender(&self.tx, &mut self.dropped);
+        let mut send = Self::sender(
+            &self.tx,
+            &mut self.dropped,
+            &mut self.red,
+            &mut self.unsampled,
+        );
         let pipeline = &mut self.pipeline;
         self.reorder
             .release(watermark, |ev| pipeline.on_event(ev, &mut send));
@@ -466,8 +497,15 @@ impl Flow {
     }
 
     fn housekeeping(&mut self) {
-        let mut send = Self::sender(&self.tx, &mut self.dropped);
+        let mut send = Self::sender(
+            &self.tx,
+            &mut self.dropped,
+            &mut self.red,
+            &mut self.unsampled,
+        );
         self.pipeline.tick(monotonic_now(), &mut send);
+        drop(send);
+        self.red.expire(monotonic_now());
         // Bursts (thousands of connections at once) leave freed memory in the allocator's
         // per-thread arenas: return it.
         // SAFETY: malloc_trim only releases free heap memory.
@@ -479,7 +517,12 @@ impl Flow {
     fn finish(mut self) -> anyhow::Result<(Stats, u64)> {
         self.release(u64::MAX);
         {
-            let mut send = Self::sender(&self.tx, &mut self.dropped);
+            let mut send = Self::sender(
+                &self.tx,
+                &mut self.dropped,
+                &mut self.red,
+                &mut self.unsampled,
+            );
             self.pipeline.finish(&mut send);
         }
         if let Some(r) = self.recorder.take() {

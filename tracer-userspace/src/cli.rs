@@ -129,6 +129,44 @@ pub struct Cli {
         value_parser = clap::value_parser!(u16).range(1..)
     )]
     pub prometheus_port: Option<u16>,
+
+    /// A route template of the traced servers, e.g. /users/{id} or /static/* (repeat for more):
+    /// server requests whose path matches get http.route and are named "GET /users/{id}", and
+    /// the request-duration metrics are split by route. `{name}` matches one path segment, a
+    /// final `*` the rest. Without templates no route is reported.
+    #[arg(
+        long = "route",
+        value_name = "TEMPLATE",
+        env = "TRACER_ROUTE",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub routes: Vec<String>,
+
+    /// For server requests no --route template matches, guess http.route by folding the path
+    /// segments that look like identifiers (numbers, UUIDs, long tokens with digits) into
+    /// {id}. A guess may be wrong: off by default.
+    #[arg(long, env = "TRACER_ROUTE_HEURISTIC", global = true)]
+    pub route_heuristic: bool,
+
+    /// At most this many series per request-duration metric, the overflow series
+    /// (otel.metric.overflow="true") included; what new series would have held goes there.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "TRACER_METRICS_SERIES_LIMIT",
+        default_value_t = crate::metrics::red::DEFAULT_LIMIT,
+        global = true,
+        value_parser = parse_series_limit
+    )]
+    pub metrics_series_limit: usize,
+}
+
+fn parse_series_limit(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (2..=1_000_000).contains(&n) => Ok(n),
+        _ => Err("a number of series from 2 to 1000000".to_string()),
+    }
 }
 
 /// What to do instead of tracing live.
@@ -217,6 +255,33 @@ mod tests {
         assert!(help.contains("--prometheus-port <PORT>"), "{help}");
         assert!(help.contains("/metrics"), "{help}");
         assert!(help.contains("TRACER_PROMETHEUS_PORT"), "{help}");
+    }
+
+    #[test]
+    fn routes_and_the_series_limit_parse() {
+        let cli = Cli::try_parse_from([
+            "tracer",
+            "--route",
+            "/users/{id}",
+            "--route",
+            "/a,/b/*",
+            "--route-heuristic",
+            "--metrics-series-limit",
+            "50",
+        ])
+        .unwrap();
+        assert_eq!(cli.routes, vec!["/users/{id}", "/a", "/b/*"]);
+        assert!(cli.route_heuristic);
+        assert_eq!(cli.metrics_series_limit, 50);
+        let cli = Cli::try_parse_from(["tracer"]).unwrap();
+        assert!(cli.routes.is_empty() && !cli.route_heuristic);
+        assert_eq!(cli.metrics_series_limit, 2000);
+        for bad in ["1", "0", "-3", "x", "", "1000001"] {
+            let err = Cli::try_parse_from(["tracer", &format!("--metrics-series-limit={bad}")])
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("from 2 to 1000000"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! tracer: zero-instrumentation HTTP tracing for Linux. Parse the command line into a
 //! [`app::Config`] and run the agent.
 
+use anyhow::Context as _;
 use clap::Parser as _;
 use tracer_userspace::{app, cli, export, filter};
 
@@ -40,11 +41,18 @@ fn sink_config(cli: &cli::Cli) -> anyhow::Result<app::SinkConfig> {
             .collect::<Vec<_>>()
             .into(),
         query: cli.capture_query,
+        routes: tracer_userspace::correlate::route::Routes::new(&cli.routes, cli.route_heuristic)
+            .context("--route")?
+            .into(),
     };
+    let sampler = tracer_userspace::correlate::sample::Sampler::from_env(|k| {
+        std::env::var_os(k).map(|v| v.to_string_lossy().into_owned())
+    })?;
     Ok(app::SinkConfig {
         otlp,
         output,
         capture,
+        sampler,
     })
 }
 
@@ -95,6 +103,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         propagate: cli.propagate,
         tls: !cli.no_tls,
         prometheus_port: cli.prometheus_port,
+        metrics_series_limit: cli.metrics_series_limit,
         sinks,
         record,
     };

@@ -252,7 +252,13 @@ fn thousands(n: u32) -> String {
 /// offsets): the syscall capture (required), the search of request heads, and `--propagate`.
 fn agent_programs() -> Vec<Item> {
     let filter = crate::filter::Filter::default();
-    let mut ebpf = match super::open_object(&filter, DEFAULT_CAPTURE, true, true) {
+    let mut ebpf = match super::open_object(
+        &filter,
+        DEFAULT_CAPTURE,
+        true,
+        true,
+        &crate::correlate::sample::Sampler::default(),
+    ) {
         Ok(e) => e,
         Err(e) => {
             return vec![item(

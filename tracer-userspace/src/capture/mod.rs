@@ -82,12 +82,13 @@ impl Probes {
         capture_bytes: u32,
         propagate: bool,
         tls: bool,
+        sampler: &crate::correlate::sample::Sampler,
     ) -> Result<Self, CaptureError> {
         if unsafe { libc::geteuid() } != 0 {
             return Err(CaptureError::NotRoot);
         }
         tracefs::ensure_mounted().map_err(CaptureError::Tracefs)?;
-        let mut ebpf = open_object(filter, capture_bytes, propagate, tls)?;
+        let mut ebpf = open_object(filter, capture_bytes, propagate, tls, sampler)?;
         fill_filters(&mut ebpf, filter)?;
         // Before the exit programs run: they tail-call it.
         if let Err(e) = install_after_copy(&mut ebpf) {
@@ -292,12 +293,15 @@ pub(crate) fn open_object(
     capture_bytes: u32,
     propagate: bool,
     tls: bool,
+    sampler: &crate::correlate::sample::Sampler,
 ) -> Result<Ebpf, CaptureError> {
     let offsets = btf::kernel_offsets(&btf::Btf::from_kernel()?)?;
     raise_memlock();
     let mut config = kernel_config(filter, capture_bytes, offsets);
     config.propagate = propagate as u32;
     config.tls = tls as u32;
+    config.sample_threshold = sampler.root_threshold();
+    config.sample_parent_based = sampler.parent_based() as u32;
     EbpfLoader::new()
         .override_global(maps::CONFIG, &config, true)
         .load(EBPF_OBJECT)
@@ -406,6 +410,9 @@ fn kernel_config(filter: &Filter, capture_bytes: u32, offsets: KernelOffsets) ->
         offsets,
         propagate: 0,
         tls: 0,
+        sample_threshold: 0,
+        sample_parent_based: 1,
+        _pad: 0,
     }
 }
 

@@ -15,6 +15,7 @@ use super::{
 
 /// What feeding a connection needs from the rest of the pipeline.
 pub struct Env<'a> {
+    pub sampler: super::sample::Sampler,
     pub ids: &'a mut IdGen,
     pub links: &'a mut Linker,
     pub tgid: u32,
@@ -159,10 +160,19 @@ pub fn begin(
         Some(k) => k.span_id,
         None => env.ids.span_id(),
     };
+    // The sampled flag is the decision: the parent's for the parent-based samplers, else
+    // the root decision on the trace id (the kernel's injected contexts decide alike).
     let (trace_id, parent_span_id, trace_flags) = match (parent.map(|p| p.ctx), &kernel) {
-        (Some(p), _) => (p.trace_id, Some(p.span_id), p.flags),
-        (None, Some(k)) => (k.trace_id, None, k.flags),
-        (None, None) => (env.ids.trace_id(), None, 1),
+        (Some(p), _) => (
+            p.trace_id,
+            Some(p.span_id),
+            env.sampler.flags(Some(p.flags), &p.trace_id),
+        ),
+        (None, Some(k)) => (k.trace_id, None, env.sampler.flags(None, &k.trace_id)),
+        (None, None) => {
+            let trace_id = env.ids.trace_id();
+            (trace_id, None, env.sampler.flags(None, &trace_id))
+        }
     };
     let ctx = Context {
         trace_id,

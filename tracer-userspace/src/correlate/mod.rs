@@ -9,6 +9,8 @@ pub mod ids;
 pub mod link;
 pub mod process;
 pub mod reorder;
+pub mod route;
+pub mod sample;
 pub mod session;
 pub mod span;
 #[cfg(test)]
@@ -82,6 +84,7 @@ type FinishedAt = (
 /// A connection borrowed from the table, with the fields feeding it needs.
 struct ConnRef<'t> {
     conn: &'t mut Conn,
+    sampler: sample::Sampler,
     ids: &'t mut IdGen,
     links: &'t mut Linker,
     finished: &'t mut Vec<FinishedAt>,
@@ -103,6 +106,8 @@ pub struct Capture {
     pub headers: std::sync::Arc<[String]>,
     /// Export `url.query` with its values redacted.
     pub query: bool,
+    /// Route templates for `http.route` on server requests.
+    pub routes: std::sync::Arc<route::Routes>,
 }
 
 /// The userspace pipeline. One owner (the capture task) feeds it events in ring-buffer order.
@@ -117,6 +122,7 @@ pub struct Pipeline {
     mutes: Vec<Mute>,
     capture: Capture,
     links: Linker,
+    sampler: sample::Sampler,
 }
 
 impl Pipeline {
@@ -130,7 +136,14 @@ impl Pipeline {
             mutes: Vec::new(),
             capture: Capture::default(),
             links: Linker::default(),
+            sampler: sample::Sampler::default(),
         }
+    }
+
+    /// Which traces are sampled: spans carry the decision in their flags.
+    pub fn sampling(mut self, sampler: sample::Sampler) -> Self {
+        self.sampler = sampler;
+        self
     }
 
     /// Opt-in content: headers and redacted queries.
@@ -185,6 +198,7 @@ impl Pipeline {
                 };
                 c.conn.fd = h.fd;
                 let mut env = Env {
+                    sampler: c.sampler,
                     ids: c.ids,
                     links: c.links,
                     tgid: key.tgid,
@@ -330,6 +344,7 @@ impl Pipeline {
             });
         ConnRef {
             conn,
+            sampler: self.sampler,
             ids: &mut self.ids,
             links: &mut self.links,
             finished: &mut self.finished,
@@ -357,6 +372,7 @@ impl Pipeline {
     /// A connection is gone (closed, evicted): finish its exchanges.
     fn retire(&mut self, key: ConnKey, mut conn: Conn, ts: u64) {
         let mut env = Env {
+            sampler: self.sampler,
             ids: &mut self.ids,
             links: &mut self.links,
             tgid: key.tgid,
@@ -388,6 +404,15 @@ impl Pipeline {
                 self.stats.spans_without_response += 1;
             }
             self.stats.spans += 1;
+            let route = if f.kind == Kind::Server
+                && !r.request.grpc
+                && !r.request.undecoded.contains(&":path")
+            {
+                let path = crate::correlate::span::path_of(&r.request.target);
+                self.capture.routes.route_of(path)
+            } else {
+                None
+            };
             out(HttpSpan {
                 trace_id: r.trace_id,
                 span_id: r.span_id,
@@ -415,6 +440,7 @@ impl Pipeline {
                 tls: key.source == Source::Tls,
                 grpc: r.request.grpc,
                 undecoded: r.request.undecoded,
+                route,
             });
         }
     }

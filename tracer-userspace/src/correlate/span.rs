@@ -168,6 +168,9 @@ pub struct HttpSpan {
     pub grpc: bool,
     /// Request fields that could not be decoded (HTTP/2 joined late): `:method`, `:path`.
     pub undecoded: Vec<&'static str>,
+    /// `http.route` of a server request, from the user's route templates (or the opt-in
+    /// guess); never for gRPC, whose method names the call.
+    pub route: Option<Arc<str>>,
 }
 
 const KNOWN_METHODS: &[&str] = &[
@@ -177,24 +180,69 @@ const KNOWN_METHODS: &[&str] = &[
 /// Why a span has no response, as `error.type`.
 pub const NO_RESPONSE: &str = "response_not_observed";
 
+/// The path of a request target, without query or fragment.
+pub fn path_of(target: &str) -> &str {
+    let mut t = target;
+    // absolute-form (proxies): scheme://authority/path
+    if let Some(rest) = t
+        .strip_prefix("http://")
+        .or_else(|| t.strip_prefix("https://"))
+    {
+        t = rest.find('/').map_or("/", |i| &rest[i..]);
+    }
+    let end = t.find(['?', '#']).unwrap_or(t.len());
+    &t[..end]
+}
+
+/// Whether the conventions know this method (others are reported as `_OTHER`).
+pub fn known_method(method: &str) -> bool {
+    KNOWN_METHODS.contains(&method)
+}
+
 impl HttpSpan {
     fn known_method(&self) -> bool {
-        KNOWN_METHODS.contains(&self.method.as_str())
+        known_method(&self.method)
+    }
+
+    /// `url.scheme`: `https` for what was read from a TLS library's plaintext.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
+    /// `rpc.method` as metrics carry it: `_OTHER` for a method the server did not know.
+    pub fn rpc_metric_method(&self) -> Option<String> {
+        let m = self.rpc_method()?;
+        Some(if self.rpc_method_recognised() {
+            m.to_string()
+        } else {
+            "_OTHER".to_string()
+        })
+    }
+
+    /// The gRPC status code's name, when the trailers carried one.
+    pub fn grpc_status_name(&self) -> Option<String> {
+        let code = self.response.as_ref()?.grpc.as_ref()?.status?;
+        Some(grpc_code_name(code))
     }
 
     /// Span name per the conventions: gRPC's `{rpc.method}` (`grpc` when it is not known or
     /// not recognised); for HTTP the method, or `HTTP` for methods they do not know (or that
-    /// could not be decoded).
-    pub fn name(&self) -> &str {
+    /// could not be decoded), followed by the route when there is one.
+    pub fn name(&self) -> Cow<'_, str> {
         if self.grpc {
-            match self.rpc_method() {
+            return Cow::Borrowed(match self.rpc_method() {
                 Some(m) if self.rpc_method_recognised() => m,
                 _ => "grpc",
-            }
-        } else if self.known_method() {
-            &self.method
+            });
+        }
+        let method = if self.known_method() && !self.undecoded.contains(&":method") {
+            self.method.as_str()
         } else {
             "HTTP"
+        };
+        match &self.route {
+            Some(route) => Cow::Owned(format!("{method} {route}")),
+            None => Cow::Borrowed(method),
         }
     }
 
@@ -222,16 +270,7 @@ impl HttpSpan {
 
     /// The path of the request target, without query or fragment.
     pub fn path(&self) -> &str {
-        let mut t = self.target.as_str();
-        // absolute-form (proxies): scheme://authority/path
-        if let Some(rest) = t
-            .strip_prefix("http://")
-            .or_else(|| t.strip_prefix("https://"))
-        {
-            t = rest.find('/').map_or("/", |i| &rest[i..]);
-        }
-        let end = t.find(['?', '#']).unwrap_or(t.len());
-        &t[..end]
+        path_of(&self.target)
     }
 
     /// The query string with every value replaced by `REDACTED` (keys kept), if any.
@@ -349,7 +388,10 @@ impl HttpSpan {
         if !self.undecoded.contains(&":path") {
             a.push(("url.path".into(), Str(self.path().to_string())));
         }
-        let scheme = if self.tls { "https" } else { "http" };
+        if let Some(route) = &self.route {
+            a.push(("http.route".into(), Str(route.to_string())));
+        }
+        let scheme = self.scheme();
         a.push(("url.scheme".into(), Str(scheme.into())));
         if self.kind == Kind::Client {
             let authority = match self.host_header() {
@@ -374,13 +416,8 @@ impl HttpSpan {
                     a.push(("rpc.method_original".into(), Str(m.to_string())));
                 }
             }
-            if let Some(code) = self
-                .response
-                .as_ref()
-                .and_then(|r| r.grpc.as_ref())
-                .and_then(|g| g.status)
-            {
-                a.push(("rpc.response.status_code".into(), Str(grpc_code_name(code))));
+            if let Some(code) = self.grpc_status_name() {
+                a.push(("rpc.response.status_code".into(), Str(code)));
             }
         }
         a.push(("server.address".into(), Str(server_address)));
@@ -514,11 +551,29 @@ pub(crate) mod tests {
             tls: false,
             grpc: false,
             undecoded: Vec::new(),
+            route: None,
         }
     }
 
     fn get<'a>(a: &'a [(Key, Value)], k: &str) -> Option<&'a Value> {
         a.iter().find(|(key, _)| *key == k).map(|(_, v)| v)
+    }
+
+    #[test]
+    fn a_route_names_the_span_and_is_an_attribute() {
+        let mut s = sample(Kind::Server);
+        s.route = Some("/items/{id}".into());
+        assert_eq!(s.name(), "GET /items/{id}");
+        let a = s.attributes();
+        assert_eq!(
+            get(&a, "http.route"),
+            Some(&Value::Str("/items/{id}".into()))
+        );
+        s.method = "BREW".into();
+        assert_eq!(s.name(), "HTTP /items/{id}");
+        s.route = None;
+        assert_eq!(s.name(), "HTTP");
+        assert_eq!(get(&s.attributes(), "http.route"), None);
     }
 
     #[test]

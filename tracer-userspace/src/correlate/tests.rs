@@ -136,6 +136,18 @@ impl Recording {
         &self,
         capture: super::Capture,
     ) -> (Vec<HttpSpan>, super::Stats, Vec<super::Mute>) {
+        self.run_full(capture, super::sample::Sampler::default())
+    }
+
+    fn run_sampling(&self, sampler: super::sample::Sampler) -> Vec<HttpSpan> {
+        self.run_full(super::Capture::default(), sampler).0
+    }
+
+    fn run_full(
+        &self,
+        capture: super::Capture,
+        sampler: super::sample::Sampler,
+    ) -> (Vec<HttpSpan>, super::Stats, Vec<super::Mute>) {
         let mut processes = Processes::new();
         for (pid, name) in [(SERVER_PID, "server"), (CLIENT_PID, "client")] {
             processes.insert(Process {
@@ -145,8 +157,9 @@ impl Recording {
                 executable_path: None,
             });
         }
-        let mut p =
-            Pipeline::new(Limits::default(), IdGen::seeded(7), processes).capturing(capture);
+        let mut p = Pipeline::new(Limits::default(), IdGen::seeded(7), processes)
+            .capturing(capture)
+            .sampling(sampler);
         let mut spans = Vec::new();
         let mut mutes = Vec::new();
         for (h, payload) in &self.events {
@@ -406,6 +419,84 @@ fn incoming_traceparent_is_continued() {
     assert_eq!(spans[0].tracestate.as_deref(), Some("vendor=1"));
 }
 
+fn sampler(name: &str, ratio: &str) -> super::sample::Sampler {
+    super::sample::Sampler::from_env(|k| match k {
+        "OTEL_TRACES_SAMPLER" => Some(name.to_string()),
+        "OTEL_TRACES_SAMPLER_ARG" => Some(ratio.to_string()),
+        _ => None,
+    })
+    .unwrap()
+}
+
+/// A server that calls out while serving: the incoming context, the server span, and the
+/// client span it makes.
+fn served_with_a_call(traceparent: Option<&str>) -> Recording {
+    const OUT_SOCK: u64 = 0xcccc;
+    let req = match traceparent {
+        Some(tp) => format!("GET /front HTTP/1.1\r\ntraceparent: {tp}\r\n\r\n"),
+        None => "GET /front HTTP/1.1\r\n\r\n".to_string(),
+    };
+    Recording::new()
+        .open(SERVER_PID, SERVER_SOCK, IN, 10)
+        .all(SERVER_PID, SERVER_SOCK, IN, (100, 110), req.as_bytes())
+        .open(SERVER_PID, OUT_SOCK, OUT, 120)
+        .all(
+            SERVER_PID,
+            OUT_SOCK,
+            OUT,
+            (130, 140),
+            b"GET /back HTTP/1.1\r\n\r\n",
+        )
+        .all(
+            SERVER_PID,
+            OUT_SOCK,
+            IN,
+            (150, 160),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        )
+        .all(
+            SERVER_PID,
+            SERVER_SOCK,
+            OUT,
+            (170, 180),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        )
+}
+
+/// The parent-based samplers follow the incoming `traceparent`'s flag, and a child made
+/// while serving follows its parent; the others decide on the trace id alone.
+#[test]
+fn spans_carry_their_sampling_decision() {
+    let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let flags = |name: &str, ratio: &str, tp: Option<&str>| -> Vec<u8> {
+        let spans = served_with_a_call(tp).run_sampling(sampler(name, ratio));
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[0].trace_id, spans[1].trace_id);
+        spans.iter().map(|s| s.trace_flags).collect()
+    };
+    assert_eq!(flags("parentbased_always_on", "1", Some(sampled)), [1, 1]);
+    assert_eq!(flags("parentbased_always_on", "1", Some(unsampled)), [0, 0]);
+    assert_eq!(flags("parentbased_always_off", "1", Some(sampled)), [1, 1]);
+    assert_eq!(flags("parentbased_always_off", "1", None), [0, 0]);
+    assert_eq!(flags("always_on", "1", Some(unsampled)), [1, 1]);
+    assert_eq!(flags("always_off", "1", Some(sampled)), [0, 0]);
+    // The trace id's random part (0x...0e0e4736 ends it) against the ratio's threshold.
+    let random = super::sample::random_part(&[
+        0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47,
+        0x36,
+    ]);
+    let ratio = 1.0 - random as f64 / (1u64 << 56) as f64;
+    let above = format!("{}", ratio + 0.01);
+    let below = format!("{}", ratio - 0.01);
+    assert_eq!(flags("traceidratio", &above, Some(unsampled)), [1, 1]);
+    assert_eq!(flags("traceidratio", &below, Some(sampled)), [0, 0]);
+    assert_eq!(
+        flags("parentbased_traceidratio", &below, Some(sampled)),
+        [1, 1]
+    );
+}
+
 #[test]
 fn informational_and_switching_responses() {
     let (spans, _) = Recording::new()
@@ -504,39 +595,7 @@ fn large_bodies_are_counted_not_copied() {
 fn a_request_sent_while_serving_one_is_its_child() {
     // The server (pid 100) reads a request, calls out on another connection from the same
     // thread, then answers.
-    const OUT_SOCK: u64 = 0xcccc;
-    let (spans, stats) = Recording::new()
-        .open(SERVER_PID, SERVER_SOCK, IN, 10)
-        .all(
-            SERVER_PID,
-            SERVER_SOCK,
-            IN,
-            (100, 110),
-            b"GET /front HTTP/1.1\r\n\r\n",
-        )
-        .open(SERVER_PID, OUT_SOCK, OUT, 120)
-        .all(
-            SERVER_PID,
-            OUT_SOCK,
-            OUT,
-            (130, 140),
-            b"GET /back HTTP/1.1\r\nHost: b\r\n\r\n",
-        )
-        .all(
-            SERVER_PID,
-            OUT_SOCK,
-            IN,
-            (150, 160),
-            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-        )
-        .all(
-            SERVER_PID,
-            SERVER_SOCK,
-            OUT,
-            (170, 180),
-            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-        )
-        .run();
+    let (spans, stats) = served_with_a_call(None).run();
     assert_eq!(spans.len(), 2);
     let front = spans.iter().find(|s| s.kind == Kind::Server).unwrap();
     let back = spans.iter().find(|s| s.kind == Kind::Client).unwrap();
@@ -576,6 +635,7 @@ fn a_captured_header_is_one_attribute() {
             "x-id".to_string(),
         ]),
         query: false,
+        routes: Default::default(),
     };
     let (spans, _) = Recording::new()
         .open(SERVER_PID, SERVER_SOCK, IN, 10)

@@ -628,6 +628,7 @@ mod tests {
         let capture = crate::correlate::Capture {
             headers: std::sync::Arc::from(vec!["user-agent".to_string(), "accept".to_string()]),
             query: true,
+            routes: Default::default(),
         };
         let (clock, _) =
             crate::app::replay_recording(recording, capture, |s| spans.push(s)).unwrap();

@@ -2,6 +2,7 @@
 //! OpenMetrics text for a scraper. The capture loop takes a [`Snapshot`]; [`render`] writes
 //! it; [`serve`] answers `GET /metrics` with it. No span passes through here.
 
+pub mod red;
 pub mod serve;
 
 use std::fmt;
@@ -35,6 +36,10 @@ pub struct Snapshot {
     pub decode_errors: u64,
     /// The kernel-side counters, or why they could not be read.
     pub kernel: Result<KernelCounters, String>,
+    /// The RED histograms of every exchange so far.
+    pub red: red::Red,
+    /// Spans not exported because their trace was not sampled.
+    pub unsampled: u64,
 }
 
 impl Default for Snapshot {
@@ -46,15 +51,26 @@ impl Default for Snapshot {
             queue_depth: 0,
             decode_errors: 0,
             kernel: Ok([0; counter::COUNT as usize]),
+            red: red::Red::default(),
+            unsampled: 0,
         }
     }
 }
 
-/// `snapshot` as an OpenMetrics text exposition, every name prefixed `tracer_` and ended by
-/// `# EOF`. The kernel families are left out when the kernel counters could not be read.
-pub fn render(snapshot: Snapshot) -> Result<String, fmt::Error> {
-    let mut registry = Registry::with_prefix("tracer");
-    registry.register_collector(Box::new(Families(snapshot)));
+/// `snapshot` as an OpenMetrics text exposition ended by `# EOF`: the RED histograms under
+/// their conventional names, the agent's own families prefixed `tracer_`. The kernel
+/// families are left out when the kernel counters could not be read.
+pub fn render(mut snapshot: Snapshot) -> Result<String, fmt::Error> {
+    let mut registry = Registry::default();
+    let red = std::mem::take(&mut snapshot.red);
+    let series = red::Instrument::ALL.map(|i| {
+        let s = red.series(i);
+        (i.name(), s.overflowed, s.expired)
+    });
+    registry.register_collector(Box::new(red::Families(red)));
+    registry
+        .sub_registry_with_prefix("tracer")
+        .register_collector(Box::new(Families(snapshot, series)));
     let mut out = String::with_capacity(4096);
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
     Ok(out)
@@ -63,7 +79,7 @@ pub fn render(snapshot: Snapshot) -> Result<String, fmt::Error> {
 /// The families of one scrape, from values taken once (hence a collector of constants rather
 /// than live metric handles).
 #[derive(Debug)]
-struct Families(Snapshot);
+struct Families(Snapshot, [(&'static str, u64, u64); 4]);
 
 impl Collector for Families {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
@@ -88,6 +104,13 @@ impl Collector for Families {
             "spans_export_failed",
             "Spans lost because their export failed after retries",
             s.export.failed,
+        )?;
+        counter(
+            e,
+            "spans_unsampled",
+            "Spans not exported because their trace was not sampled (OTEL_TRACES_SAMPLER); \
+             the request-duration metrics count them",
+            s.unsampled,
         )?;
         counter(
             e,
@@ -159,6 +182,23 @@ impl Collector for Families {
             "TLS plaintext events dropped: their connection was inferred (OpenSSL on memory \
              buffers) and its socket's bytes are known not to be TLS",
             p.tls_misattributed,
+        )?;
+        let overflowed: Vec<(&str, u64)> = self.1.iter().map(|&(n, o, _)| (n, o)).collect();
+        counter_family(
+            e,
+            "metric_series_overflowed",
+            "Exchanges recorded in a request-duration metric's overflow series because it \
+             held its limit of series (--metrics-series-limit)",
+            "metric",
+            &overflowed,
+        )?;
+        let expired: Vec<(&str, u64)> = self.1.iter().map(|&(n, _, x)| (n, x)).collect();
+        counter_family(
+            e,
+            "metric_series_expired",
+            "Request-duration series dropped because they stopped updating",
+            "metric",
+            &expired,
         )?;
         if let Ok(k) = &s.kernel {
             counter(
@@ -266,6 +306,8 @@ mod tests {
             queue_depth: 11,
             decode_errors: 12,
             kernel: Ok(kernel),
+            red: red::Red::default(),
+            unsampled: 15,
         }
     }
 
@@ -278,6 +320,7 @@ mod tests {
             ("tracer_spans_exported_total", 6.0),
             ("tracer_spans_export_failed_total", 2.0),
             ("tracer_spans_dropped_total", 9.0),
+            ("tracer_spans_unsampled_total", 15.0),
             ("tracer_export_queue_depth", 11.0),
             ("tracer_spans_without_response_total", 1.0),
             ("tracer_events_total", 37.0),
@@ -291,6 +334,38 @@ mod tests {
             ("tracer_tls_connections_total", 13.0),
             ("tracer_tls_misattributed_total", 14.0),
             ("tracer_kernel_events_total", 1000.0),
+            (
+                "tracer_metric_series_overflowed_total{metric=\"http.server.request.duration\"}",
+                0.0,
+            ),
+            (
+                "tracer_metric_series_overflowed_total{metric=\"http.client.request.duration\"}",
+                0.0,
+            ),
+            (
+                "tracer_metric_series_overflowed_total{metric=\"rpc.server.call.duration\"}",
+                0.0,
+            ),
+            (
+                "tracer_metric_series_overflowed_total{metric=\"rpc.client.call.duration\"}",
+                0.0,
+            ),
+            (
+                "tracer_metric_series_expired_total{metric=\"http.server.request.duration\"}",
+                0.0,
+            ),
+            (
+                "tracer_metric_series_expired_total{metric=\"http.client.request.duration\"}",
+                0.0,
+            ),
+            (
+                "tracer_metric_series_expired_total{metric=\"rpc.server.call.duration\"}",
+                0.0,
+            ),
+            (
+                "tracer_metric_series_expired_total{metric=\"rpc.client.call.duration\"}",
+                0.0,
+            ),
             ("tracer_kernel_files_reported_total", 1008.0),
         ]
         .into_iter()
@@ -349,6 +424,34 @@ mod tests {
         for family in &counters {
             assert!(text.contains(&format!("# HELP {family} ")), "{family}");
         }
+    }
+
+    #[test]
+    fn the_request_durations_come_first_under_their_own_names() {
+        let mut red = red::Red::new(2);
+        let mut span = crate::correlate::span::tests::sample(crate::correlate::span::Kind::Client);
+        for status in [200, 201, 202] {
+            span.response.as_mut().unwrap().status = Some(status);
+            red.record(&span);
+        }
+        let text = render(Snapshot { red, ..snapshot() }).unwrap();
+        assert!(
+            text.starts_with("# HELP http_client_request_duration_seconds "),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE http_client_request_duration_seconds histogram\n"));
+        assert!(text.contains("# UNIT http_client_request_duration_seconds seconds\n"));
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        let got = samples(&text);
+        assert_eq!(
+            got["tracer_metric_series_overflowed_total{metric=\"http.client.request.duration\"}"],
+            2.0
+        );
+        assert_eq!(
+            got["http_client_request_duration_seconds_count{otel_metric_overflow=\"true\"}"],
+            2.0
+        );
+        assert_eq!(got["tracer_spans_total"], 8.0);
     }
 
     #[test]

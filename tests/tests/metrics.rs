@@ -1,0 +1,310 @@
+//! RED metrics: the request-duration histograms of real servers and clients, read from the
+//! agent's `/metrics`, with exact counts per series after a known number of requests.
+
+use std::{collections::BTreeMap, process::Command, time::Duration};
+
+use tracer_e2e::{
+    agent::Agent,
+    free_port,
+    receiver::Receiver,
+    servers::{curl, curl_many, exe_name, python_framings, run_client_text, script, spawn_server},
+};
+
+/// The value of one sample: `name{labels}` with the labels in the order the agent writes
+/// them; 0 when the series is not there.
+fn value(m: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let key = format!("{name}{{{}}}", labels.join(","));
+    m.get(&key).copied().unwrap_or(0.0)
+}
+
+/// The `_count` samples of one histogram, labels -> count.
+fn counts(m: &BTreeMap<String, f64>, histogram: &str) -> BTreeMap<String, f64> {
+    let prefix = format!("{histogram}_count{{");
+    m.iter()
+        .filter_map(|(k, v)| {
+            Some((
+                k.strip_prefix(&prefix)?.trim_end_matches('}').to_string(),
+                *v,
+            ))
+        })
+        .collect()
+}
+
+/// Python's HTTP server answers known statuses to curl, both ends traced, with one route
+/// template. Each series counts exactly its requests; the route folds the ids, errors carry `error.type` as the conventions say for each side, and no
+/// path, query or peer address is ever a label. Spans of routed requests are named after
+/// their route.
+#[test]
+fn request_durations_per_series_from_real_traffic() {
+    let receiver = Receiver::start();
+    let server = python_framings(free_port());
+    let port = server.port.to_string();
+    let metrics_port = free_port().to_string();
+    let mut agent = Agent::exporting(
+        &receiver,
+        &[
+            "--port",
+            &port,
+            "--prometheus-port",
+            &metrics_port,
+            "--route",
+            "/users/{id}",
+        ],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let urls: Vec<String> = [
+        "/users/1?secret=1",
+        "/users/2",
+        "/users/3",
+        "/status/500",
+        "/status/500",
+        "/status/404",
+    ]
+    .iter()
+    .map(|p| format!("{base}{p}"))
+    .collect();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    assert_eq!(
+        curl_many(&urls, &[]).statuses,
+        [200, 200, 200, 500, 500, 404]
+    );
+    assert_eq!(
+        curl(&format!("{base}/users/9"), &["-X", "POST"]).status,
+        200
+    );
+    let m = agent.metrics_when(Duration::from_secs(15), |m| {
+        m.get("tracer_spans_total") == Some(&14.0)
+    });
+    let spans = receiver.wait_spans(14, |_| true);
+    agent.stop();
+
+    let server_h = "http_server_request_duration_seconds_count";
+    let server_name = exe_name(server.pid());
+    let served = [("service_name", server_name.as_str())];
+    let curled = [("service_name", "curl")];
+    let ok = [
+        ("http_request_method", "GET"),
+        ("http_response_status_code", "200"),
+    ];
+    let tail = [("url_scheme", "http"), ("network_protocol_version", "1.1")];
+    let route = [("http_route", "/users/{id}")];
+    let series = |head: &[(&'static str, &'static str)],
+                  mid: &[(&'static str, &'static str)],
+                  end: &[(&'static str, &'static str)]| {
+        [&served[..], head, mid, &tail, end].concat()
+    };
+    assert_eq!(
+        value(&m, server_h, &series(&ok, &route, &[])),
+        3.0,
+        "{m:#?}"
+    );
+    let post = [
+        ("http_request_method", "POST"),
+        ("http_response_status_code", "200"),
+    ];
+    assert_eq!(
+        value(&m, server_h, &series(&post, &route, &[])),
+        1.0,
+        "{m:#?}"
+    );
+    let e500 = [
+        ("http_request_method", "GET"),
+        ("http_response_status_code", "500"),
+    ];
+    assert_eq!(
+        value(&m, server_h, &series(&e500, &[], &[("error_type", "500")])),
+        2.0,
+        "{m:#?}"
+    );
+    let e404 = [
+        ("http_request_method", "GET"),
+        ("http_response_status_code", "404"),
+    ];
+    assert_eq!(value(&m, server_h, &series(&e404, &[], &[])), 1.0, "{m:#?}");
+    assert_eq!(
+        counts(&m, "http_server_request_duration_seconds").len(),
+        4,
+        "{m:#?}"
+    );
+
+    let client_h = "http_client_request_duration_seconds_count";
+    let peer = [
+        ("server_address", "127.0.0.1"),
+        ("server_port", port.as_str()),
+    ];
+    let with_peer = |head: &[(&'static str, &'static str)], error: Option<&'static str>| {
+        let error: Vec<(&str, &str)> = error.map(|e| ("error_type", e)).into_iter().collect();
+        [&curled[..], head, &tail[..], &error, &peer].concat()
+    };
+    assert_eq!(value(&m, client_h, &with_peer(&ok, None)), 3.0, "{m:#?}");
+    assert_eq!(value(&m, client_h, &with_peer(&post, None)), 1.0, "{m:#?}");
+    assert_eq!(value(&m, client_h, &with_peer(&e500, Some("500"))), 2.0);
+    assert_eq!(value(&m, client_h, &with_peer(&e404, Some("404"))), 1.0);
+    assert_eq!(
+        counts(&m, "http_client_request_duration_seconds").len(),
+        4,
+        "{m:#?}"
+    );
+
+    // Every request is in a bucket, and its duration in the sum.
+    let all_server: f64 = counts(&m, "http_server_request_duration_seconds")
+        .values()
+        .sum();
+    assert_eq!(all_server, 7.0);
+    let inf = value(
+        &m,
+        "http_server_request_duration_seconds_bucket",
+        &[&[("le", "+Inf")][..], &series(&ok, &route, &[])].concat(),
+    );
+    assert_eq!(inf, 3.0, "{m:#?}");
+    for key in m.keys() {
+        assert!(
+            !key.contains("users/1") && !key.contains("secret") && !key.contains("url_path"),
+            "{key}"
+        );
+    }
+    for s in spans.iter().filter(|s| s.is_server()) {
+        match s.attributes.get("http.route") {
+            Some(r) => {
+                assert_eq!(r.str(), "/users/{id}");
+                let method = s.attr("http.request.method").str();
+                assert_eq!(s.span.name, format!("{method} /users/{{id}}"), "{s:#?}");
+            }
+            None => assert!(s.attr("url.path").str().starts_with("/status/"), "{s:#?}"),
+        }
+    }
+}
+
+/// gRPC calls (grpcio at both ends) in the RPC histograms: one series per method and status,
+/// errors as the conventions say; not in the HTTP histograms.
+#[test]
+fn grpc_calls_in_the_rpc_histograms() {
+    let port = free_port();
+    let server = spawn_server(
+        Command::new("python3")
+            .arg(script("grpc_server.py"))
+            .arg(port.to_string()),
+        port,
+    );
+    let metrics_port = free_port().to_string();
+    let mut agent = Agent::start(
+        &[
+            "--port",
+            &port.to_string(),
+            "--prometheus-port",
+            &metrics_port,
+            "--output",
+            "none",
+        ],
+        &[],
+    );
+    let run = run_client_text(
+        Command::new("python3")
+            .arg(script("grpc_client.py"))
+            .arg(port.to_string())
+            .args(["say", "say", "fail"]),
+    );
+    assert_eq!(run.text.trim(), "OK OK UNAVAILABLE");
+    let m = agent.metrics_when(Duration::from_secs(15), |m| {
+        m.get("tracer_spans_total") == Some(&6.0)
+    });
+    agent.stop();
+    let server_name = exe_name(server.pid());
+    // The client is the same Python (it has exited: its name is read from the server).
+    let client_name = server_name.clone();
+    let server = "rpc_server_call_duration_seconds_count";
+    let say = [
+        ("rpc_system_name", "grpc"),
+        ("rpc_method", "demo.Echo/Say"),
+        ("rpc_response_status_code", "OK"),
+    ];
+    let fail = [
+        ("rpc_system_name", "grpc"),
+        ("rpc_method", "demo.Echo/Fail"),
+        ("rpc_response_status_code", "UNAVAILABLE"),
+        ("error_type", "UNAVAILABLE"),
+    ];
+    let served = [("service_name", server_name.as_str())];
+    let called = [("service_name", client_name.as_str())];
+    assert_eq!(
+        value(&m, server, &[&served[..], &say].concat()),
+        2.0,
+        "{m:#?}"
+    );
+    assert_eq!(
+        value(&m, server, &[&served[..], &fail].concat()),
+        1.0,
+        "{m:#?}"
+    );
+    assert_eq!(
+        counts(&m, "rpc_server_call_duration_seconds").len(),
+        2,
+        "{m:#?}"
+    );
+    let client = "rpc_client_call_duration_seconds_count";
+    let port = port.to_string();
+    let peer = [
+        ("server_address", "127.0.0.1"),
+        ("server_port", port.as_str()),
+    ];
+    assert_eq!(
+        value(&m, client, &[&called[..], &say, &peer].concat()),
+        2.0,
+        "{m:#?}"
+    );
+    assert_eq!(
+        value(&m, client, &[&called[..], &fail, &peer].concat()),
+        1.0,
+        "{m:#?}"
+    );
+    assert!(
+        counts(&m, "http_server_request_duration_seconds").is_empty(),
+        "gRPC is not counted as HTTP too: {m:#?}"
+    );
+}
+
+/// With a limit of 3 series, five statuses make two series and the overflow series, which
+/// takes the rest; the agent counts what went there.
+#[test]
+fn the_series_limit_holds_with_an_overflow_series() {
+    let server = python_framings(free_port());
+    let metrics_port = free_port().to_string();
+    let mut agent = Agent::start(
+        &[
+            "--port",
+            &server.port.to_string(),
+            "--prometheus-port",
+            &metrics_port,
+            "--metrics-series-limit",
+            "3",
+            "--output",
+            "none",
+        ],
+        &[],
+    );
+    let urls: Vec<String> = [201, 202, 203, 204, 205, 201]
+        .iter()
+        .map(|s| format!("http://127.0.0.1:{}/status/{s}", server.port))
+        .collect();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    curl_many(&urls, &[]);
+    let m = agent.metrics_when(Duration::from_secs(15), |m| {
+        m.get("tracer_spans_total") == Some(&12.0)
+    });
+    agent.stop();
+    for side in ["server", "client"] {
+        let c = counts(&m, &format!("http_{side}_request_duration_seconds"));
+        assert_eq!(c.len(), 3, "{c:#?}");
+        assert_eq!(c["otel_metric_overflow=\"true\""], 3.0, "{c:#?}");
+        assert_eq!(c.values().sum::<f64>(), 6.0, "{c:#?}");
+        assert_eq!(
+            value(
+                &m,
+                "tracer_metric_series_overflowed_total",
+                &[("metric", &format!("http.{side}.request.duration"))]
+            ),
+            3.0
+        );
+    }
+}
