@@ -237,7 +237,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         recorder,
         reorder: Reorder::default(),
         mapped: Default::default(),
-        red: Red::new(config.metrics_series_limit),
+        // Recorded only when something reads them.
+        red: config
+            .prometheus_port
+            .map(|_| Red::new(config.metrics_series_limit)),
         unsampled: 0,
     };
 
@@ -397,8 +400,9 @@ struct Flow {
     /// Traced processes that started a program or mapped an executable file since the last
     /// look for TLS libraries.
     mapped: std::collections::BTreeSet<u32>,
-    /// The request-duration metrics, fed every span before the export queue.
-    red: Red,
+    /// The request-duration metrics, fed every span before the export queue (with
+    /// `--prometheus-port`: nothing else reads them).
+    red: Option<Red>,
     /// Spans not exported because their trace was not sampled.
     unsampled: u64,
 }
@@ -407,12 +411,14 @@ impl Flow {
     fn sender<'a>(
         tx: &'a mpsc::Sender<HttpSpan>,
         dropped: &'a mut u64,
-        red: &'a mut Red,
+        red: &'a mut Option<Red>,
         unsampled: &'a mut u64,
     ) -> impl FnMut(HttpSpan) + use<'a> {
         move |span| {
             // Metrics count every exchange; only sampled spans are exported.
-            red.record(&span);
+            if let Some(red) = red {
+                red.record(&span);
+            }
             if span.trace_flags & 1 == 0 {
                 *unsampled += 1;
                 return;
@@ -435,7 +441,7 @@ impl Flow {
             queue_depth: (export::QUEUE_CAPACITY - self.tx.capacity()) as u64,
             decode_errors: self.decode_errors,
             kernel: probes.counters().map_err(|e| e.to_string()),
-            red: self.red.clone(),
+            red: self.red.clone().unwrap_or_default(),
             unsampled: self.unsampled,
         }
     }
@@ -505,7 +511,9 @@ impl Flow {
         );
         self.pipeline.tick(monotonic_now(), &mut send);
         drop(send);
-        self.red.expire(monotonic_now());
+        if let Some(red) = &mut self.red {
+            red.expire(monotonic_now());
+        }
         // Bursts (thousands of connections at once) leave freed memory in the allocator's
         // per-thread arenas: return it.
         // SAFETY: malloc_trim only releases free heap memory.
