@@ -107,9 +107,24 @@ impl Received {
     }
 }
 
+/// How the receiver answers one export request, instead of taking it.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    /// An HTTP status other than 200 refuses the request (http/protobuf only).
+    pub status: Option<u16>,
+    /// A `Retry-After` header with a refusal.
+    pub retry_after: Option<String>,
+    /// Take the request but say this many spans were rejected, and why.
+    pub rejected: Option<(i64, String)>,
+}
+
 #[derive(Default)]
 struct Store {
     spans: Vec<Received>,
+    /// Answers for the next requests, in order; then requests are taken.
+    script: std::collections::VecDeque<Answer>,
+    /// When each export request arrived (either transport), taken or not.
+    arrivals: Vec<std::time::Instant>,
     /// Every export request, protobuf-encoded (uncompressed).
     raw: Vec<Vec<u8>>,
     http_headers: Vec<HashMap<String, String>>,
@@ -154,11 +169,14 @@ impl TraceService for Grpc {
                 _ => None,
             })
             .collect();
-        self.0.lock().unwrap().grpc_metadata.push(md);
+        let answer = {
+            let mut s = self.0.lock().unwrap();
+            s.grpc_metadata.push(md);
+            s.arrivals.push(std::time::Instant::now());
+            s.script.pop_front().unwrap_or_default()
+        };
         record(&self.0, request.into_inner(), "grpc");
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
+        Ok(tonic::Response::new(response(&answer)))
     }
 }
 
@@ -234,6 +252,16 @@ impl Receiver {
         self.store.lock().unwrap().http_headers.clone()
     }
 
+    /// Answer the next export requests so, in order (then take requests as usual).
+    pub fn script(&self, answers: Vec<Answer>) {
+        self.store.lock().unwrap().script.extend(answers);
+    }
+
+    /// When each export request arrived, taken or refused.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.store.lock().unwrap().arrivals.clone()
+    }
+
     /// Metadata of every gRPC export request received.
     pub fn grpc_metadata(&self) -> Vec<HashMap<String, String>> {
         self.store.lock().unwrap().grpc_metadata.clone()
@@ -306,28 +334,60 @@ fn serve_http(conn: TcpStream, store: Shared) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
+        if headers.get("content-encoding").map(String::as_str) == Some("gzip") {
+            let mut plain = Vec::new();
+            if flate2::read::GzDecoder::new(body.as_slice())
+                .read_to_end(&mut plain)
+                .is_err()
+            {
+                plain.clear();
+            }
+            body = plain;
+        }
+        let answer = if path == "/v1/traces" {
+            let mut s = store.lock().unwrap();
+            s.arrivals.push(std::time::Instant::now());
+            s.script.pop_front().unwrap_or_default()
+        } else {
+            Answer::default()
+        };
+        let mut extra = String::new();
         let status = if path != "/v1/traces" {
-            "404 Not Found"
+            "404 Not Found".to_string()
+        } else if let Some(code) = answer.status.filter(|&c| c != 200) {
+            if let Some(after) = &answer.retry_after {
+                extra = format!("Retry-After: {after}\r\n");
+            }
+            format!("{code} Refused")
         } else {
             match ExportTraceServiceRequest::decode(body.as_slice()) {
                 Ok(req) => {
                     store.lock().unwrap().http_headers.push(headers);
                     record(&store, req, "http");
-                    "200 OK"
+                    "200 OK".to_string()
                 }
-                Err(_) => "400 Bad Request",
+                Err(_) => "400 Bad Request".to_string(),
             }
         };
-        let reply = ExportTraceServiceResponse {
-            partial_success: None,
-        }
-        .encode_to_vec();
+        let reply = response(&answer).encode_to_vec();
         let head = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+            "HTTP/1.1 {status}\r\n{extra}Content-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
             reply.len()
         );
         if writer.write_all(head.as_bytes()).is_err() || writer.write_all(&reply).is_err() {
             return;
         }
+    }
+}
+
+/// The response message of a taken request: a partial success when the answer says so.
+fn response(answer: &Answer) -> ExportTraceServiceResponse {
+    ExportTraceServiceResponse {
+        partial_success: answer.rejected.as_ref().map(|(n, why)| {
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess {
+                rejected_spans: *n,
+                error_message: why.clone(),
+            }
+        }),
     }
 }

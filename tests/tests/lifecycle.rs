@@ -113,7 +113,7 @@ fn terminal_output_without_a_backend_and_clean_sigterm() {
     // in the shutdown flush.
     assert!(
         agent.stderr().iter().any(|l| l
-            .contains("stopped: 2 spans (2 exported, 0 failed to export, 0 dropped at the queue)")),
+            .contains("stopped: 2 spans (2 exported, 0 failed to export, 0 rejected by the receiver, 0 dropped at the queue)")),
         "{:?}",
         agent.stderr()
     );

@@ -29,10 +29,10 @@ fn pipeline(c: &mut Criterion) {
         .unwrap();
     // Only its encoder is used: nothing is sent.
     let mut otlp = runtime.block_on(async {
-        Otlp::new(&OtlpConfig {
-            endpoint: "http://127.0.0.1:9/v1/traces".into(),
-            protocol: Protocol::HttpProtobuf,
-        })
+        Otlp::new(&OtlpConfig::new(
+            "http://127.0.0.1:9/v1/traces",
+            Protocol::HttpProtobuf,
+        ))
         .unwrap()
     });
     let mut group = c.benchmark_group("pipeline");

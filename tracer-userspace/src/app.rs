@@ -326,11 +326,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     log::info!(
-        "stopped: {} spans ({} exported, {} failed to export, {} dropped at the queue), \
-         open requests not exported: {}, {} events{}",
+        "stopped: {} spans ({} exported, {} failed to export, {} rejected by the receiver, {} \
+         dropped at the queue), open requests not exported: {}, {} events{}",
         s.spans,
         final_stats.exported,
         final_stats.failed,
+        final_stats.rejected,
         dropped,
         s.open_at_finish,
         s.events,
@@ -366,13 +367,15 @@ fn log_report(snapshot: &Snapshot) {
         Err(err) => format!("unreadable ({err})"),
     };
     log::info!(
-        "stats: spans={} exported={} export_failed={} queue_depth={queue_depth} queue_dropped={} \
+        "stats: spans={} exported={} export_failed={} export_rejected={} \
+         queue_depth={queue_depth} queue_dropped={} \
          no_response={} connections={} unmatched_responses={} desyncs={} evicted_idle={} \
          evicted_full={} pending_overflow={} tls_connections={} tls_misattributed={} \
          decode_errors={} unsampled={unsampled} kernel: {kernel}",
         s.spans,
         e.exported,
         e.failed,
+        e.rejected,
         dropped,
         s.spans_without_response,
         s.connections,

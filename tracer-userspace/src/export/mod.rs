@@ -25,6 +25,8 @@ const FLUSH_EVERY: Duration = Duration::from_millis(500);
 pub struct ExportStats {
     pub exported: u64,
     pub failed: u64,
+    /// Spans a receiver took the request with but rejected (`partial_success`).
+    pub rejected: u64,
 }
 
 /// Where spans go.
@@ -63,6 +65,7 @@ pub async fn run(
                     let settled = o.reap();
                     counts.failed += settled.failed;
                     counts.exported += settled.exported;
+                    counts.rejected += settled.rejected;
                     stats.send_replace(counts);
                 }
                 // Re-reading the offset every time would make it jitter by tens of ns.
@@ -82,6 +85,7 @@ pub async fn run(
             let settled = o.export(&batch, &clock).await;
             counts.failed += settled.failed;
             counts.exported += settled.exported;
+            counts.rejected += settled.rejected;
         } else {
             counts.exported += batch.len() as u64;
         }
@@ -92,6 +96,7 @@ pub async fn run(
         let settled = o.finish().await;
         counts.failed += settled.failed;
         counts.exported += settled.exported;
+        counts.rejected += settled.rejected;
         o.shutdown();
         stats.send_replace(counts);
     }

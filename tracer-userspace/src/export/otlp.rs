@@ -49,6 +49,10 @@ pub enum ConfigError {
     Protocol(String),
     #[error("OTLP endpoint `{0}` is not an http:// URL (TLS endpoints are not supported yet)")]
     Endpoint(String),
+    #[error("{0}: `{1}` is not a timeout in milliseconds (1 to 3600000)")]
+    Timeout(&'static str, String),
+    #[error("{0}: `{1}` is not a compression: use `gzip` or `none`")]
+    Compression(&'static str, String),
 }
 
 /// Where and how to export.
@@ -57,6 +61,34 @@ pub struct OtlpConfig {
     /// Full URL: for HTTP, including the `/v1/traces` path.
     pub endpoint: String,
     pub protocol: Protocol,
+    /// Longest wait for one export request (`OTEL_EXPORTER_OTLP_TIMEOUT`).
+    pub timeout: Duration,
+    /// Compress request bodies with gzip (`OTEL_EXPORTER_OTLP_COMPRESSION=gzip`).
+    pub gzip: bool,
+}
+
+/// The specification's default export timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl OtlpConfig {
+    /// `endpoint` over `protocol` with the specification's defaults: 10 s, no compression.
+    pub fn new(endpoint: impl Into<String>, protocol: Protocol) -> Self {
+        OtlpConfig {
+            endpoint: endpoint.into(),
+            protocol,
+            timeout: DEFAULT_TIMEOUT,
+            gzip: false,
+        }
+    }
+}
+
+/// The first of `vars` that is set (and not blank): its name and value.
+fn first_set(
+    env: &impl Fn(&str) -> Option<String>,
+    vars: [&'static str; 2],
+) -> Option<(&'static str, String)> {
+    vars.into_iter()
+        .find_map(|v| env(v).filter(|x| !x.trim().is_empty()).map(|x| (v, x)))
 }
 
 const TRACES_PATH: &str = "/v1/traces";
@@ -64,7 +96,9 @@ const TRACES_PATH: &str = "/v1/traces";
 /// Resolve the export configuration from the flags, then the standard variables:
 /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is), `OTEL_EXPORTER_OTLP_ENDPOINT` (a base URL:
 /// `/v1/traces` is appended for HTTP), `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`,
-/// `OTEL_EXPORTER_OTLP_PROTOCOL`. `None` when no endpoint is configured anywhere.
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`, and the `..._TIMEOUT` (milliseconds) and `..._COMPRESSION`
+/// variables in their per-signal and general forms. `None` when no endpoint is configured
+/// anywhere.
 pub fn resolve(
     endpoint_flag: Option<&str>,
     protocol_flag: Option<Protocol>,
@@ -101,7 +135,39 @@ pub fn resolve(
         }
         _ => url,
     };
-    Ok(Some(OtlpConfig { endpoint, protocol }))
+    let timeout = match first_set(
+        &env,
+        [
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ],
+    ) {
+        None => DEFAULT_TIMEOUT,
+        Some((var, v)) => match v.trim().parse::<u64>() {
+            Ok(ms) if (1..=3_600_000).contains(&ms) => Duration::from_millis(ms),
+            _ => return Err(ConfigError::Timeout(var, v)),
+        },
+    };
+    let gzip = match first_set(
+        &env,
+        [
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+        ],
+    ) {
+        None => false,
+        Some((var, v)) => match v.trim().to_ascii_lowercase().as_str() {
+            "gzip" => true,
+            "none" => false,
+            _ => return Err(ConfigError::Compression(var, v)),
+        },
+    };
+    Ok(Some(OtlpConfig {
+        endpoint,
+        protocol,
+        timeout,
+        gzip,
+    }))
 }
 
 /// Sends spans to an OTLP receiver, grouped by the process they came from, with up to
@@ -120,35 +186,88 @@ pub struct Otlp {
 
 /// Most export requests under way at once.
 pub const IN_FLIGHT: usize = 4;
-/// Longest wait for one export request.
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A finished export request.
 struct Done {
     spans: u64,
     failed: bool,
+    /// Spans the receiver took the request with but rejected (`partial_success`).
+    rejected: u64,
 }
 
 /// Spans whose export request has finished.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Settled {
+    /// Taken by the receiver.
     pub exported: u64,
+    /// Lost: the request failed after its retries.
     pub failed: u64,
+    /// In a request the receiver took, but rejected by it (`partial_success`).
+    pub rejected: u64,
 }
 
 impl Settled {
     fn merge(&mut self, other: Settled) {
         self.exported += other.exported;
         self.failed += other.failed;
+        self.rejected += other.rejected;
     }
 
     fn add(&mut self, done: &Done) {
         if done.failed {
             self.failed += done.spans;
         } else {
-            self.exported += done.spans;
+            let rejected = done.rejected.min(done.spans);
+            self.exported += done.spans - rejected;
+            self.rejected += rejected;
         }
     }
+}
+
+/// What a receiver said of a request it took: how many spans it rejected, and why.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Accepted {
+    rejected: u64,
+    message: String,
+}
+
+impl Accepted {
+    fn of(response: Option<ExportTraceServiceResponse>) -> Self {
+        match response.and_then(|r| r.partial_success) {
+            Some(p) => Accepted {
+                rejected: p.rejected_spans.max(0) as u64,
+                message: p.error_message,
+            },
+            None => Accepted::default(),
+        }
+    }
+}
+
+/// Whether a partial success was logged yet (at warn level once; later ones at debug).
+static PARTIAL_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Log a receiver's partial success: the first at warn level, later ones at debug level.
+fn log_partial_success(rejected: u64, sent: u64, message: &str) {
+    let first = !PARTIAL_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed);
+    let level = if first {
+        log::Level::Warn
+    } else {
+        log::Level::Debug
+    };
+    let why = if message.is_empty() {
+        "no reason given"
+    } else {
+        message
+    };
+    let later = if first {
+        " (counted in spans_rejected; later ones are logged at debug level)"
+    } else {
+        ""
+    };
+    log::log!(
+        level,
+        "the OTLP receiver rejected {rejected} of {sent} spans: {why}{later}"
+    );
 }
 
 /// How requests reach the receiver. Cheap to clone: clones share connections.
@@ -158,6 +277,7 @@ enum Transport {
         client: reqwest::Client,
         url: String,
         headers: reqwest::header::HeaderMap,
+        gzip: bool,
     },
     Grpc {
         client: tonic::client::Grpc<tonic::transport::Channel>,
@@ -165,6 +285,7 @@ enum Transport {
             tonic::metadata::MetadataKey<tonic::metadata::Ascii>,
             tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
         )>,
+        timeout: Duration,
     },
 }
 
@@ -221,44 +342,61 @@ impl tonic::codec::Decoder for ResponseDecoder {
 }
 
 impl Transport {
-    async fn send(&self, body: bytes::Bytes) -> Result<(), SendError> {
+    async fn send(&self, body: bytes::Bytes) -> Result<Accepted, SendError> {
         match self {
             Transport::Http {
                 client,
                 url,
                 headers,
+                gzip,
             } => {
-                let response = client
+                let mut request = client
                     .post(url)
                     .headers(headers.clone())
-                    .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
-                    .body(body)
+                    .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf");
+                request = if *gzip {
+                    request
+                        .header(reqwest::header::CONTENT_ENCODING, "gzip")
+                        .body(gzipped(&body))
+                } else {
+                    request.body(body)
+                };
+                let response = request
                     .send()
                     .await
-                    .map_err(|e| SendError {
-                        message: e.to_string(),
-                        retryable: true,
-                    })?;
+                    .map_err(|e| SendError::new(e.to_string(), true))?;
                 let status = response.status();
                 if status.is_success() {
-                    return Ok(());
+                    // A body that is not a response message is still a success.
+                    let body = response.bytes().await.unwrap_or_default();
+                    return Ok(Accepted::of(ExportTraceServiceResponse::decode(body).ok()));
                 }
+                let retry_after = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| retry::parse_retry_after(v, std::time::SystemTime::now()));
                 Err(SendError {
                     message: format!("the receiver answered {status}"),
                     retryable: retry::http_retryable(status.as_u16()),
+                    retry_after,
                 })
             }
-            Transport::Grpc { client, headers } => {
+            Transport::Grpc {
+                client,
+                headers,
+                timeout,
+            } => {
                 let mut request = tonic::Request::new(body);
-                request.set_timeout(EXPORT_TIMEOUT);
+                request.set_timeout(*timeout);
                 for (k, v) in headers {
                     request.metadata_mut().insert(k.clone(), v.clone());
                 }
                 let mut client = client.clone();
-                client.ready().await.map_err(|e| SendError {
-                    message: e.to_string(),
-                    retryable: true,
-                })?;
+                client
+                    .ready()
+                    .await
+                    .map_err(|e| SendError::new(e.to_string(), true))?;
                 client
                     .unary(
                         request,
@@ -266,21 +404,35 @@ impl Transport {
                         RawCodec,
                     )
                     .await
-                    .map(|_| ())
-                    .map_err(|status| SendError {
-                        retryable: retry::grpc_retryable(status.code()),
-                        message: format!("{}: {}", status.code(), status.message()),
+                    .map(|r| Accepted::of(Some(r.into_inner())))
+                    .map_err(|status| {
+                        SendError::new(
+                            format!("{}: {}", status.code(), status.message()),
+                            retry::grpc_retryable(status.code()),
+                        )
                     })
             }
         }
     }
 
     /// Send with retries and backoff for what the receiver may take later.
-    async fn send_retrying(&self, body: Vec<u8>) -> Result<(), String> {
+    async fn send_retrying(&self, body: Vec<u8>) -> Result<Accepted, String> {
         // Shared, not copied, between attempts.
         let body = bytes::Bytes::from(body);
         retry::with_retries(|| self.send(body.clone())).await
     }
+}
+
+/// `body` compressed with gzip (the fast level: export runs at span rates).
+fn gzipped(body: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut out = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
+    // Writing to a Vec cannot fail.
+    let _ = out.write_all(body);
+    out.finish().unwrap_or_default()
 }
 
 /// Export headers from `OTEL_EXPORTER_OTLP_TRACES_HEADERS` or `OTEL_EXPORTER_OTLP_HEADERS`:
@@ -346,17 +498,18 @@ impl Otlp {
                 }
                 Transport::Http {
                     client: reqwest::Client::builder()
-                        .timeout(EXPORT_TIMEOUT)
+                        .timeout(config.timeout)
                         .build()
                         .map_err(|e| BuildError::Client(e.to_string()))?,
                     url: config.endpoint.clone(),
                     headers: map,
+                    gzip: config.gzip,
                 }
             }
             Protocol::Grpc => {
                 let channel = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
                     .map_err(|e| BuildError::Endpoint(e.to_string()))?
-                    .timeout(EXPORT_TIMEOUT)
+                    .timeout(config.timeout)
                     .connect_lazy();
                 let mut metadata = Vec::new();
                 for (k, v) in &headers {
@@ -365,11 +518,15 @@ impl Otlp {
                     let value = v.parse().map_err(|_| BuildError::Header(k.clone()))?;
                     metadata.push((key, value));
                 }
+                let mut client = tonic::client::Grpc::new(channel)
+                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+                if config.gzip {
+                    client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+                }
                 Transport::Grpc {
-                    client: tonic::client::Grpc::new(channel)
-                        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
-                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                    client,
                     headers: metadata,
+                    timeout: config.timeout,
                 }
             }
         };
@@ -402,15 +559,28 @@ impl Otlp {
         let transport = self.transport.clone();
         let n = spans.len() as u64;
         self.inflight.spawn(async move {
-            let failed = match transport.send_retrying(body).await {
-                Ok(()) => false,
+            match transport.send_retrying(body).await {
+                Ok(a) => {
+                    if a.rejected > 0 || !a.message.is_empty() {
+                        log_partial_success(a.rejected, n, &a.message);
+                    }
+                    Done {
+                        spans: n,
+                        failed: false,
+                        rejected: a.rejected,
+                    }
+                }
                 Err(e) => {
                     log::warn!("OTLP export of {n} spans failed: {e}");
-                    true
+                    Done {
+                        spans: n,
+                        failed: true,
+                        rejected: 0,
+                    }
                 }
-            };
-            Done { spans: n, failed }
+            }
         });
+
         settled.merge(self.reap());
         settled
     }
@@ -640,10 +810,10 @@ mod tests {
         spans[1].tracestate = Some("vendor=1".into());
         spans[2].parent_span_id = Some([8; 8]);
         spans[2].parent_remote = false;
-        let mut otlp = Otlp::new(&OtlpConfig {
-            endpoint: "http://127.0.0.1:9/v1/traces".into(),
-            protocol: Protocol::HttpProtobuf,
-        })
+        let mut otlp = Otlp::new(&OtlpConfig::new(
+            "http://127.0.0.1:9/v1/traces",
+            Protocol::HttpProtobuf,
+        ))
         .unwrap();
         let bytes = otlp.encode(&spans, &clock);
         let got = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
@@ -738,13 +908,7 @@ mod tests {
         let c = resolve(Some("http://flag:4317"), Some(Protocol::Grpc), e)
             .unwrap()
             .unwrap();
-        assert_eq!(
-            c,
-            OtlpConfig {
-                endpoint: "http://flag:4317".into(),
-                protocol: Protocol::Grpc
-            }
-        );
+        assert_eq!(c, OtlpConfig::new("http://flag:4317", Protocol::Grpc));
     }
 
     #[test]
@@ -781,6 +945,105 @@ mod tests {
             resolve(Some("collector:4317"), None, env(&[])),
             Err(ConfigError::Endpoint(_))
         ));
+    }
+
+    #[test]
+    fn timeout_and_compression_per_signal_or_general() {
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+        let c = resolve(None, None, env(&[base])).unwrap().unwrap();
+        assert_eq!((c.timeout, c.gzip), (DEFAULT_TIMEOUT, false));
+        let c = resolve(
+            None,
+            None,
+            env(&[
+                base,
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((c.timeout, c.gzip), (Duration::from_millis(2500), true));
+        let c = resolve(
+            None,
+            None,
+            env(&[
+                base,
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "700"),
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+                ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none"),
+            ]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((c.timeout, c.gzip), (Duration::from_millis(700), false));
+        for (var, bad) in [
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "0"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "-5"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "99999999999999999999"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "g\u{e9}zip"),
+        ] {
+            let err = resolve(None, None, env(&[base, (var, bad)])).unwrap_err();
+            assert!(err.to_string().starts_with(var), "{var}={bad}: {err}");
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn partial_success_counts_rejected_spans_as_not_exported() {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
+        let a = Accepted::of(Some(ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 3,
+                error_message: "too old".into(),
+            }),
+        }));
+        assert_eq!(a.rejected, 3);
+        assert_eq!(a.message, "too old");
+        assert_eq!(Accepted::of(None), Accepted::default());
+        let mut s = Settled::default();
+        s.add(&Done {
+            spans: 10,
+            failed: false,
+            rejected: 3,
+        });
+        s.add(&Done {
+            spans: 5,
+            failed: true,
+            rejected: 0,
+        });
+        // A receiver cannot reject more than it was sent.
+        s.add(&Done {
+            spans: 2,
+            failed: false,
+            rejected: 9,
+        });
+        assert_eq!(
+            s,
+            Settled {
+                exported: 7,
+                failed: 5,
+                rejected: 5
+            }
+        );
+    }
+
+    #[test]
+    fn gzip_bodies_decompress_to_the_request() {
+        use std::io::Read as _;
+        let body: Vec<u8> = (0..10_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let z = gzipped(&body);
+        assert!(z.len() < body.len() / 4, "{}", z.len());
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(z.as_slice())
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, body);
     }
 
     #[test]

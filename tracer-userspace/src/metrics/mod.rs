@@ -107,6 +107,12 @@ impl Collector for Families {
         )?;
         counter(
             e,
+            "spans_rejected",
+            "Spans in export requests the OTLP receiver took but rejected (partial success)",
+            s.export.rejected,
+        )?;
+        counter(
+            e,
             "spans_unsampled",
             "Spans not exported because their trace was not sampled (OTEL_TRACES_SAMPLER); \
              the request-duration metrics count them",
@@ -301,6 +307,7 @@ mod tests {
             export: ExportStats {
                 exported: 6,
                 failed: 2,
+                rejected: 16,
             },
             queue_dropped: 9,
             queue_depth: 11,
@@ -321,6 +328,7 @@ mod tests {
             ("tracer_spans_export_failed_total", 2.0),
             ("tracer_spans_dropped_total", 9.0),
             ("tracer_spans_unsampled_total", 15.0),
+            ("tracer_spans_rejected_total", 16.0),
             ("tracer_export_queue_depth", 11.0),
             ("tracer_spans_without_response_total", 1.0),
             ("tracer_events_total", 37.0),

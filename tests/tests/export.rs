@@ -1,0 +1,185 @@
+//! The OTLP exporter against a receiver that refuses, asks for a wait, rejects part of a
+//! request, or reads gzip; and every variable the agent reads, given a malformed value.
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use tracer_e2e::{
+    agent::{Agent, binary},
+    free_port,
+    receiver::{Answer, Receiver},
+    servers::{curl, python_framings},
+};
+
+/// The receiver answers the first request 429 with `Retry-After: 2`: the agent waits those
+/// two seconds (not its own short backoff), sends again, and every span arrives once, gzip
+/// compressed as `OTEL_EXPORTER_OTLP_COMPRESSION` asked.
+#[test]
+fn retry_after_is_waited_and_bodies_are_gzipped() {
+    let receiver = Receiver::start();
+    receiver.script(vec![Answer {
+        status: Some(429),
+        retry_after: Some("2".into()),
+        ..Answer::default()
+    }]);
+    let server = python_framings(free_port());
+    let port = server.port.to_string();
+    let metrics = free_port().to_string();
+    let endpoint = receiver.http_url();
+    let mut agent = Agent::start(
+        &[
+            "--port",
+            &port,
+            "--otlp-endpoint",
+            &endpoint,
+            "--prometheus-port",
+            &metrics,
+        ],
+        &[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")],
+    );
+    assert_eq!(curl(&format!("http://127.0.0.1:{port}/x"), &[]).status, 200);
+    let spans = receiver.wait_spans(2, |_| true);
+    let m = agent.metrics_when(Duration::from_secs(10), |m| {
+        m.get("tracer_spans_exported_total") == Some(&2.0)
+    });
+    agent.stop();
+    assert_eq!(spans.len(), 2, "each span once: {spans:#?}");
+    let arrivals = receiver.arrivals();
+    assert!(arrivals.len() >= 2, "{arrivals:?}");
+    let waited = arrivals[1] - arrivals[0];
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(5),
+        "the second try came {waited:?} after the first"
+    );
+    assert_eq!(m["tracer_spans_export_failed_total"], 0.0);
+    let headers = receiver.http_headers();
+    assert!(!headers.is_empty());
+    for h in &headers {
+        assert_eq!(
+            h.get("content-encoding").map(String::as_str),
+            Some("gzip"),
+            "{h:?}"
+        );
+    }
+}
+
+/// A receiver that takes a request but rejects part of it (`partial_success`): the rejected
+/// spans are counted apart from the exported ones and the reason is logged once.
+#[test]
+fn a_partial_success_is_counted_and_logged() {
+    let receiver = Receiver::start();
+    receiver.script(vec![Answer {
+        rejected: Some((1, "one span too many".into())),
+        ..Answer::default()
+    }]);
+    let server = python_framings(free_port());
+    let port = server.port.to_string();
+    let metrics = free_port().to_string();
+    let mut agent = Agent::exporting(&receiver, &["--port", &port, "--prometheus-port", &metrics]);
+    assert_eq!(curl(&format!("http://127.0.0.1:{port}/x"), &[]).status, 200);
+    receiver.wait_spans(2, |_| true);
+    let m = agent.metrics_when(Duration::from_secs(10), |m| {
+        m.get("tracer_spans_rejected_total") == Some(&1.0)
+    });
+    agent.stop();
+    assert_eq!(m["tracer_spans_rejected_total"], 1.0, "{m:#?}");
+    assert_eq!(m["tracer_spans_exported_total"], 1.0, "{m:#?}");
+    let log = agent.stderr().join("\n");
+    assert!(
+        log.contains("the OTLP receiver rejected 1 of") && log.contains("one span too many"),
+        "{log}"
+    );
+}
+
+/// Every variable the agent reads, with a malformed value: a one-line error that names it,
+/// exit status 1, never a panic.
+#[test]
+fn malformed_values_of_every_variable_are_clear_errors() {
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let cases: &[(&str, &str, &str)] = &[
+        ("TRACER_PID", "abc", "--pid"),
+        ("TRACER_PID", "0", "--pid"),
+        ("TRACER_PORT", "70000", "--port"),
+        ("TRACER_PORT", "9-1", "--port"),
+        (
+            "TRACER_OTLP_ENDPOINT",
+            "collector:4317",
+            "not an http:// URL",
+        ),
+        ("TRACER_OTLP_PROTOCOL", "http/json", "--otlp-protocol"),
+        ("TRACER_OUTPUT", "xml", "--output"),
+        ("TRACER_CAPTURE_BYTES", "10", "--capture-bytes"),
+        ("TRACER_PROMETHEUS_PORT", "0", "--prometheus-port"),
+        ("TRACER_ROUTE", "users/{id}", "starts with '/'"),
+        ("TRACER_METRICS_SERIES_LIMIT", "1", "--metrics-series-limit"),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "ftp://x",
+            "not an http:// URL",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "x\u{e9}",
+            "not an http:// URL",
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "http/json"),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "grpc\u{e9}",
+            "is not supported",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "novalue",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "=x",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+            "10s",
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            "-1",
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+            "zstd",
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+            "%",
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        ),
+        ("OTEL_TRACES_SAMPLER", "sometimes", "OTEL_TRACES_SAMPLER"),
+        ("OTEL_TRACES_SAMPLER_ARG", "1.5", "OTEL_TRACES_SAMPLER_ARG"),
+    ];
+    for (var, value, needle) in cases {
+        let mut cmd = Command::new(binary());
+        cmd.stdin(Stdio::null()).env(var, value);
+        if var.starts_with("OTEL_EXPORTER") && !var.contains("ENDPOINT") {
+            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint);
+        }
+        if *var == "OTEL_TRACES_SAMPLER_ARG" {
+            cmd.env("OTEL_TRACES_SAMPLER", "traceidratio");
+        }
+        let out = cmd.output().expect("running tracer");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(if needle.starts_with("--") { 2 } else { 1 }),
+            "{var}={value}: {err}"
+        );
+        assert!(err.contains(needle), "{var}={value}: {err}");
+        assert!(!err.contains("panicked"), "{var}={value}: {err}");
+    }
+}
