@@ -275,3 +275,56 @@ fn nginx_static_files_with_and_without_sendfile() {
         .count();
     assert_eq!(sendfile, 2);
 }
+
+/// A process's own `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` (read from its
+/// environment) name its service: the name wins over `service.name` in the attributes,
+/// namespace and version come along, and a process without them keeps its executable's name.
+#[test]
+fn service_identity_from_the_process_environment() {
+    let receiver = tracer_e2e::receiver::Receiver::start();
+    let (a, b) = (free_port(), free_port());
+    let start = |port: u16, env: &[(&str, &str)]| {
+        tracer_e2e::servers::spawn_server(
+            std::process::Command::new("python3")
+                .arg(tracer_e2e::servers::script("server.py"))
+                .arg(port.to_string())
+                .envs(env.iter().copied()),
+            port,
+        )
+    };
+    let checkout = start(
+        a,
+        &[
+            ("OTEL_SERVICE_NAME", "checkout"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.name=ignored,service.namespace=shop,service.version=1.2%2E3",
+            ),
+        ],
+    );
+    let cart = start(
+        b,
+        &[("OTEL_RESOURCE_ATTRIBUTES", "service.name=cart%20api")],
+    );
+    let ports = [a.to_string(), b.to_string()];
+    let mut agent = Agent::exporting(&receiver, &["--port", &ports[0], "--port", &ports[1]]);
+    assert_eq!(curl(&format!("http://127.0.0.1:{a}/x"), &[]).status, 200);
+    assert_eq!(curl(&format!("http://127.0.0.1:{b}/x"), &[]).status, 200);
+    let spans = receiver.wait_spans(4, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 4);
+    for s in &spans {
+        let name = s.res("service.name").str();
+        if s.pid() == checkout.pid() {
+            assert_eq!(name, "checkout");
+            assert_eq!(s.res("service.namespace").str(), "shop");
+            assert_eq!(s.res("service.version").str(), "1.2.3");
+        } else if s.pid() == cart.pid() {
+            assert_eq!(name, "cart api");
+            assert!(!s.resource.contains_key("service.version"), "{s:#?}");
+        } else {
+            assert_eq!(name, "curl", "{s:#?}");
+            assert!(!s.resource.contains_key("service.namespace"), "{s:#?}");
+        }
+    }
+}

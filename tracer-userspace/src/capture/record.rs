@@ -94,6 +94,10 @@ impl<W: Write> Recorder<W> {
             put_str(&mut body, &p.comm);
             put_str(&mut body, &p.executable_name);
             put_str(&mut body, p.executable_path.as_deref().unwrap_or(""));
+            // Added later: readers of older recordings find the record ending here.
+            for field in [&p.service.name, &p.service.namespace, &p.service.version] {
+                put_str(&mut body, field.as_deref().unwrap_or(""));
+            }
             self.record(TYPE_PROCESS, &body)?;
         }
         self.events += 1;
@@ -184,11 +188,25 @@ impl<R: Read> Replay<R> {
                 let comm = take_str(&body, &mut at)?;
                 let executable_name = take_str(&body, &mut at)?;
                 let path = take_str(&body, &mut at)?;
+                // The service fields, when the recording has them.
+                let mut service = [None, None, None];
+                if at < body.len() {
+                    for slot in &mut service {
+                        let v = take_str(&body, &mut at)?;
+                        *slot = (!v.is_empty()).then_some(v);
+                    }
+                }
+                let [name, namespace, version] = service;
                 Ok(Some(Item::Process(Process {
                     pid,
                     comm,
                     executable_name,
                     executable_path: (!path.is_empty()).then_some(path),
+                    service: crate::correlate::process::Service {
+                        name,
+                        namespace,
+                        version,
+                    },
                 })))
             }
             other => Err(RecordError::Corrupt(format!("unknown record type {other}"))),
@@ -225,6 +243,11 @@ mod tests {
             comm: comm.to_string(),
             executable_name: format!("exe{pid}"),
             executable_path: None,
+            service: crate::correlate::process::Service {
+                name: (pid == 9).then(|| "svc".to_string()),
+                namespace: None,
+                version: (pid == 9).then(|| "2".to_string()),
+            },
         };
         rec.event(&raw(7, b"GET /"), describe).unwrap();
         rec.event(&raw(7, b"more"), describe).unwrap();
@@ -236,11 +259,20 @@ mod tests {
         let mut kinds = Vec::new();
         while let Some(item) = rp.next_item().unwrap() {
             kinds.push(match item {
-                Item::Process(p) => format!("p{}:{}", p.pid, p.executable_name),
+                Item::Process(p) => format!(
+                    "p{}:{}:{}:{}",
+                    p.pid,
+                    p.executable_name,
+                    p.service_name(),
+                    p.service.version.as_deref().unwrap_or("-")
+                ),
                 Item::Event(e) => format!("e{}", Event::decode(&e).unwrap().payload.len()),
             });
         }
-        assert_eq!(kinds, vec!["p7:exe7", "e5", "e4", "p9:exe9", "e0"]);
+        assert_eq!(
+            kinds,
+            vec!["p7:exe7:exe7:-", "e5", "e4", "p9:exe9:svc:2", "e0"]
+        );
     }
 
     #[test]

@@ -11,6 +11,88 @@ pub struct Process {
     /// Base name of `/proc/PID/exe`, or the task name when that is gone.
     pub executable_name: String,
     pub executable_path: Option<String>,
+    /// What the process's own environment says it is.
+    pub service: Service,
+}
+
+/// A service's identity as a process's own OpenTelemetry variables give it:
+/// `OTEL_SERVICE_NAME`, and `service.name`, `service.namespace`, `service.version` from
+/// `OTEL_RESOURCE_ATTRIBUTES` (`OTEL_SERVICE_NAME` wins for the name).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Service {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub version: Option<String>,
+}
+
+/// The most of `/proc/PID/environ` read: the variables are looked for in this much.
+const ENVIRON_MAX: u64 = 256 * 1024;
+/// The longest service name, namespace or version kept (longer ones are cut).
+const SERVICE_FIELD_MAX: usize = 256;
+
+impl Service {
+    /// From the NUL-separated `KEY=value` entries of an environment; every other variable is
+    /// passed over and not kept.
+    pub fn from_environ(environ: &[u8]) -> Self {
+        let mut service = Service::default();
+        let mut from_attributes = Service::default();
+        for entry in environ.split(|&b| b == 0) {
+            if let Some(v) = entry.strip_prefix(b"OTEL_SERVICE_NAME=") {
+                service.name = field(&String::from_utf8_lossy(v));
+            } else if let Some(v) = entry.strip_prefix(b"OTEL_RESOURCE_ATTRIBUTES=") {
+                from_attributes = Self::from_resource_attributes(&String::from_utf8_lossy(v));
+            }
+        }
+        Service {
+            name: service.name.or(from_attributes.name),
+            namespace: from_attributes.namespace,
+            version: from_attributes.version,
+        }
+    }
+
+    /// `service.*` of an `OTEL_RESOURCE_ATTRIBUTES` value: comma-separated `key=value` pairs,
+    /// values percent-decoded; malformed pairs are skipped.
+    fn from_resource_attributes(text: &str) -> Self {
+        let mut s = Service::default();
+        for pair in text.split(',') {
+            let Some((k, v)) = pair.split_once('=') else {
+                continue;
+            };
+            let value = percent_encoding::percent_decode_str(v.trim()).decode_utf8_lossy();
+            let slot = match k.trim() {
+                "service.name" => &mut s.name,
+                "service.namespace" => &mut s.namespace,
+                "service.version" => &mut s.version,
+                _ => continue,
+            };
+            *slot = field(&value);
+        }
+        s
+    }
+}
+
+/// A service field: trimmed, not empty, at most [`SERVICE_FIELD_MAX`] bytes (cut at a
+/// character boundary).
+fn field(v: &str) -> Option<String> {
+    let v = v.trim();
+    if v.is_empty() {
+        return None;
+    }
+    let mut end = v.len().min(SERVICE_FIELD_MAX);
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(v[..end].to_string())
+}
+
+/// The OpenTelemetry variables of `pid`'s environment (as it was at its start).
+fn read_service(pid: u32) -> Service {
+    use std::io::Read as _;
+    let mut environ = Vec::new();
+    if let Ok(f) = std::fs::File::open(format!("/proc/{pid}/environ")) {
+        let _ = f.take(ENVIRON_MAX).read_to_end(&mut environ);
+    }
+    Service::from_environ(&environ)
 }
 
 impl Process {
@@ -34,12 +116,18 @@ impl Process {
             comm: comm.to_string(),
             executable_name,
             executable_path: path,
+            service: read_service(pid),
         }
     }
 
-    /// The service name spans of this process are reported under.
+    /// The service name spans of this process are reported under: its own
+    /// `OTEL_SERVICE_NAME` or `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, else its
+    /// executable's name.
     pub fn service_name(&self) -> &str {
-        &self.executable_name
+        self.service
+            .name
+            .as_deref()
+            .unwrap_or(&self.executable_name)
     }
 }
 
@@ -100,6 +188,7 @@ impl Processes {
                 comm: comm.to_string(),
                 executable_name: comm.to_string(),
                 executable_path: None,
+                service: Service::default(),
             }
         }
     }
@@ -153,5 +242,51 @@ mod tests {
         // A new program under the same pid (exec, or reuse) is named afresh.
         ps.learn(pid, "node", "node");
         assert_eq!(ps.get(pid, "node").executable_name, "node");
+    }
+
+    #[test]
+    fn the_service_comes_from_the_process_environment() {
+        let env = |entries: &[&str]| -> Vec<u8> { entries.join("\0").into_bytes() };
+        let s = Service::from_environ(&env(&[
+            "PATH=/usr/bin",
+            "OTEL_RESOURCE_ATTRIBUTES=service.name=ignored, service.namespace = shop ,\
+             service.version=1.2%2E3,deployment.environment=prod,broken,=x",
+            "SECRET_TOKEN=hunter2",
+            "OTEL_SERVICE_NAME=checkout",
+        ]));
+        assert_eq!(
+            s,
+            Service {
+                name: Some("checkout".into()),
+                namespace: Some("shop".into()),
+                version: Some("1.2.3".into()),
+            }
+        );
+        let s = Service::from_environ(&env(&["OTEL_RESOURCE_ATTRIBUTES=service.name=cart%20api"]));
+        assert_eq!(s.name.as_deref(), Some("cart api"));
+        assert_eq!(Service::from_environ(b""), Service::default());
+        let s = Service::from_environ(&env(&[
+            "OTEL_SERVICE_NAME=  ",
+            "OTEL_RESOURCE_ATTRIBUTES=%",
+        ]));
+        assert_eq!(
+            s,
+            Service::default(),
+            "blank and malformed values give nothing"
+        );
+        let long = format!("OTEL_SERVICE_NAME={}", "\u{e9}".repeat(300));
+        let s = Service::from_environ(long.as_bytes());
+        assert!(s.name.as_ref().unwrap().len() <= SERVICE_FIELD_MAX);
+        let s = Service::from_environ(b"OTEL_SERVICE_NAME=a\xff\xfeb");
+        assert_eq!(s.name.as_deref(), Some("a\u{fffd}\u{fffd}b"));
+    }
+
+    #[test]
+    fn a_process_is_named_by_its_own_service_name() {
+        let mut p = Process::read(std::process::id(), "x");
+        p.service = Service::default();
+        assert_eq!(p.service_name(), p.executable_name);
+        p.service.name = Some("svc".into());
+        assert_eq!(p.service_name(), "svc");
     }
 }

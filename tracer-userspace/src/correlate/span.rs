@@ -528,6 +528,7 @@ pub(crate) mod tests {
                 comm: "srv".into(),
                 executable_name: "srv".into(),
                 executable_path: None,
+                service: Default::default(),
             }),
             tid: 8,
             method: "GET".into(),

@@ -155,6 +155,7 @@ impl Recording {
                 comm: name.into(),
                 executable_name: name.into(),
                 executable_path: None,
+                service: Default::default(),
             });
         }
         let mut p = Pipeline::new(Limits::default(), IdGen::seeded(7), processes)

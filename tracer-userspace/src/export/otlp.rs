@@ -663,6 +663,15 @@ impl Otlp {
                 path.clone(),
             ));
         }
+        if let Some(ns) = &process.service.namespace {
+            attrs.push(opentelemetry::KeyValue::new(
+                "service.namespace",
+                ns.clone(),
+            ));
+        }
+        if let Some(v) = &process.service.version {
+            attrs.push(opentelemetry::KeyValue::new("service.version", v.clone()));
+        }
         // The SDK's builder adds OTEL_RESOURCE_ATTRIBUTES and the telemetry.sdk.* attributes.
         let resource = opentelemetry_sdk::Resource::builder()
             .with_service_name(process.service_name().to_string())
