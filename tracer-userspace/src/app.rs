@@ -231,17 +231,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pipeline: Pipeline::new(Limits::default(), IdGen::new(), Processes::new())
             .capturing(config.sinks.capture.clone())
             .sampling(config.sinks.sampler),
-        tx,
-        dropped: 0,
+        out: Outlet {
+            tx,
+            dropped: 0,
+            // Recorded only when something reads them.
+            red: config
+                .prometheus_port
+                .map(|_| Red::new(config.metrics_series_limit)),
+            unsampled: 0,
+        },
         decode_errors: 0,
         recorder,
         reorder: Reorder::default(),
         mapped: Default::default(),
-        // Recorded only when something reads them.
-        red: config
-            .prometheus_port
-            .map(|_| Red::new(config.metrics_series_limit)),
-        unsampled: 0,
     };
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -294,7 +296,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 flow.discover_tls(&mut probes);
             }
             Some(reply) = scrapes.recv() => {
-                let _ = reply.send(flow.snapshot(&probes, &stats_rx));
+                // Only scrapes read the histograms: the periodic report does not copy them.
+                let red = flow.out.red.clone().unwrap_or_default();
+                let _ = reply.send(Snapshot { red, ..flow.snapshot(&probes, &stats_rx) });
             }
             _ = housekeeping.tick() => flow.housekeeping(),
             _ = report.tick() => {
@@ -390,19 +394,12 @@ fn log_report(snapshot: &Snapshot) {
     );
 }
 
-/// The capture side's state: the pipeline and the sending end of the export queue. Owned by
-/// the capture loop alone.
-struct Flow {
-    pipeline: Pipeline,
+/// Where finished spans go: into the request-duration metrics, then, when sampled, into the
+/// export queue; each span not queued is counted.
+struct Outlet {
     tx: mpsc::Sender<HttpSpan>,
+    /// Spans dropped because the export queue was full.
     dropped: u64,
-    decode_errors: u64,
-    recorder: Option<Recorder<BufWriter<File>>>,
-    /// Events held briefly so the pipeline sees them in time order.
-    reorder: Reorder,
-    /// Traced processes that started a program or mapped an executable file since the last
-    /// look for TLS libraries.
-    mapped: std::collections::BTreeSet<u32>,
     /// The request-duration metrics, fed every span before the export queue (with
     /// `--prometheus-port`: nothing else reads them).
     red: Option<Red>,
@@ -410,42 +407,52 @@ struct Flow {
     unsampled: u64,
 }
 
-impl Flow {
-    fn sender<'a>(
-        tx: &'a mpsc::Sender<HttpSpan>,
-        dropped: &'a mut u64,
-        red: &'a mut Option<Red>,
-        unsampled: &'a mut u64,
-    ) -> impl FnMut(HttpSpan) + use<'a> {
-        move |span| {
-            // Metrics count every exchange; only sampled spans are exported.
-            if let Some(red) = red {
-                red.record(&span);
+impl Outlet {
+    fn send(&mut self, span: HttpSpan) {
+        // Metrics count every exchange; only sampled spans are exported.
+        if let Some(red) = &mut self.red {
+            red.record(&span);
+        }
+        if span.trace_flags & 1 == 0 {
+            self.unsampled += 1;
+            return;
+        }
+        if self.tx.try_send(span).is_err() {
+            if self.dropped == 0 {
+                log::warn!("export queue full: dropping spans (counted in the report)");
             }
-            if span.trace_flags & 1 == 0 {
-                *unsampled += 1;
-                return;
-            }
-            if tx.try_send(span).is_err() {
-                if *dropped == 0 {
-                    log::warn!("export queue full: dropping spans (counted in the report)");
-                }
-                *dropped += 1;
-            }
+            self.dropped += 1;
         }
     }
+}
 
-    /// The counters as they are now, for the report and for scrapes.
+/// The capture side's state: the pipeline and the way out of finished spans. Owned by the
+/// capture loop alone.
+struct Flow {
+    pipeline: Pipeline,
+    out: Outlet,
+    decode_errors: u64,
+    recorder: Option<Recorder<BufWriter<File>>>,
+    /// Events held briefly so the pipeline sees them in time order.
+    reorder: Reorder,
+    /// Traced processes that started a program or mapped an executable file since the last
+    /// look for TLS libraries.
+    mapped: std::collections::BTreeSet<u32>,
+}
+
+impl Flow {
+    /// The counters as they are now, for the report and for scrapes (without the
+    /// histograms, which scrapes add).
     fn snapshot(&self, probes: &Probes, export: &watch::Receiver<ExportStats>) -> Snapshot {
         Snapshot {
             pipeline: self.pipeline.stats(),
             export: *export.borrow(),
-            queue_dropped: self.dropped,
-            queue_depth: (export::QUEUE_CAPACITY - self.tx.capacity()) as u64,
+            queue_dropped: self.out.dropped,
+            queue_depth: (export::QUEUE_CAPACITY - self.out.tx.capacity()) as u64,
             decode_errors: self.decode_errors,
             kernel: probes.counters().map_err(|e| e.to_string()),
-            red: self.red.clone().unwrap_or_default(),
-            unsampled: self.unsampled,
+            red: Red::default(),
+            unsampled: self.out.unsampled,
         }
     }
 
@@ -475,15 +482,10 @@ impl Flow {
 
     /// Feed the pipeline every held event older than `watermark`.
     fn release(&mut self, watermark: u64) {
-        let mut send = Self::sender(
-            &self.tx,
-            &mut self.dropped,
-            &mut self.red,
-            &mut self.unsampled,
-        );
+        let out = &mut self.out;
         let pipeline = &mut self.pipeline;
         self.reorder
-            .release(watermark, |ev| pipeline.on_event(ev, &mut send));
+            .release(watermark, |ev| pipeline.on_event(ev, &mut |s| out.send(s)));
     }
 
     /// Stop the kernel copying bytes of connections the pipeline has no use for.
@@ -506,15 +508,9 @@ impl Flow {
     }
 
     fn housekeeping(&mut self) {
-        let mut send = Self::sender(
-            &self.tx,
-            &mut self.dropped,
-            &mut self.red,
-            &mut self.unsampled,
-        );
-        self.pipeline.tick(monotonic_now(), &mut send);
-        drop(send);
-        if let Some(red) = &mut self.red {
+        let out = &mut self.out;
+        self.pipeline.tick(monotonic_now(), &mut |s| out.send(s));
+        if let Some(red) = &mut self.out.red {
             red.expire(monotonic_now());
         }
         // Bursts (thousands of connections at once) leave freed memory in the allocator's
@@ -527,20 +523,13 @@ impl Flow {
     /// count.
     fn finish(mut self) -> anyhow::Result<(Stats, u64)> {
         self.release(u64::MAX);
-        {
-            let mut send = Self::sender(
-                &self.tx,
-                &mut self.dropped,
-                &mut self.red,
-                &mut self.unsampled,
-            );
-            self.pipeline.finish(&mut send);
-        }
+        let out = &mut self.out;
+        self.pipeline.finish(&mut |s| out.send(s));
         if let Some(r) = self.recorder.take() {
             let events = r.events;
             r.finish().context("writing the recording")?;
             log::info!("recorded {events} events");
         }
-        Ok((self.pipeline.stats(), self.dropped))
+        Ok((self.pipeline.stats(), self.out.dropped))
     }
 }

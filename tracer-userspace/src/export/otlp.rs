@@ -82,13 +82,12 @@ impl OtlpConfig {
     }
 }
 
-/// The first of `vars` that is set (and not blank): its name and value.
+/// The first of `vars` that `env` gives a value: its name and value.
 fn first_set(
     env: &impl Fn(&str) -> Option<String>,
     vars: [&'static str; 2],
 ) -> Option<(&'static str, String)> {
-    vars.into_iter()
-        .find_map(|v| env(v).filter(|x| !x.trim().is_empty()).map(|x| (v, x)))
+    vars.into_iter().find_map(|v| env(v).map(|x| (v, x)))
 }
 
 const TRACES_PATH: &str = "/v1/traces";
