@@ -4,6 +4,7 @@
 //! These tests load real eBPF programs and need root; run them with `cargo xtask test`.
 
 pub mod agent;
+pub mod certs;
 pub mod netns;
 pub mod receiver;
 pub mod servers;

@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -185,6 +185,61 @@ pub struct Receiver {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     store: Shared,
+    scheme: &'static str,
+}
+
+/// TLS on both of a receiver's endpoints: its certificate and key (PEM files), and when
+/// given, the certificate authority whose client certificates it requires (mTLS).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+impl ServerTls {
+    // ring, as the agent uses; no post-quantum key exchange is needed here.
+    #[allow(deprecated)]
+    fn rustls(&self) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certs = CertificateDer::pem_file_iter(&self.cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(&self.key).unwrap();
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match &self.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_file_iter(ca).unwrap() {
+                    roots.add(c.unwrap()).unwrap();
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        Arc::new(builder.with_single_cert(certs, key).unwrap())
+    }
+
+    fn tonic(&self) -> tonic::transport::ServerTlsConfig {
+        let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(read(&self.cert), read(&self.key)),
+        );
+        if let Some(ca) = &self.client_ca {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)));
+        }
+        tls
+    }
 }
 
 impl Receiver {
@@ -194,11 +249,21 @@ impl Receiver {
 
     /// A receiver whose http/protobuf endpoint listens on `http_port` (0: any free port).
     pub fn start_on(http_port: u16) -> Receiver {
+        Self::start_with(http_port, None)
+    }
+
+    /// A receiver that speaks TLS on both endpoints (`https://` URLs).
+    pub fn start_tls(tls: ServerTls) -> Receiver {
+        Self::start_with(0, Some(tls))
+    }
+
+    fn start_with(http_port: u16, tls: Option<ServerTls>) -> Receiver {
         let store: Shared = Arc::default();
         let grpc_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let grpc = grpc_listener.local_addr().unwrap();
         grpc_listener.set_nonblocking(true).unwrap();
         let service = Grpc(store.clone());
+        let grpc_tls = tls.as_ref().map(ServerTls::tonic);
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -208,7 +273,11 @@ impl Receiver {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(grpc_listener).unwrap();
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                tonic::transport::Server::builder()
+                let mut server = tonic::transport::Server::builder();
+                if let Some(tls) = grpc_tls {
+                    server = server.tls_config(tls).unwrap();
+                }
+                server
                     .add_service(
                         TraceServiceServer::new(service)
                             .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
@@ -221,21 +290,35 @@ impl Receiver {
         let http_listener = TcpListener::bind(("127.0.0.1", http_port)).unwrap();
         let http = http_listener.local_addr().unwrap();
         let s = store.clone();
+        let http_tls = tls.as_ref().map(ServerTls::rustls);
         std::thread::spawn(move || {
             for conn in http_listener.incoming().flatten() {
                 let s = s.clone();
-                std::thread::spawn(move || serve_http(conn, s));
+                match &http_tls {
+                    None => std::thread::spawn(move || serve_http(conn, s)),
+                    Some(config) => {
+                        let tls = rustls::ServerConnection::new(config.clone()).unwrap();
+                        let stream = rustls::StreamOwned::new(tls, conn);
+                        std::thread::spawn(move || serve_http(stream, s))
+                    }
+                };
             }
         });
-        Receiver { grpc, http, store }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        Receiver {
+            grpc,
+            http,
+            store,
+            scheme,
+        }
     }
 
     pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc)
+        format!("{}://{}", self.scheme, self.grpc)
     }
 
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.http)
+        format!("{}://{}", self.scheme, self.http)
     }
 
     pub fn spans(&self) -> Vec<Received> {
@@ -303,9 +386,8 @@ impl Receiver {
 }
 
 /// Minimal HTTP/1.1 server for `POST /v1/traces` with keep-alive.
-fn serve_http(conn: TcpStream, store: Shared) {
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
-    let mut writer = conn;
+fn serve_http(conn: impl Read + Write, store: Shared) {
+    let mut reader = BufReader::new(conn);
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -374,7 +456,11 @@ fn serve_http(conn: TcpStream, store: Shared) {
             "HTTP/1.1 {status}\r\n{extra}Content-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
             reply.len()
         );
-        if writer.write_all(head.as_bytes()).is_err() || writer.write_all(&reply).is_err() {
+        let writer = reader.get_mut();
+        if writer.write_all(head.as_bytes()).is_err()
+            || writer.write_all(&reply).is_err()
+            || writer.flush().is_err()
+        {
             return;
         }
     }

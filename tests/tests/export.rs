@@ -8,8 +8,9 @@ use std::{
 
 use tracer_e2e::{
     agent::{Agent, binary},
+    certs::Pki,
     free_port,
-    receiver::{Answer, Receiver},
+    receiver::{Answer, Receiver, ServerTls},
     servers::{curl, python_framings},
 };
 
@@ -93,11 +94,122 @@ fn a_partial_success_is_counted_and_logged() {
     );
 }
 
+/// A receiver with a certificate of a test-made authority that requires client certificates
+/// (mTLS): the agent trusts the authority (`OTEL_EXPORTER_OTLP_CERTIFICATE`), shows its own
+/// certificate (`..._CLIENT_CERTIFICATE`, `..._CLIENT_KEY`) and sends gzip, over both
+/// transports; the per-signal forms of the variables work alike. Without a client certificate,
+/// or without trusting the authority, nothing is taken and the loss is counted.
+#[test]
+fn export_over_tls_and_mtls_with_gzip() {
+    let pki = Pki::new();
+    let receiver = Receiver::start_tls(ServerTls {
+        cert: pki.server_cert.clone(),
+        key: pki.server_key.clone(),
+        client_ca: Some(pki.ca.clone()),
+    });
+    assert!(receiver.http_url().starts_with("https://"));
+    let server = python_framings(free_port());
+    let port = server.port.to_string();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (ca, cert, key) = (path(&pki.ca), path(&pki.client_cert), path(&pki.client_key));
+    let general = [
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_str()),
+        ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", cert.as_str()),
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", key.as_str()),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+    ];
+    let per_signal = [
+        ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", ca.as_str()),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+            cert.as_str(),
+        ),
+        ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", key.as_str()),
+        ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"),
+    ];
+    for (transport, protocol, endpoint, env) in [
+        ("http", "http/protobuf", receiver.http_url(), &general),
+        ("grpc", "grpc", receiver.grpc_url(), &per_signal),
+    ] {
+        let mut agent = Agent::start(
+            &[
+                "--port",
+                &port,
+                "--otlp-endpoint",
+                &endpoint,
+                "--otlp-protocol",
+                protocol,
+            ],
+            env,
+        );
+        let url = format!("http://127.0.0.1:{port}/{transport}");
+        assert_eq!(curl(&url, &[]).status, 200);
+        let spans = receiver.wait_spans(2, |s| {
+            s.transport == transport
+                && matches!(s.attributes.get("url.path"), Some(v) if v.str() == format!("/{transport}"))
+        });
+        agent.stop();
+        assert_eq!(spans.len(), 2, "{transport}: {spans:#?}");
+    }
+    for h in receiver.http_headers() {
+        assert_eq!(h.get("content-encoding").map(String::as_str), Some("gzip"));
+    }
+    assert!(!receiver.grpc_metadata().is_empty());
+    assert!(
+        receiver
+            .grpc_metadata()
+            .iter()
+            .all(|m| m.get("grpc-encoding").map(String::as_str) == Some("gzip")),
+        "{:?}",
+        receiver.grpc_metadata()
+    );
+    // Refused: no client certificate, then a server certificate the agent cannot trust.
+    let before = receiver.spans().len();
+    for (what, env) in [
+        ("no client certificate", &general[..1]),
+        ("an untrusted authority", &general[1..3]),
+    ] {
+        let metrics = free_port().to_string();
+        let mut agent = Agent::start(
+            &[
+                "--port",
+                &port,
+                "--otlp-endpoint",
+                &receiver.http_url(),
+                "--prometheus-port",
+                &metrics,
+            ],
+            env,
+        );
+        assert_eq!(
+            curl(&format!("http://127.0.0.1:{port}/no"), &[]).status,
+            200
+        );
+        let m = agent.metrics_when(Duration::from_secs(20), |m| {
+            m.get("tracer_spans_export_failed_total") == Some(&2.0)
+        });
+        agent.stop();
+        assert_eq!(m["tracer_spans_export_failed_total"], 2.0, "{what}: {m:#?}");
+        assert_eq!(m["tracer_spans_exported_total"], 0.0, "{what}: {m:#?}");
+        let log = agent.stderr().join("\n");
+        assert!(
+            log.contains("OTLP export of 2 spans failed"),
+            "{what}: {log}"
+        );
+    }
+    assert_eq!(
+        receiver.spans().len(),
+        before,
+        "nothing taken without TLS trust"
+    );
+}
+
 /// Every variable the agent reads, with a malformed value: a one-line error that names it,
 /// exit status 1, never a panic.
 #[test]
 fn malformed_values_of_every_variable_are_clear_errors() {
     let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let tls_endpoint = format!("https://127.0.0.1:{}", free_port());
     let cases: &[(&str, &str, &str)] = &[
         ("TRACER_PID", "abc", "--pid"),
         ("TRACER_PID", "0", "--pid"),
@@ -106,7 +218,7 @@ fn malformed_values_of_every_variable_are_clear_errors() {
         (
             "TRACER_OTLP_ENDPOINT",
             "collector:4317",
-            "not an http:// URL",
+            "not an http:// or https:// URL",
         ),
         ("TRACER_OTLP_PROTOCOL", "http/json", "--otlp-protocol"),
         ("TRACER_OUTPUT", "xml", "--output"),
@@ -117,12 +229,12 @@ fn malformed_values_of_every_variable_are_clear_errors() {
         (
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "ftp://x",
-            "not an http:// URL",
+            "not an http:// or https:// URL",
         ),
         (
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             "x\u{e9}",
-            "not an http:// URL",
+            "not an http:// or https:// URL",
         ),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "http/json"),
         (
@@ -160,6 +272,26 @@ fn malformed_values_of_every_variable_are_clear_errors() {
             "%",
             "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
         ),
+        (
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            "/nonexistent/ca.pem",
+            "/nonexistent/ca.pem: cannot read it",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "/proc/self/status",
+            "holds no PEM certificate",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            "/k.pem",
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY is set but",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+            "/c.pem",
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE is set but",
+        ),
         ("OTEL_TRACES_SAMPLER", "sometimes", "OTEL_TRACES_SAMPLER"),
         ("OTEL_TRACES_SAMPLER_ARG", "1.5", "OTEL_TRACES_SAMPLER_ARG"),
     ];
@@ -167,7 +299,11 @@ fn malformed_values_of_every_variable_are_clear_errors() {
         let mut cmd = Command::new(binary());
         cmd.stdin(Stdio::null()).env(var, value);
         if var.starts_with("OTEL_EXPORTER") && !var.contains("ENDPOINT") {
-            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint);
+            let tls = var.contains("CERTIFICATE") || var.contains("KEY");
+            cmd.env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                if tls { &tls_endpoint } else { &endpoint },
+            );
         }
         if *var == "OTEL_TRACES_SAMPLER_ARG" {
             cmd.env("OTEL_TRACES_SAMPLER", "traceidratio");

@@ -307,7 +307,10 @@ fn malformed_flags_are_clear_errors() {
         (&["--port", "90-80"], "is empty"),
         (&["--pid", "x"], "invalid"),
         (&["--otlp-protocol", "http/json"], "http/json"),
-        (&["--otlp-endpoint", "collector:4317"], "not an http:// URL"),
+        (
+            &["--otlp-endpoint", "collector:4317"],
+            "not an http:// or https:// URL",
+        ),
     ] {
         let (code, err) = run_agent(args);
         assert_ne!(code, Some(0), "{args:?}");

@@ -6,9 +6,12 @@ use clap::Parser as _;
 use tracer_userspace::{app, cli, export, filter};
 
 fn sink_config(cli: &cli::Cli) -> anyhow::Result<app::SinkConfig> {
-    let otlp = export::otlp::resolve(cli.otlp_endpoint.as_deref(), cli.otlp_protocol, |k| {
-        std::env::var(k).ok()
-    })?;
+    let otlp = export::otlp::resolve(
+        export::otlp::Signal::Traces,
+        cli.otlp_endpoint.as_deref(),
+        cli.otlp_protocol,
+        |k| std::env::var(k).ok(),
+    )?;
     if let Some(c) = &otlp
         && c.protocol == export::otlp::Protocol::HttpProtobuf
         && c.endpoint.contains(":4317")

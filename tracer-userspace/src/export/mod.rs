@@ -1,6 +1,8 @@
 //! The end of the flow: spans to the terminal and/or an OTLP receiver, in batches, behind a
 //! bounded queue that the capture side never waits on.
 
+pub mod client;
+pub mod config;
 mod encode;
 pub mod otlp;
 mod retry;

@@ -3,7 +3,7 @@
 //! request built straight from our spans with the official protobuf messages
 //! (`opentelemetry-proto`), so that a span costs one conversion and no SDK span in between.
 
-use std::{collections::HashMap, str::FromStr, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 #[cfg(test)]
 use opentelemetry_proto::tonic::{
@@ -22,152 +22,9 @@ use super::retry::{self, SendError};
 use crate::correlate::span::{Kind, Value};
 use crate::correlate::{clock::Clock, process::Process, span::HttpSpan};
 
-/// OTLP transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Protocol {
-    #[value(name = "grpc")]
-    Grpc,
-    #[value(name = "http/protobuf")]
-    HttpProtobuf,
-}
-
-impl FromStr for Protocol {
-    type Err = ConfigError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim() {
-            "grpc" => Ok(Protocol::Grpc),
-            "http/protobuf" => Ok(Protocol::HttpProtobuf),
-            other => Err(ConfigError::Protocol(other.to_string())),
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigError {
-    #[error("OTLP protocol `{0}` is not supported: use `grpc` or `http/protobuf`")]
-    Protocol(String),
-    #[error("OTLP endpoint `{0}` is not an http:// URL (TLS endpoints are not supported yet)")]
-    Endpoint(String),
-    #[error("{0}: `{1}` is not a timeout in milliseconds (1 to 3600000)")]
-    Timeout(&'static str, String),
-    #[error("{0}: `{1}` is not a compression: use `gzip` or `none`")]
-    Compression(&'static str, String),
-}
-
-/// Where and how to export.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OtlpConfig {
-    /// Full URL: for HTTP, including the `/v1/traces` path.
-    pub endpoint: String,
-    pub protocol: Protocol,
-    /// Longest wait for one export request (`OTEL_EXPORTER_OTLP_TIMEOUT`).
-    pub timeout: Duration,
-    /// Compress request bodies with gzip (`OTEL_EXPORTER_OTLP_COMPRESSION=gzip`).
-    pub gzip: bool,
-}
-
-/// The specification's default export timeout.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl OtlpConfig {
-    /// `endpoint` over `protocol` with the specification's defaults: 10 s, no compression.
-    pub fn new(endpoint: impl Into<String>, protocol: Protocol) -> Self {
-        OtlpConfig {
-            endpoint: endpoint.into(),
-            protocol,
-            timeout: DEFAULT_TIMEOUT,
-            gzip: false,
-        }
-    }
-}
-
-/// The first of `vars` that `env` gives a value: its name and value.
-fn first_set(
-    env: &impl Fn(&str) -> Option<String>,
-    vars: [&'static str; 2],
-) -> Option<(&'static str, String)> {
-    vars.into_iter().find_map(|v| env(v).map(|x| (v, x)))
-}
-
-const TRACES_PATH: &str = "/v1/traces";
-
-/// Resolve the export configuration from the flags, then the standard variables:
-/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is), `OTEL_EXPORTER_OTLP_ENDPOINT` (a base URL:
-/// `/v1/traces` is appended for HTTP), `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`,
-/// `OTEL_EXPORTER_OTLP_PROTOCOL`, and the `..._TIMEOUT` (milliseconds) and `..._COMPRESSION`
-/// variables in their per-signal and general forms. `None` when no endpoint is configured
-/// anywhere.
-pub fn resolve(
-    endpoint_flag: Option<&str>,
-    protocol_flag: Option<Protocol>,
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<Option<OtlpConfig>, ConfigError> {
-    let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
-    let protocol = match protocol_flag {
-        Some(p) => p,
-        None => match env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
-        {
-            Some(p) => p.parse()?,
-            // The specification's default.
-            None => Protocol::HttpProtobuf,
-        },
-    };
-    let (url, is_base) = match endpoint_flag {
-        Some(e) => (e.to_string(), true),
-        None => match env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-            Some(e) => (e, false),
-            None => match env("OTEL_EXPORTER_OTLP_ENDPOINT") {
-                Some(e) => (e, true),
-                None => return Ok(None),
-            },
-        },
-    };
-    let url = url.trim().to_string();
-    if !url.starts_with("http://") {
-        return Err(ConfigError::Endpoint(url));
-    }
-    let endpoint = match protocol {
-        Protocol::HttpProtobuf if is_base && !url.trim_end_matches('/').ends_with(TRACES_PATH) => {
-            format!("{}{TRACES_PATH}", url.trim_end_matches('/'))
-        }
-        _ => url,
-    };
-    let timeout = match first_set(
-        &env,
-        [
-            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-            "OTEL_EXPORTER_OTLP_TIMEOUT",
-        ],
-    ) {
-        None => DEFAULT_TIMEOUT,
-        Some((var, v)) => match v.trim().parse::<u64>() {
-            Ok(ms) if (1..=3_600_000).contains(&ms) => Duration::from_millis(ms),
-            _ => return Err(ConfigError::Timeout(var, v)),
-        },
-    };
-    let gzip = match first_set(
-        &env,
-        [
-            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
-            "OTEL_EXPORTER_OTLP_COMPRESSION",
-        ],
-    ) {
-        None => false,
-        Some((var, v)) => match v.trim().to_ascii_lowercase().as_str() {
-            "gzip" => true,
-            "none" => false,
-            _ => return Err(ConfigError::Compression(var, v)),
-        },
-    };
-    Ok(Some(OtlpConfig {
-        endpoint,
-        protocol,
-        timeout,
-        gzip,
-    }))
-}
+use super::client;
+pub use super::client::BuildError;
+pub use super::config::{ConfigError, DEFAULT_TIMEOUT, OtlpConfig, Protocol, Signal, resolve};
 
 /// Sends spans to an OTLP receiver, grouped by the process they came from, with up to
 /// [`IN_FLIGHT`] export requests under way at once so that a receiver's round trip does not
@@ -434,61 +291,14 @@ fn gzipped(body: &[u8]) -> Vec<u8> {
     out.finish().unwrap_or_default()
 }
 
-/// Export headers from `OTEL_EXPORTER_OTLP_TRACES_HEADERS` or `OTEL_EXPORTER_OTLP_HEADERS`:
-/// `key=value` pairs separated by commas, keys lower-cased, values percent-decoded (W3C
-/// Baggage format, as the specification says). Empty entries are skipped; an entry without
-/// `=` or with an empty key is an error that names the variable.
-pub fn headers_from_env(
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<Vec<(String, String)>, BuildError> {
-    let Some((var, text)) = [
-        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-        "OTEL_EXPORTER_OTLP_HEADERS",
-    ]
-    .into_iter()
-    .find_map(|var| env(var).map(|v| (var, v))) else {
-        return Ok(Vec::new());
-    };
-    text.split(',')
-        .filter(|pair| !pair.trim().is_empty())
-        .map(|pair| {
-            let bad = || BuildError::HeaderVariable {
-                var,
-                entry: pair.trim().to_string(),
-            };
-            let (k, v) = pair.split_once('=').ok_or_else(bad)?;
-            let k = k.trim();
-            if k.is_empty() {
-                return Err(bad());
-            }
-            let value = percent_encoding::percent_decode_str(v.trim()).decode_utf8_lossy();
-            Ok((k.to_ascii_lowercase(), value.into_owned()))
-        })
-        .collect()
-}
-
-/// Why the exporter could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("invalid endpoint: {0}")]
-    Endpoint(String),
-    #[error("invalid header `{0}`")]
-    Header(String),
-    #[error("{var}: `{entry}` is not a key=value pair")]
-    HeaderVariable { var: &'static str, entry: String },
-    #[error("HTTP client: {0}")]
-    Client(String),
-}
-
 impl Otlp {
-    /// Build the exporter. Must run inside the tokio runtime. Headers come from
-    /// `OTEL_EXPORTER_OTLP_HEADERS` / `OTEL_EXPORTER_OTLP_TRACES_HEADERS`.
+    /// Build the exporter. Must run inside the tokio runtime.
     pub fn new(config: &OtlpConfig) -> Result<Self, BuildError> {
-        let headers = headers_from_env(|k| std::env::var(k).ok())?;
+        let headers = &config.headers;
         let transport = match config.protocol {
             Protocol::HttpProtobuf => {
                 let mut map = reqwest::header::HeaderMap::new();
-                for (k, v) in &headers {
+                for (k, v) in headers {
                     let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
                         .map_err(|_| BuildError::Header(k.clone()))?;
                     let value = reqwest::header::HeaderValue::from_str(v)
@@ -496,22 +306,16 @@ impl Otlp {
                     map.insert(name, value);
                 }
                 Transport::Http {
-                    client: reqwest::Client::builder()
-                        .timeout(config.timeout)
-                        .build()
-                        .map_err(|e| BuildError::Client(e.to_string()))?,
+                    client: client::http_client(config)?,
                     url: config.endpoint.clone(),
                     headers: map,
                     gzip: config.gzip,
                 }
             }
             Protocol::Grpc => {
-                let channel = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
-                    .map_err(|e| BuildError::Endpoint(e.to_string()))?
-                    .timeout(config.timeout)
-                    .connect_lazy();
+                let channel = client::grpc_channel(config)?;
                 let mut metadata = Vec::new();
-                for (k, v) in &headers {
+                for (k, v) in headers {
                     let key = tonic::metadata::MetadataKey::from_bytes(k.as_bytes())
                         .map_err(|_| BuildError::Header(k.clone()))?;
                     let value = v.parse().map_err(|_| BuildError::Header(k.clone()))?;
@@ -862,144 +666,6 @@ mod tests {
         );
     }
 
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k| map.get(k).cloned()
-    }
-
-    #[test]
-    fn nothing_configured_means_no_export() {
-        assert_eq!(resolve(None, None, env(&[])), Ok(None));
-    }
-
-    #[test]
-    fn base_endpoint_gets_the_traces_path_for_http() {
-        let c = resolve(
-            None,
-            None,
-            env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")]),
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(c.endpoint, "http://c:4318/v1/traces");
-        assert_eq!(c.protocol, Protocol::HttpProtobuf);
-        let c = resolve(Some("http://c:4318/v1/traces"), None, env(&[]))
-            .unwrap()
-            .unwrap();
-        assert_eq!(c.endpoint, "http://c:4318/v1/traces");
-    }
-
-    #[test]
-    fn signal_endpoint_is_used_as_is_and_wins() {
-        let c = resolve(
-            None,
-            None,
-            env(&[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318"),
-                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:9999/custom"),
-            ]),
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(c.endpoint, "http://t:9999/custom");
-    }
-
-    #[test]
-    fn flags_override_the_environment() {
-        let e = env(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4318"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-        ]);
-        let c = resolve(Some("http://flag:4317"), Some(Protocol::Grpc), e)
-            .unwrap()
-            .unwrap();
-        assert_eq!(c, OtlpConfig::new("http://flag:4317", Protocol::Grpc));
-    }
-
-    #[test]
-    fn grpc_from_the_environment() {
-        let c = resolve(
-            None,
-            None,
-            env(&[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
-                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-            ]),
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(c.protocol, Protocol::Grpc);
-        assert_eq!(c.endpoint, "http://c:4317");
-    }
-
-    #[test]
-    fn bad_values_are_clear_errors() {
-        assert_eq!(
-            resolve(
-                None,
-                None,
-                env(&[
-                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
-                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x")
-                ])
-            ),
-            Err(ConfigError::Protocol("http/json".into()))
-        );
-        assert!(matches!(
-            resolve(Some("collector:4317"), None, env(&[])),
-            Err(ConfigError::Endpoint(_))
-        ));
-    }
-
-    #[test]
-    fn timeout_and_compression_per_signal_or_general() {
-        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
-        let c = resolve(None, None, env(&[base])).unwrap().unwrap();
-        assert_eq!((c.timeout, c.gzip), (DEFAULT_TIMEOUT, false));
-        let c = resolve(
-            None,
-            None,
-            env(&[
-                base,
-                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
-                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
-            ]),
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!((c.timeout, c.gzip), (Duration::from_millis(2500), true));
-        let c = resolve(
-            None,
-            None,
-            env(&[
-                base,
-                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
-                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "700"),
-                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
-                ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none"),
-            ]),
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!((c.timeout, c.gzip), (Duration::from_millis(700), false));
-        for (var, bad) in [
-            ("OTEL_EXPORTER_OTLP_TIMEOUT", "0"),
-            ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
-            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "-5"),
-            ("OTEL_EXPORTER_OTLP_TIMEOUT", "99999999999999999999"),
-            ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
-            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "g\u{e9}zip"),
-        ] {
-            let err = resolve(None, None, env(&[base, (var, bad)])).unwrap_err();
-            assert!(err.to_string().starts_with(var), "{var}={bad}: {err}");
-            assert!(err.to_string().contains(bad), "{err}");
-        }
-    }
-
     #[test]
     fn partial_success_counts_rejected_spans_as_not_exported() {
         use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
@@ -1052,52 +718,5 @@ mod tests {
             .read_to_end(&mut back)
             .unwrap();
         assert_eq!(back, body);
-    }
-
-    #[test]
-    fn header_variables_are_parsed_and_decoded() {
-        let h = |pairs: &[(&str, &str)]| super::headers_from_env(env(pairs));
-        assert_eq!(h(&[]).unwrap(), vec![]);
-        assert_eq!(
-            h(&[(
-                "OTEL_EXPORTER_OTLP_HEADERS",
-                " Authorization=Bearer%20x%3Dy , api-key = k1,,x-empty=",
-            )])
-            .unwrap(),
-            vec![
-                ("authorization".to_string(), "Bearer x=y".to_string()),
-                ("api-key".to_string(), "k1".to_string()),
-                ("x-empty".to_string(), String::new()),
-            ]
-        );
-        // The per-signal variable wins.
-        assert_eq!(
-            h(&[
-                ("OTEL_EXPORTER_OTLP_HEADERS", "a=1"),
-                ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "b=2"),
-            ])
-            .unwrap(),
-            vec![("b".to_string(), "2".to_string())]
-        );
-    }
-
-    #[test]
-    fn malformed_header_variables_are_errors_not_panics() {
-        let h = |v: &str| super::headers_from_env(env(&[("OTEL_EXPORTER_OTLP_HEADERS", v)]));
-        for bad in ["novalue", "=x", "a=1,b"] {
-            let err = h(bad).unwrap_err().to_string();
-            assert!(err.contains("OTEL_EXPORTER_OTLP_HEADERS"), "{err}");
-        }
-        // Broken escapes and multi-byte text decode without a panic.
-        for odd in [
-            "k=%",
-            "k=%4",
-            "k=%zz",
-            "k=%a\u{e9}",
-            "k=\u{e9}%\u{e9}",
-            "k=%ff%fe",
-        ] {
-            assert!(h(odd).is_ok(), "{odd}");
-        }
     }
 }
