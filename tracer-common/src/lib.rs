@@ -21,6 +21,7 @@ pub mod maps {
     pub const PID_FILTER: &str = "PID_FILTER";
     pub const COMM_FILTER: &str = "COMM_FILTER";
     pub const PORT_FILTER: &str = "PORT_FILTER";
+    pub const CGROUP_FILTER: &str = "CGROUP_FILTER";
     pub const CONFIG: &str = "CONFIG";
     pub const CONNS: &str = "CONNS";
     pub const MUTED: &str = "MUTED";
@@ -145,6 +146,10 @@ pub const TRACEPOINTS: &[&str] = &[
 pub const FILTER_PID: u32 = 1;
 pub const FILTER_COMM: u32 = 2;
 pub const FILTER_PORT: u32 = 4;
+pub const FILTER_CGROUP: u32 = 8;
+
+/// Most cgroups the cgroup filter holds: the chosen ones and their descendants.
+pub const MAX_CGROUPS: u32 = 4096;
 
 /// Number of `u64` words in the port bitmap (one bit per port).
 pub const PORT_BITMAP_WORDS: u32 = 65536 / 64;
@@ -201,7 +206,7 @@ pub struct Config {
     pub self_tgid: u32,
     /// Payload bytes copied per syscall, at most [`MAX_CAPTURE`].
     pub capture_bytes: u32,
-    /// [`FILTER_PID`] | [`FILTER_COMM`] | [`FILTER_PORT`].
+    /// [`FILTER_PID`] | [`FILTER_COMM`] | [`FILTER_PORT`] | [`FILTER_CGROUP`].
     pub filter_flags: u32,
     /// Pending ring-buffer bytes above which a writer wakes the reader at once.
     pub wakeup_bytes: u32,

@@ -1,13 +1,17 @@
 //! Which tasks are traced: the checks that run first in every program, before any copy.
 
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+    bpf_probe_read_kernel,
+};
 use tracer_common::{
-    COMM_LEN, FILTER_COMM, FILTER_PID, FILTER_PORT, PID_BITMAP_WORDS, PORT_BITMAP_WORDS,
+    COMM_LEN, FILTER_CGROUP, FILTER_COMM, FILTER_PID, FILTER_PORT, PID_BITMAP_WORDS,
+    PORT_BITMAP_WORDS,
 };
 
 use crate::{
     config,
-    maps::{COMM_FILTER, PID_FILTER, PORT_FILTER},
+    maps::{CGROUP_FILTER, COMM_FILTER, PID_FILTER, PORT_FILTER},
 };
 
 /// The current `pid_tgid` if the current process is traced.
@@ -25,6 +29,11 @@ pub fn traced_task() -> Option<u64> {
     if flags & FILTER_COMM != 0 {
         let comm = process_comm()?;
         unsafe { COMM_FILTER.get(comm) }?;
+    }
+    if flags & FILTER_CGROUP != 0 {
+        // The task's cgroup in the v2 hierarchy, whatever thread of the process runs.
+        let id = unsafe { bpf_get_current_cgroup_id() };
+        unsafe { CGROUP_FILTER.get(&id) }?;
     }
     Some(pid_tgid)
 }

@@ -36,6 +36,12 @@ pub static PID_FILTER: Array<u64> = Array::with_max_entries(PID_BITMAP_WORDS, 0)
 #[map(name = "COMM_FILTER")]
 pub static COMM_FILTER: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(256, 0);
 
+/// cgroup v2 ids (a cgroup directory's inode number) of the chosen cgroups and their
+/// descendants, kept current by the agent.
+#[map(name = "CGROUP_FILTER")]
+pub static CGROUP_FILTER: HashMap<u64, u8> =
+    HashMap::with_max_entries(tracer_common::MAX_CGROUPS, 0);
+
 /// One bit per port; the agent sets the bits of the ports to trace.
 #[map(name = "PORT_FILTER")]
 pub static PORT_FILTER: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);

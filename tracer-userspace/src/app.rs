@@ -168,6 +168,8 @@ pub async fn replay(path: &Path, config: SinkConfig) -> anyhow::Result<()> {
 /// much is pending).
 const POLL_EVERY: Duration = Duration::from_millis(20);
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
+/// How often the cgroups below the `--cgroup` choices are looked for (the flag's help says 2 s).
+const CGROUPS_EVERY: Duration = Duration::from_secs(2);
 const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// Scrapes waiting for the capture loop; a scraper past this waits in its own task.
@@ -253,6 +255,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
     let mut report = tokio::time::interval(REPORT_EVERY);
     report.tick().await;
+    let mut cgroups = tokio::time::interval(CGROUPS_EVERY);
+    cgroups.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     // Each scrape asks this loop for a snapshot, answered between two ring-buffer reads: the
     // pipeline's counts are as of the last read (at most POLL_EVERY old, less the events held
@@ -301,6 +305,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 let _ = reply.send(Snapshot { red, ..flow.snapshot(&probes, &stats_rx) });
             }
             _ = housekeeping.tick() => flow.housekeeping(),
+            _ = cgroups.tick(), if !config.filter.cgroups.is_empty() => {
+                if let Err(e) = probes.refresh_cgroups() {
+                    log::warn!("updating the cgroup filter failed: {e}");
+                }
+            }
             _ = report.tick() => {
                 log_report(&flow.snapshot(&probes, &stats_rx));
                 if let Err(e) = probes.sweep_mutes() {

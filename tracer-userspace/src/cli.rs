@@ -51,6 +51,19 @@ pub struct Cli {
     )]
     pub comms: Vec<String>,
 
+    /// Trace processes in this cgroup (v2) or any cgroup below it: a directory of the
+    /// mounted hierarchy (/sys/fs/cgroup/system.slice/docker-ID.scope) or a path as
+    /// /proc/PID/cgroup shows it (/system.slice/docker-ID.scope). Cgroups created below it
+    /// later are picked up within 2 seconds.
+    #[arg(
+        long = "cgroup",
+        value_name = "PATH",
+        env = "TRACER_CGROUP",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub cgroups: Vec<String>,
+
     /// Trace connections whose local or remote port is this port or in this range.
     #[arg(
         long = "port",

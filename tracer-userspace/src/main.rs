@@ -79,6 +79,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             pids: cli.pids.clone(),
             comms: cli.comms.clone(),
             ports: Vec::new(),
+            cgroups: Vec::new(),
         });
     }
     let sinks = sink_config(&cli)?;
@@ -96,11 +97,18 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Some(cli::Command::Record { file }) => Some(file),
         Some(cli::Command::Check) | None => None,
     };
+    let cgroups = cli
+        .cgroups
+        .iter()
+        .map(|c| filter::cgroup::Cgroup::resolve(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!(e))?;
     let config = app::Config {
         filter: filter::Filter {
             pids: cli.pids,
             comms: cli.comms,
             ports: cli.ports,
+            cgroups,
         },
         capture_bytes: cli.capture_bytes,
         propagate: cli.propagate,

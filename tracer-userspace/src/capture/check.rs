@@ -152,7 +152,7 @@ fn tracefs_item() -> Item {
 }
 
 fn cgroup_v2() -> Item {
-    match super::cgroup_v2_root() {
+    match crate::filter::cgroup::v2_root() {
         Some(path) => item(
             "cgroup v2",
             true,

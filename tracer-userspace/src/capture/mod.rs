@@ -13,8 +13,9 @@ use aya::{
     programs::{CgroupAttachMode, SkMsg, SockOps, TracePoint},
 };
 use tracer_common::{
-    AFTER_COPY_PROGRAM, COMM_LEN, Config, ConnInfo, FILTER_COMM, FILTER_PID, FILTER_PORT, FdKey,
-    KernelOffsets, PROCESS_EXIT, SYSCALLS, TRACEPOINTS, conn_state, counter, maps,
+    AFTER_COPY_PROGRAM, COMM_LEN, Config, ConnInfo, FILTER_CGROUP, FILTER_COMM, FILTER_PID,
+    FILTER_PORT, FdKey, KernelOffsets, PROCESS_EXIT, SYSCALLS, TRACEPOINTS, conn_state, counter,
+    maps,
 };
 
 use crate::filter::Filter;
@@ -67,6 +68,11 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> CaptureErr
 /// The loaded and attached programs. Dropping it detaches everything.
 pub struct Probes {
     ebpf: Ebpf,
+    /// The `--cgroup` choices, and the ids of them and their descendants in the kernel's filter.
+    cgroups: Vec<crate::filter::cgroup::Cgroup>,
+    cgroup_ids: std::collections::BTreeSet<u64>,
+    /// Whether the cgroup filter was ever full (warned once).
+    cgroups_full: bool,
     propagate: bool,
     /// `None` when TLS libraries are not probed (`--no-tls`, or uprobes do not work here).
     tls: Option<tls::TlsProbes>,
@@ -143,11 +149,52 @@ impl Probes {
         } else {
             None
         };
-        Ok(Probes {
+        let mut probes = Probes {
             ebpf,
+            cgroups: filter.cgroups.clone(),
+            cgroup_ids: Default::default(),
+            cgroups_full: false,
             propagate,
             tls,
-        })
+        };
+        probes.refresh_cgroups()?;
+        Ok(probes)
+    }
+
+    /// Bring the kernel's cgroup filter up to date with the cgroups below the chosen ones:
+    /// new ones added, removed ones taken out. Returns how many ids changed.
+    pub fn refresh_cgroups(&mut self) -> Result<usize, CaptureError> {
+        if self.cgroups.is_empty() {
+            return Ok(0);
+        }
+        let cap = tracer_common::MAX_CGROUPS as usize;
+        let (now, cut) = crate::filter::cgroup::ids(&self.cgroups, cap);
+        if cut && !self.cgroups_full {
+            self.cgroups_full = true;
+            log::warn!(
+                "more than {cap} cgroups are below the chosen ones: processes in the others \
+                 are not traced"
+            );
+        }
+        let map = self
+            .ebpf
+            .map_mut(maps::CGROUP_FILTER)
+            .ok_or(CaptureError::Missing(maps::CGROUP_FILTER))?;
+        let mut ids: HashMap<_, u64, u8> =
+            HashMap::try_from(map).map_err(map_err(maps::CGROUP_FILTER))?;
+        let mut changed = 0;
+        for gone in self.cgroup_ids.difference(&now) {
+            // Already gone from the map is as good.
+            let _ = ids.remove(gone);
+            changed += 1;
+        }
+        for new in now.difference(&self.cgroup_ids) {
+            ids.insert(new, 1, 0)
+                .map_err(map_err(maps::CGROUP_FILTER))?;
+            changed += 1;
+        }
+        self.cgroup_ids = now;
+        Ok(changed)
     }
 
     /// Attach to the system's shared OpenSSL libraries, mapped or not yet; returns how many.
@@ -335,23 +382,13 @@ pub(crate) fn install_after_copy(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
     slots.set(0, &fd, 0).map_err(map_err(maps::AFTER_COPY))
 }
 
-/// Where cgroup v2 is mounted (its root), from /proc/mounts.
-fn cgroup_v2_root() -> Option<std::path::PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
-    mounts
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.get(2) == Some(&"cgroup2"))
-        .and_then(|f| f.get(1).map(std::path::PathBuf::from))
-}
-
 /// sock_ops on the cgroup v2 root puts traced processes' outgoing connections in the sock
 /// hash; sk_msg on that hash sees (and may extend) what they send.
 fn attach_propagation(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
     const SOCK_OPS: &str = "tracer_sock_ops";
     const SK_MSG: &str = "tracer_sk_msg";
     const SOCKHASH: &str = maps::PROPAGATED;
-    let root = cgroup_v2_root().ok_or(CaptureError::Propagation(
+    let root = crate::filter::cgroup::v2_root().ok_or(CaptureError::Propagation(
         "cgroup v2 is not mounted (mount -t cgroup2 none /sys/fs/cgroup)".into(),
     ))?;
     let cgroup = std::fs::File::open(&root).map_err(|e| {
@@ -401,6 +438,9 @@ fn kernel_config(filter: &Filter, capture_bytes: u32, offsets: KernelOffsets) ->
     }
     if !filter.ports.is_empty() {
         flags |= FILTER_PORT;
+    }
+    if !filter.cgroups.is_empty() {
+        flags |= FILTER_CGROUP;
     }
     Config {
         self_tgid: std::process::id(),

@@ -95,7 +95,12 @@ impl<W: Write> Recorder<W> {
             put_str(&mut body, &p.executable_name);
             put_str(&mut body, p.executable_path.as_deref().unwrap_or(""));
             // Added later: readers of older recordings find the record ending here.
-            for field in [&p.service.name, &p.service.namespace, &p.service.version] {
+            for field in [
+                &p.service.name,
+                &p.service.namespace,
+                &p.service.version,
+                &p.container_id,
+            ] {
                 put_str(&mut body, field.as_deref().unwrap_or(""));
             }
             self.record(TYPE_PROCESS, &body)?;
@@ -197,6 +202,12 @@ impl<R: Read> Replay<R> {
                     }
                 }
                 let [name, namespace, version] = service;
+                // The container id, when the recording has it.
+                let mut container_id = None;
+                if at < body.len() {
+                    let v = take_str(&body, &mut at)?;
+                    container_id = (!v.is_empty()).then_some(v);
+                }
                 Ok(Some(Item::Process(Process {
                     pid,
                     comm,
@@ -207,6 +218,7 @@ impl<R: Read> Replay<R> {
                         namespace,
                         version,
                     },
+                    container_id,
                 })))
             }
             other => Err(RecordError::Corrupt(format!("unknown record type {other}"))),
@@ -248,6 +260,7 @@ mod tests {
                 namespace: None,
                 version: (pid == 9).then(|| "2".to_string()),
             },
+            container_id: (pid == 9).then(|| "c0ffee".to_string()),
         };
         rec.event(&raw(7, b"GET /"), describe).unwrap();
         rec.event(&raw(7, b"more"), describe).unwrap();
@@ -260,18 +273,19 @@ mod tests {
         while let Some(item) = rp.next_item().unwrap() {
             kinds.push(match item {
                 Item::Process(p) => format!(
-                    "p{}:{}:{}:{}",
+                    "p{}:{}:{}:{}:{}",
                     p.pid,
                     p.executable_name,
                     p.service_name(),
-                    p.service.version.as_deref().unwrap_or("-")
+                    p.service.version.as_deref().unwrap_or("-"),
+                    p.container_id.as_deref().unwrap_or("-")
                 ),
                 Item::Event(e) => format!("e{}", Event::decode(&e).unwrap().payload.len()),
             });
         }
         assert_eq!(
             kinds,
-            vec!["p7:exe7:exe7:-", "e5", "e4", "p9:exe9:svc:2", "e0"]
+            vec!["p7:exe7:exe7:-:-", "e5", "e4", "p9:exe9:svc:2:c0ffee", "e0"]
         );
     }
 

@@ -13,6 +13,8 @@ pub struct Process {
     pub executable_path: Option<String>,
     /// What the process's own environment says it is.
     pub service: Service,
+    /// The container it runs in, from its cgroup (`container.id`).
+    pub container_id: Option<String>,
 }
 
 /// A service's identity as a process's own OpenTelemetry variables give it:
@@ -117,6 +119,9 @@ impl Process {
             executable_name,
             executable_path: path,
             service: read_service(pid),
+            container_id: std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .ok()
+                .and_then(|text| crate::filter::cgroup::container_id(&text)),
         }
     }
 
@@ -189,6 +194,7 @@ impl Processes {
                 executable_name: comm.to_string(),
                 executable_path: None,
                 service: Service::default(),
+                container_id: None,
             }
         }
     }

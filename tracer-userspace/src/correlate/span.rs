@@ -529,6 +529,7 @@ pub(crate) mod tests {
                 executable_name: "srv".into(),
                 executable_path: None,
                 service: Default::default(),
+                container_id: None,
             }),
             tid: 8,
             method: "GET".into(),

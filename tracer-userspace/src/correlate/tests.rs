@@ -156,6 +156,7 @@ impl Recording {
                 executable_name: name.into(),
                 executable_path: None,
                 service: Default::default(),
+                container_id: None,
             });
         }
         let mut p = Pipeline::new(Limits::default(), IdGen::seeded(7), processes)

@@ -475,6 +475,9 @@ impl Otlp {
         if let Some(v) = &process.service.version {
             attrs.push(opentelemetry::KeyValue::new("service.version", v.clone()));
         }
+        if let Some(id) = &process.container_id {
+            attrs.push(opentelemetry::KeyValue::new("container.id", id.clone()));
+        }
         // The SDK's builder adds OTEL_RESOURCE_ATTRIBUTES and the telemetry.sdk.* attributes.
         let resource = opentelemetry_sdk::Resource::builder()
             .with_service_name(process.service_name().to_string())

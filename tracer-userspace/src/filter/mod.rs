@@ -1,6 +1,8 @@
-//! What to trace: process ids, process names and ports, as given on the command line, in the
-//! form the kernel-side filters take them. Repeating a flag widens its set (OR); different
-//! flags narrow each other (AND). An empty set matches everything.
+//! What to trace: process ids, process names, cgroups and ports, as given on the command
+//! line, in the form the kernel-side filters take them. Repeating a flag widens its set (OR);
+//! different flags narrow each other (AND). An empty set matches everything.
+
+pub mod cgroup;
 
 use std::{fmt, str::FromStr};
 
@@ -53,6 +55,8 @@ pub struct Filter {
     pub pids: Vec<u32>,
     pub comms: Vec<String>,
     pub ports: Vec<PortRange>,
+    /// cgroup v2 directories: their processes and those of every cgroup below them.
+    pub cgroups: Vec<cgroup::Cgroup>,
 }
 
 impl Filter {
@@ -65,8 +69,9 @@ impl Filter {
         key
     }
 
-    /// Whether the process and name filters select process `pid` named `comm` (its main
-    /// thread's name, as the kernel-side filter sees it). Ports select traffic, not processes.
+    /// Whether the process, name and cgroup filters select process `pid` named `comm` (its
+    /// main thread's name, as the kernel-side filter sees it); the cgroup is read from
+    /// `/proc/PID/cgroup`. Ports select traffic, not processes.
     pub fn selects_process(&self, pid: u32, comm: &str) -> bool {
         (self.pids.is_empty() || self.pids.contains(&pid))
             && (self.comms.is_empty()
@@ -74,11 +79,14 @@ impl Filter {
                     .comms
                     .iter()
                     .any(|c| Self::comm_key(c) == Self::comm_key(comm)))
+            && (self.cgroups.is_empty()
+                || cgroup::of_process(pid)
+                    .is_some_and(|path| self.cgroups.iter().any(|c| c.holds(&path))))
     }
 
-    /// Whether the process and name filters are both empty (every process is traced).
+    /// Whether the process, name and cgroup filters are all empty (every process is traced).
     pub fn every_process(&self) -> bool {
-        self.pids.is_empty() && self.comms.is_empty()
+        self.pids.is_empty() && self.comms.is_empty() && self.cgroups.is_empty()
     }
 
     /// One bit per port, set for every port in any range.
@@ -104,6 +112,12 @@ impl Filter {
         }
         if !self.comms.is_empty() {
             parts.push(format!("process name {}", join(self.comms.clone())));
+        }
+        if !self.cgroups.is_empty() {
+            parts.push(format!(
+                "cgroup {} (and below)",
+                join(self.cgroups.iter().map(|c| c.path.clone()).collect())
+            ));
         }
         if !self.ports.is_empty() {
             parts.push(format!(
