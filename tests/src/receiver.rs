@@ -1,5 +1,6 @@
-//! An OTLP trace receiver for tests: gRPC (the generated tonic `TraceService`) and
-//! http/protobuf (`POST /v1/traces`, decoded with the same generated messages).
+//! An OTLP receiver for tests: traces and metrics over gRPC (the generated tonic
+//! `TraceService` and `MetricsService`) and http/protobuf (`POST /v1/traces`,
+//! `POST /v1/metrics`, decoded with the same generated messages).
 
 use std::{
     collections::HashMap,
@@ -10,6 +11,10 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::{
+    collector::metrics::v1::{
+        ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+        metrics_service_server::{MetricsService, MetricsServiceServer},
+    },
     collector::trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
         trace_service_server::{TraceService, TraceServiceServer},
@@ -129,6 +134,8 @@ struct Store {
     raw: Vec<Vec<u8>>,
     http_headers: Vec<HashMap<String, String>>,
     grpc_metadata: Vec<HashMap<String, String>>,
+    /// Every metrics export request, with the transport it came over.
+    metrics: Vec<(ExportMetricsServiceRequest, &'static str)>,
 }
 
 type Shared = Arc<Mutex<Store>>;
@@ -177,6 +184,48 @@ impl TraceService for Grpc {
         };
         record(&self.0, request.into_inner(), "grpc");
         Ok(tonic::Response::new(response(&answer)))
+    }
+}
+
+struct Metrics(Shared);
+
+#[tonic::async_trait]
+impl MetricsService for Metrics {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0
+            .lock()
+            .unwrap()
+            .metrics
+            .push((request.into_inner(), "grpc"));
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+/// One data point of a metric as received, flattened.
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub resource: HashMap<String, Value>,
+    pub attributes: HashMap<String, Value>,
+    /// Histograms: count and sum; sums and gauges: the value (as f64) in `sum`, count 0.
+    pub count: u64,
+    pub sum: f64,
+    pub bucket_counts: Vec<u64>,
+    pub explicit_bounds: Vec<f64>,
+    pub unit: String,
+    /// AggregationTemporality: 1 delta, 2 cumulative (0 for gauges).
+    pub temporality: i32,
+    pub transport: &'static str,
+}
+
+impl Point {
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        match self.attributes.get(key) {
+            Some(Value::Str(s)) => Some(s),
+            _ => None,
+        }
     }
 }
 
@@ -263,6 +312,7 @@ impl Receiver {
         let grpc = grpc_listener.local_addr().unwrap();
         grpc_listener.set_nonblocking(true).unwrap();
         let service = Grpc(store.clone());
+        let metrics_service = Metrics(store.clone());
         let grpc_tls = tls.as_ref().map(ServerTls::tonic);
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -280,6 +330,10 @@ impl Receiver {
                 server
                     .add_service(
                         TraceServiceServer::new(service)
+                            .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                    )
+                    .add_service(
+                        MetricsServiceServer::new(metrics_service)
                             .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
                     )
                     .serve_with_incoming(incoming)
@@ -343,6 +397,94 @@ impl Receiver {
     /// When each export request arrived, taken or refused.
     pub fn arrivals(&self) -> Vec<std::time::Instant> {
         self.store.lock().unwrap().arrivals.clone()
+    }
+
+    /// The data points of metric `name` in the last metrics export request that has it.
+    pub fn last_points(&self, name: &str) -> Vec<Point> {
+        self.points_of(name, true)
+    }
+
+    /// The data points of metric `name` in every metrics export request (for delta
+    /// temporality, whose points add up).
+    pub fn all_points(&self, name: &str) -> Vec<Point> {
+        self.points_of(name, false)
+    }
+
+    fn points_of(&self, name: &str, last_only: bool) -> Vec<Point> {
+        use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
+        let s = self.store.lock().unwrap();
+        let mut all = Vec::new();
+        for (req, transport) in s.metrics.iter().rev() {
+            let mut out = Vec::new();
+            for rm in &req.resource_metrics {
+                let resource = flatten(
+                    &rm.resource
+                        .as_ref()
+                        .map(|r| r.attributes.clone())
+                        .unwrap_or_default(),
+                );
+                for sm in &rm.scope_metrics {
+                    for m in sm.metrics.iter().filter(|m| m.name == name) {
+                        let base = |attributes: &[KeyValue], temporality| Point {
+                            resource: resource.clone(),
+                            attributes: flatten(attributes),
+                            count: 0,
+                            sum: 0.0,
+                            bucket_counts: Vec::new(),
+                            explicit_bounds: Vec::new(),
+                            unit: m.unit.clone(),
+                            temporality,
+                            transport,
+                        };
+                        let number = |v: &Option<number_data_point::Value>| match v {
+                            Some(number_data_point::Value::AsInt(i)) => *i as f64,
+                            Some(number_data_point::Value::AsDouble(d)) => *d,
+                            None => f64::NAN,
+                        };
+                        match &m.data {
+                            Some(Data::Histogram(h)) => {
+                                for p in &h.data_points {
+                                    out.push(Point {
+                                        count: p.count,
+                                        sum: p.sum.unwrap_or(f64::NAN),
+                                        bucket_counts: p.bucket_counts.clone(),
+                                        explicit_bounds: p.explicit_bounds.clone(),
+                                        ..base(&p.attributes, h.aggregation_temporality)
+                                    });
+                                }
+                            }
+                            Some(Data::Sum(sum)) => {
+                                for p in &sum.data_points {
+                                    out.push(Point {
+                                        sum: number(&p.value),
+                                        ..base(&p.attributes, sum.aggregation_temporality)
+                                    });
+                                }
+                            }
+                            Some(Data::Gauge(g)) => {
+                                for p in &g.data_points {
+                                    out.push(Point {
+                                        sum: number(&p.value),
+                                        ..base(&p.attributes, 0)
+                                    });
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            if last_only && !out.is_empty() {
+                return out;
+            }
+            all.extend(out);
+        }
+        all
+    }
+
+    /// How many metrics export requests arrived.
+    pub fn metrics_exports(&self) -> usize {
+        self.store.lock().unwrap().metrics.len()
     }
 
     /// Metadata of every gRPC export request received.
@@ -425,6 +567,28 @@ fn serve_http(conn: impl Read + Write, store: Shared) {
                 plain.clear();
             }
             body = plain;
+        }
+        if path == "/v1/metrics" {
+            let status = match ExportMetricsServiceRequest::decode(body.as_slice()) {
+                Ok(req) => {
+                    store.lock().unwrap().metrics.push((req, "http"));
+                    "200 OK"
+                }
+                Err(_) => "400 Bad Request",
+            };
+            let reply = ExportMetricsServiceResponse::default().encode_to_vec();
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+                reply.len()
+            );
+            let writer = reader.get_mut();
+            if writer.write_all(head.as_bytes()).is_err()
+                || writer.write_all(&reply).is_err()
+                || writer.flush().is_err()
+            {
+                return;
+            }
+            continue;
         }
         let answer = if path == "/v1/traces" {
             let mut s = store.lock().unwrap();

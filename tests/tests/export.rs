@@ -292,6 +292,27 @@ fn malformed_values_of_every_variable_are_clear_errors() {
             "/c.pem",
             "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE is set but",
         ),
+        ("OTEL_METRICS_EXPORTER", "statsd", "OTEL_METRICS_EXPORTER"),
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+            "often",
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+        ),
+        (
+            "OTEL_METRIC_EXPORT_INTERVAL",
+            "5s",
+            "OTEL_METRIC_EXPORT_INTERVAL",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+            "0",
+            "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+            "novalue",
+            "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+        ),
         ("OTEL_TRACES_SAMPLER", "sometimes", "OTEL_TRACES_SAMPLER"),
         ("OTEL_TRACES_SAMPLER_ARG", "1.5", "OTEL_TRACES_SAMPLER_ARG"),
     ];
@@ -304,6 +325,10 @@ fn malformed_values_of_every_variable_are_clear_errors() {
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
                 if tls { &tls_endpoint } else { &endpoint },
             );
+        }
+        if var.contains("METRIC") && *var != "OTEL_METRICS_EXPORTER" {
+            cmd.env("OTEL_METRICS_EXPORTER", "otlp")
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint);
         }
         if *var == "OTEL_TRACES_SAMPLER_ARG" {
             cmd.env("OTEL_TRACES_SAMPLER", "traceidratio");

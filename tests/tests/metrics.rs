@@ -308,3 +308,137 @@ fn the_series_limit_holds_with_an_overflow_series() {
         );
     }
 }
+
+/// Metrics pushed over OTLP (`OTEL_METRICS_EXPORTER=otlp`) to the receiver, over
+/// http/protobuf with cumulative temporality and over gRPC with delta temporality: the
+/// request-duration histograms count exactly the requests made, per series, with the
+/// conventions' unit and bucket boundaries and no path label; the agent's own counters come
+/// along.
+#[test]
+fn request_durations_and_counters_over_otlp() {
+    for (protocol, temporality, code) in [("http/protobuf", "cumulative", 2), ("grpc", "delta", 1)]
+    {
+        let receiver = Receiver::start();
+        let server = python_framings(free_port());
+        let port = server.port.to_string();
+        let endpoint = if protocol == "grpc" {
+            receiver.grpc_url()
+        } else {
+            receiver.http_url()
+        };
+        let mut agent = Agent::start(
+            &[
+                "--port",
+                &port,
+                "--otlp-endpoint",
+                &endpoint,
+                "--otlp-protocol",
+                protocol,
+                "--route",
+                "/users/{id}",
+            ],
+            &[
+                ("OTEL_METRICS_EXPORTER", "otlp"),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+                (
+                    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+                    temporality,
+                ),
+            ],
+        );
+        let base = format!("http://127.0.0.1:{port}");
+        let urls: Vec<String> = ["/users/1", "/users/2", "/status/500"]
+            .iter()
+            .map(|p| format!("{base}{p}"))
+            .collect();
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        assert_eq!(curl_many(&urls, &[]).statuses, [200, 200, 500]);
+        // Per series: (status, route) -> requests, summed over the exports for delta.
+        let per_series = || {
+            let points = if code == 1 {
+                receiver.all_points("http.server.request.duration")
+            } else {
+                receiver.last_points("http.server.request.duration")
+            };
+            let mut m: BTreeMap<(String, String), u64> = BTreeMap::new();
+            for p in &points {
+                let key = (
+                    p.attr("http.response.status_code")
+                        .unwrap_or("-")
+                        .to_string(),
+                    p.attr("http.route").unwrap_or("-").to_string(),
+                );
+                *m.entry(key).or_default() += p.count;
+            }
+            (m, points)
+        };
+        let want: BTreeMap<(String, String), u64> = [
+            (("200".to_string(), "/users/{id}".to_string()), 2),
+            (("500".to_string(), "-".to_string()), 1),
+        ]
+        .into();
+        let got = tracer_e2e::wait_for(Duration::from_secs(20), || {
+            let (m, points) = per_series();
+            (m == want).then_some(points)
+        });
+        // Once more after a few more exports: nothing counted twice.
+        std::thread::sleep(Duration::from_millis(1500));
+        let (again, _) = per_series();
+        // Delta points add up; a cumulative one holds the total.
+        let spans = tracer_e2e::wait_for(Duration::from_secs(10), || {
+            let points = if code == 1 {
+                receiver.all_points("tracer.spans")
+            } else {
+                receiver.last_points("tracer.spans")
+            };
+            Some(points.iter().map(|p| p.sum).sum::<f64>()).filter(|&n| n >= 6.0)
+        });
+        let clients = receiver.last_points("http.client.request.duration");
+        let losses = receiver.last_points("tracer.kernel_losses");
+        agent.stop();
+        let points = got.unwrap_or_else(|| panic!("{protocol}: {:?}", per_series().0));
+        assert_eq!(again, want, "{protocol}");
+        for p in &points {
+            assert_eq!(p.unit, "s");
+            assert_eq!(p.temporality, code, "{protocol}");
+            assert_eq!(p.explicit_bounds.len(), 14);
+            assert_eq!(p.explicit_bounds[0], 0.005);
+            assert_eq!(
+                p.attr("service.name"),
+                Some(exe_name(server.pid()).as_str())
+            );
+            assert_eq!(p.attr("http.request.method"), Some("GET"));
+            assert!(!p.attributes.contains_key("url.path"), "{p:?}");
+            assert_eq!(
+                p.resource.get("service.name").map(|v| v.str()),
+                Some("tracer")
+            );
+            assert_eq!(
+                p.transport,
+                if protocol == "grpc" { "grpc" } else { "http" }
+            );
+        }
+        let error = points
+            .iter()
+            .find(|p| p.attr("http.response.status_code") == Some("500"))
+            .unwrap();
+        assert_eq!(error.attr("error.type"), Some("500"));
+        assert!(
+            spans.is_some(),
+            "{protocol}: tracer.spans counts the six spans"
+        );
+        assert!(
+            clients
+                .iter()
+                .all(|p| p.attr("service.name") == Some("curl")
+                    && p.attr("server.port") == Some(port.as_str())),
+            "{clients:?}"
+        );
+        assert!(
+            losses
+                .iter()
+                .any(|p| p.attr("reason") == Some("ringbuf_full")),
+            "{losses:?}"
+        );
+    }
+}

@@ -39,7 +39,8 @@ use crate::{
     export::{self, ExportStats, Sinks, otlp, terminal::Terminal},
     filter::Filter,
     metrics::{
-        Snapshot,
+        self, Snapshot,
+        otlp::{MetricsConfig, OtlpMetrics},
         red::Red,
         serve::{self, Scrape},
     },
@@ -66,6 +67,8 @@ pub struct Config {
     pub prometheus_port: Option<u16>,
     /// Series per request-duration metric (`--metrics-series-limit`).
     pub metrics_series_limit: usize,
+    /// Push metrics over OTLP (`OTEL_METRICS_EXPORTER=otlp`).
+    pub otlp_metrics: Option<MetricsConfig>,
     pub sinks: SinkConfig,
     /// Also write every captured event to this file.
     pub record: Option<PathBuf>,
@@ -221,6 +224,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         true,
     ));
 
+    let otel = match &config.otlp_metrics {
+        Some(c) => {
+            let families = metrics::families(
+                &Snapshot::default(),
+                &metrics::series_counts(&Red::default()),
+            );
+            let m = OtlpMetrics::start(c, families).with_context(|| {
+                format!("setting up OTLP metrics export to {}", c.otlp.endpoint)
+            })?;
+            log::info!(
+                "exporting metrics to {} every {:?} ({:?} temporality)",
+                c.otlp.endpoint,
+                c.interval,
+                c.temporality
+            );
+            Some(m)
+        }
+        None => None,
+    };
     let recorder = match &config.record {
         Some(path) => {
             let file =
@@ -237,9 +259,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tx,
             dropped: 0,
             // Recorded only when something reads them.
-            red: config
-                .prometheus_port
-                .map(|_| Red::new(config.metrics_series_limit)),
+            red: (config.prometheus_port.is_some() || otel.is_some())
+                .then(|| Red::new(config.metrics_series_limit)),
+            otel,
             unsampled: 0,
         },
         decode_errors: 0,
@@ -255,6 +277,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
     let mut report = tokio::time::interval(REPORT_EVERY);
     report.tick().await;
+    let mut publish = tokio::time::interval(
+        config
+            .otlp_metrics
+            .as_ref()
+            .map_or(HOUSEKEEPING_EVERY, |c| c.interval.min(HOUSEKEEPING_EVERY)),
+    );
+    publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut cgroups = tokio::time::interval(CGROUPS_EVERY);
     cgroups.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -305,6 +334,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 let _ = reply.send(Snapshot { red, ..flow.snapshot(&probes, &stats_rx) });
             }
             _ = housekeeping.tick() => flow.housekeeping(),
+            _ = publish.tick(), if flow.out.otel.is_some() => flow.publish(&probes, &stats_rx),
             _ = cgroups.tick(), if !config.filter.cgroups.is_empty() => {
                 if let Err(e) = probes.refresh_cgroups() {
                     log::warn!("updating the cgroup filter failed: {e}");
@@ -327,9 +357,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(scrape_tx);
     // Detach first so nothing new arrives, then take what the ring still holds.
     let counters = probes.counters().ok();
-    drop(probes);
     flow.drain(ring.get_mut())?;
-    let (s, dropped) = flow.finish()?;
+    flow.publish(&probes, &stats_rx);
+    drop(probes);
+    let (s, dropped, otel) = flow.finish()?;
     let final_stats = match tokio::time::timeout(Duration::from_secs(5), exporter).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => anyhow::bail!("the export task failed: {e}"),
@@ -338,6 +369,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             *stats_rx.borrow()
         }
     };
+    if let Some(m) = otel {
+        m.shutdown().await;
+    }
     log::info!(
         "stopped: {} spans ({} exported, {} failed to export, {} rejected by the receiver, {} \
          dropped at the queue), open requests not exported: {}, {} events{}",
@@ -410,8 +444,10 @@ struct Outlet {
     /// Spans dropped because the export queue was full.
     dropped: u64,
     /// The request-duration metrics, fed every span before the export queue (with
-    /// `--prometheus-port`: nothing else reads them).
+    /// `--prometheus-port` or OTLP metrics: nothing else reads them).
     red: Option<Red>,
+    /// OTLP metrics: the same observations as `red`, after its series limit.
+    otel: Option<OtlpMetrics>,
     /// Spans not exported because their trace was not sampled.
     unsampled: u64,
 }
@@ -419,8 +455,13 @@ struct Outlet {
 impl Outlet {
     fn send(&mut self, span: HttpSpan) {
         // Metrics count every exchange; only sampled spans are exported.
-        if let Some(red) = &mut self.red {
-            red.record(&span);
+        match (&mut self.red, &self.otel) {
+            (Some(red), Some(otel)) => {
+                let (instrument, attributes, seconds) = red.record_returning(&span);
+                otel.record(instrument, &attributes, seconds);
+            }
+            (Some(red), None) => red.record(&span),
+            _ => {}
         }
         if span.trace_flags & 1 == 0 {
             self.unsampled += 1;
@@ -528,9 +569,22 @@ impl Flow {
         unsafe { libc::malloc_trim(0) };
     }
 
-    /// Finish the pipeline, the recording and the queue; returns the final stats and drop
-    /// count.
-    fn finish(mut self) -> anyhow::Result<(Stats, u64)> {
+    /// Hand the counters as they are now to the OTLP metrics, for their next export.
+    fn publish(&self, probes: &Probes, export: &watch::Receiver<ExportStats>) {
+        if let Some(otel) = &self.out.otel {
+            let series = self
+                .out
+                .red
+                .as_ref()
+                .map(metrics::series_counts)
+                .unwrap_or_else(|| metrics::series_counts(&Red::default()));
+            otel.publish(metrics::families(&self.snapshot(probes, export), &series));
+        }
+    }
+
+    /// Finish the pipeline, the recording and the queue; returns the final stats, the drop
+    /// count and the OTLP metrics (to flush once the spans are out).
+    fn finish(mut self) -> anyhow::Result<(Stats, u64, Option<OtlpMetrics>)> {
         self.release(u64::MAX);
         let out = &mut self.out;
         self.pipeline.finish(&mut |s| out.send(s));
@@ -539,6 +593,10 @@ impl Flow {
             r.finish().context("writing the recording")?;
             log::info!("recorded {events} events");
         }
-        Ok((self.pipeline.stats(), self.out.dropped))
+        Ok((
+            self.pipeline.stats(),
+            self.out.dropped,
+            self.out.otel.take(),
+        ))
     }
 }

@@ -83,6 +83,11 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         });
     }
     let sinks = sink_config(&cli)?;
+    let otlp_metrics = tracer_userspace::metrics::otlp::resolve(
+        cli.otlp_endpoint.as_deref(),
+        cli.otlp_protocol,
+        |k| std::env::var(k).ok(),
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -115,6 +120,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         tls: !cli.no_tls,
         prometheus_port: cli.prometheus_port,
         metrics_series_limit: cli.metrics_series_limit,
+        otlp_metrics,
         sinks,
         record,
     };

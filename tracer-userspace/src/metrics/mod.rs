@@ -2,6 +2,7 @@
 //! OpenMetrics text for a scraper. The capture loop takes a [`Snapshot`]; [`render`] writes
 //! it; [`serve`] answers `GET /metrics` with it. No span passes through here.
 
+pub mod otlp;
 pub mod red;
 pub mod serve;
 
@@ -63,208 +64,244 @@ impl Default for Snapshot {
 pub fn render(mut snapshot: Snapshot) -> Result<String, fmt::Error> {
     let mut registry = Registry::default();
     let red = std::mem::take(&mut snapshot.red);
-    let series = red::Instrument::ALL.map(|i| {
-        let s = red.series(i);
-        (i.name(), s.overflowed, s.expired)
-    });
+    let series = series_counts(&red);
     registry.register_collector(Box::new(red::Families(red)));
     registry
         .sub_registry_with_prefix("tracer")
-        .register_collector(Box::new(Families(snapshot, series)));
+        .register_collector(Box::new(Families(families(&snapshot, &series))));
     let mut out = String::with_capacity(4096);
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
     Ok(out)
 }
 
-/// The families of one scrape, from values taken once (hence a collector of constants rather
-/// than live metric handles).
-#[derive(Debug)]
-struct Families(Snapshot, [(&'static str, u64, u64); 4]);
+/// One of the agent's own metric families: a counter or gauge, with one sample, or one per
+/// value of its single label. Prometheus writes them prefixed `tracer_`; OTLP names them
+/// `tracer.NAME`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub gauge: bool,
+    /// The label's name, and a sample per value; without a label, one sample under `""`.
+    pub label: Option<&'static str>,
+    pub samples: Vec<(&'static str, u64)>,
+}
 
-impl Collector for Families {
-    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        let s = &self.0;
-        let p = &s.pipeline;
-        let e = &mut enc;
-        // Counter names get `_total` from the encoder.
-        counter(
-            e,
-            "spans",
-            "HTTP spans produced (finished exchanges)",
-            p.spans,
-        )?;
-        counter(
-            e,
+impl Family {
+    fn counter(name: &'static str, help: &'static str, value: u64) -> Self {
+        Family {
+            name,
+            help,
+            gauge: false,
+            label: None,
+            samples: vec![("", value)],
+        }
+    }
+
+    fn gauge(name: &'static str, help: &'static str, value: u64) -> Self {
+        Family {
+            gauge: true,
+            ..Family::counter(name, help, value)
+        }
+    }
+
+    fn labelled(
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        samples: Vec<(&'static str, u64)>,
+    ) -> Self {
+        Family {
+            name,
+            help,
+            gauge: false,
+            label: Some(label),
+            samples,
+        }
+    }
+}
+
+/// The request-duration instruments' overflow and expiry counts: (name, overflowed, expired).
+pub type SeriesCounts = [(&'static str, u64, u64); 4];
+
+/// The series counts of `red`.
+pub fn series_counts(red: &red::Red) -> SeriesCounts {
+    red::Instrument::ALL.map(|i| {
+        let s = red.series(i);
+        (i.name(), s.overflowed, s.expired)
+    })
+}
+
+/// The agent's own families as `s` and `series` give them. The kernel families are left out
+/// when the kernel counters could not be read.
+pub fn families(s: &Snapshot, series: &SeriesCounts) -> Vec<Family> {
+    let p = &s.pipeline;
+    let mut out = vec![
+        Family::counter("spans", "HTTP spans produced (finished exchanges)", p.spans),
+        Family::counter(
             "spans_exported",
             "Spans the sinks took (acknowledged by the OTLP receiver, or printed)",
             s.export.exported,
-        )?;
-        counter(
-            e,
+        ),
+        Family::counter(
             "spans_export_failed",
             "Spans lost because their export failed after retries",
             s.export.failed,
-        )?;
-        counter(
-            e,
+        ),
+        Family::counter(
             "spans_rejected",
             "Spans in export requests the OTLP receiver took but rejected (partial success)",
             s.export.rejected,
-        )?;
-        counter(
-            e,
+        ),
+        Family::counter(
             "spans_unsampled",
             "Spans not exported because their trace was not sampled (OTEL_TRACES_SAMPLER); \
              the request-duration metrics count them",
             s.unsampled,
-        )?;
-        counter(
-            e,
+        ),
+        Family::counter(
             "spans_dropped",
             "Spans dropped because the export queue was full",
             s.queue_dropped,
-        )?;
-        gauge(
-            e,
+        ),
+        Family::gauge(
             "export_queue_depth",
             "Spans waiting in the export queue",
             s.queue_depth,
-        )?;
-        counter(
-            e,
+        ),
+        Family::counter(
             "spans_without_response",
             "Spans of requests that ended without a response",
             p.spans_without_response,
-        )?;
-        counter(
-            e,
+        ),
+        Family::counter(
             "events",
             "Kernel events the pipeline has taken in",
             p.events,
-        )?;
-        counter(
-            e,
+        ),
+        Family::counter(
             "event_decode_errors",
             "Ring-buffer records that did not decode as events",
             s.decode_errors,
-        )?;
-        gauge(e, "connections", "Connections followed now", p.connections)?;
-        counter_family(
-            e,
+        ),
+        Family::gauge("connections", "Connections followed now", p.connections),
+        Family::labelled(
             "connections_evicted",
             "Connections evicted from the table: idle too long, or the table was full",
             "reason",
-            &[("idle", p.evicted_idle), ("full", p.evicted_full)],
-        )?;
-        counter(
-            e,
+            vec![("idle", p.evicted_idle), ("full", p.evicted_full)],
+        ),
+        Family::counter(
             "unmatched_responses",
             "Responses with no request to pair with (counted when their connection ends)",
             p.unmatched_responses,
-        )?;
-        counter(
-            e,
+        ),
+        Family::counter(
             "pending_overflow",
             "Requests dropped because too many were waiting for responses on one connection \
              (counted when it ends)",
             p.pending_overflow,
-        )?;
-        counter(
-            e,
+        ),
+        Family::counter(
             "desyncs",
             "Times a connection's message boundaries were lost (counted when it ends)",
             p.desyncs,
-        )?;
-        counter(
-            e,
+        ),
+        Family::counter(
             "tls_connections",
             "Connections whose socket bytes are TLS records: ciphertext, not parsed, and no \
              longer copied by the kernel",
             p.tls_connections,
-        )?;
-        counter(
-            e,
+        ),
+        Family::counter(
             "tls_misattributed",
             "TLS plaintext events dropped: their connection was inferred (OpenSSL on memory \
              buffers) and its socket's bytes are known not to be TLS",
             p.tls_misattributed,
-        )?;
-        let overflowed: Vec<(&str, u64)> = self.1.iter().map(|&(n, o, _)| (n, o)).collect();
-        counter_family(
-            e,
+        ),
+        Family::labelled(
             "metric_series_overflowed",
             "Exchanges recorded in a request-duration metric's overflow series because it \
              held its limit of series (--metrics-series-limit)",
             "metric",
-            &overflowed,
-        )?;
-        let expired: Vec<(&str, u64)> = self.1.iter().map(|&(n, _, x)| (n, x)).collect();
-        counter_family(
-            e,
+            series.iter().map(|&(n, o, _)| (n, o)).collect(),
+        ),
+        Family::labelled(
             "metric_series_expired",
             "Request-duration series dropped because they stopped updating",
             "metric",
-            &expired,
-        )?;
-        if let Ok(k) = &s.kernel {
-            counter(
-                e,
-                "kernel_events",
-                "Events the probes wrote to the ring buffer",
-                k[counter::EVENTS as usize],
-            )?;
-            counter(
-                e,
-                "kernel_files_reported",
-                "Executable files traced processes started or mapped that the agent had not \
-                 looked at for TLS libraries, reported to it",
-                k[counter::FILES_REPORTED as usize],
-            )?;
-            let losses: Vec<(&str, u64)> = counter::NAMES
+            series.iter().map(|&(n, _, x)| (n, x)).collect(),
+        ),
+    ];
+    if let Ok(k) = &s.kernel {
+        out.push(Family::counter(
+            "kernel_events",
+            "Events the probes wrote to the ring buffer",
+            k[counter::EVENTS as usize],
+        ));
+        out.push(Family::counter(
+            "kernel_files_reported",
+            "Executable files traced processes started or mapped that the agent had not \
+             looked at for TLS libraries, reported to it",
+            k[counter::FILES_REPORTED as usize],
+        ));
+        out.push(Family::labelled(
+            "kernel_losses",
+            "Kernel-side losses by reason, named as in the stats report: events lost to a \
+             full ring buffer (ringbuf_full), payloads unread or cut short, syscalls or \
+             connections not followed",
+            "reason",
+            counter::NAMES
                 .iter()
                 .zip(k)
                 .enumerate()
                 .filter(|&(i, _)| counter::is_loss(i as u32))
                 .map(|(_, (&name, &v))| (name, v))
-                .collect();
-            counter_family(
-                e,
-                "kernel_losses",
-                "Kernel-side losses by reason, named as in the stats report: events lost to a \
-                 full ring buffer (ringbuf_full), payloads unread or cut short, syscalls or \
-                 connections not followed",
-                "reason",
-                &losses,
-            )?;
+                .collect(),
+        ));
+    }
+    out
+}
+
+/// The families of one scrape, from values taken once (hence a collector of constants rather
+/// than live metric handles).
+#[derive(Debug)]
+struct Families(Vec<Family>);
+
+impl Collector for Families {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        for f in &self.0 {
+            // Counter names get `_total` from the encoder.
+            let kind = if f.gauge {
+                MetricType::Gauge
+            } else {
+                MetricType::Counter
+            };
+            let mut family = enc.encode_descriptor(f.name, f.help, None, kind)?;
+            match f.label {
+                None => {
+                    let n = f.samples.first().map_or(0, |&(_, n)| n);
+                    if f.gauge {
+                        ConstGauge::new(n).encode(family)?
+                    } else {
+                        ConstCounter::new(n).encode(family)?
+                    }
+                }
+                Some(label) => {
+                    for &(value, n) in &f.samples {
+                        let labels = [(label, value)];
+                        let sample = family.encode_family(&labels)?;
+                        if f.gauge {
+                            ConstGauge::new(n).encode(sample)?
+                        } else {
+                            ConstCounter::new(n).encode(sample)?
+                        }
+                    }
+                }
+            }
         }
         Ok(())
     }
-}
-
-fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
-    let c = ConstCounter::new(value);
-    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
-}
-
-fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
-    let g = ConstGauge::new(value);
-    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
-}
-
-/// One counter family with one label, a sample per `(label value, count)`.
-fn counter_family(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    label: &str,
-    samples: &[(&str, u64)],
-) -> fmt::Result {
-    let mut family = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for &(value, count) in samples {
-        let labels = [(label, value)];
-        ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -145,36 +145,54 @@ impl Red {
     /// Record one finished exchange.
     pub fn record(&mut self, span: &HttpSpan) {
         let (instrument, attributes) = attributes_of(span);
-        let seconds = span.end_ns.saturating_sub(span.start_ns) as f64 / 1e9;
-        self.observe(instrument, attributes, seconds, span.end_ns);
+        self.observe(instrument, attributes, seconds_of(span), span.end_ns);
     }
 
+    /// Record one finished exchange, and return where it went, for another sink to record it
+    /// alike: its instrument, the attributes of its series (the overflow series' when the
+    /// limit sent it there) and its duration in seconds.
+    pub fn record_returning(&mut self, span: &HttpSpan) -> (Instrument, Attributes, f64) {
+        let (instrument, attributes) = attributes_of(span);
+        let seconds = seconds_of(span);
+        let overflowed = self.observe(instrument, attributes.clone(), seconds, span.end_ns);
+        let attributes = if overflowed {
+            vec![(OVERFLOW.0, OVERFLOW.1.to_string())]
+        } else {
+            attributes
+        };
+        (instrument, attributes, seconds)
+    }
+
+    /// Returns whether the observation went to the overflow series.
     fn observe(
         &mut self,
         instrument: Instrument,
         attributes: Attributes,
         seconds: f64,
         now_ns: u64,
-    ) {
+    ) -> bool {
         let limit = self.limit;
         let s = &mut self.instruments[instrument.index()];
         if let Some(h) = s.series.get_mut(&attributes) {
             h.observe(seconds, now_ns);
-            return;
+            // A span's attributes are never the overflow series' own.
+            return false;
         }
         let overflow = vec![(OVERFLOW.0, OVERFLOW.1.to_string())];
         // The overflow series, once made, counts toward the limit.
         let regular = s.series.len() - usize::from(s.series.contains_key(&overflow));
-        let key = if regular < limit - 1 {
-            attributes
-        } else {
+        let overflowed = regular >= limit - 1;
+        let key = if overflowed {
             s.overflowed += 1;
             overflow
+        } else {
+            attributes
         };
         s.series
             .entry(key)
             .or_insert_with(|| Histogram::new(now_ns))
             .observe(seconds, now_ns);
+        overflowed
     }
 
     /// Drop the series not updated since `now_ns - TTL_NS`.
@@ -186,6 +204,11 @@ impl Red {
             s.expired += (before - s.series.len()) as u64;
         }
     }
+}
+
+/// A span's duration in seconds.
+fn seconds_of(span: &HttpSpan) -> f64 {
+    span.end_ns.saturating_sub(span.start_ns) as f64 / 1e9
 }
 
 /// The method as the conventions want it in metrics: one they know, or `_OTHER`.
