@@ -1,4 +1,4 @@
-//! Project commands: `cargo xtask setup | run | test | soak | bench | kernels`.
+//! Project commands: `cargo xtask setup | run | test | soak | bench | kernels | dist`.
 //!
 //! `setup` installs what a fresh Debian machine lacks to build the eBPF programs (LLVM 22,
 //! bpf-linker, the nightly's rust-src) and, for tests, the real servers they drive and the
@@ -6,6 +6,7 @@
 //! everything is present.
 
 mod bench;
+mod dist;
 mod kernels;
 
 use std::{
@@ -133,6 +134,15 @@ enum Cmd {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Set up, build the agent (release) and gather what operators install in target/dist:
+    /// the binary, a systemd unit with its environment file, a Containerfile and a Kubernetes
+    /// DaemonSet (from deploy/), the unit checked with systemd-analyze and the manifest with
+    /// kubernetes-validate.
+    Dist {
+        /// Put them here instead.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -190,6 +200,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             timeout,
             command,
         }),
+        Cmd::Dist { out } => dist::run(dist::Opts { out }),
     }
 }
 
@@ -392,6 +403,11 @@ fn test() -> anyhow::Result<()> {
         "--",
         "--test-threads=1",
     ])?;
+    // What operators install: the environment file against the agent's flags, the unit and
+    // the manifest against their validators.
+    dist::run(dist::Opts {
+        out: Some(workspace().join("target/dist-check")),
+    })?;
     // The kernel matrix: Debian's 6.1 and 6.12 under QEMU, each with a subset of the above.
     kernels::run(kernels::Opts {
         kernel: "all".into(),
