@@ -577,15 +577,7 @@ fn serve_http(conn: impl Read + Write, store: Shared) {
                 Err(_) => "400 Bad Request",
             };
             let reply = ExportMetricsServiceResponse::default().encode_to_vec();
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
-                reply.len()
-            );
-            let writer = reader.get_mut();
-            if writer.write_all(head.as_bytes()).is_err()
-                || writer.write_all(&reply).is_err()
-                || writer.flush().is_err()
-            {
+            if answer_http(reader.get_mut(), status, "", &reply).is_err() {
                 return;
             }
             continue;
@@ -616,18 +608,21 @@ fn serve_http(conn: impl Read + Write, store: Shared) {
             }
         };
         let reply = response(&answer).encode_to_vec();
-        let head = format!(
-            "HTTP/1.1 {status}\r\n{extra}Content-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
-            reply.len()
-        );
-        let writer = reader.get_mut();
-        if writer.write_all(head.as_bytes()).is_err()
-            || writer.write_all(&reply).is_err()
-            || writer.flush().is_err()
-        {
+        if answer_http(reader.get_mut(), &status, &extra, &reply).is_err() {
             return;
         }
     }
+}
+
+/// Write one HTTP/1.1 response: `status`, `extra` header lines, a protobuf body.
+fn answer_http(w: &mut impl Write, status: &str, extra: &str, body: &[u8]) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\n{extra}Content-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    w.write_all(head.as_bytes())?;
+    w.write_all(body)?;
+    w.flush()
 }
 
 /// The response message of a taken request: a partial success when the answer says so.

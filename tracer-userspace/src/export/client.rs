@@ -120,6 +120,20 @@ pub fn http_client(config: &OtlpConfig) -> Result<reqwest::Client, BuildError> {
         .map_err(|e| BuildError::Client(e.to_string()))
 }
 
+/// `headers` as gRPC metadata; a name or value gRPC cannot carry is an error naming it.
+pub fn grpc_metadata(
+    headers: &[(String, String)],
+) -> Result<tonic::metadata::MetadataMap, BuildError> {
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    for (k, v) in headers {
+        let key = tonic::metadata::MetadataKey::from_bytes(k.as_bytes())
+            .map_err(|_| BuildError::Header(k.clone()))?;
+        let value = v.parse().map_err(|_| BuildError::Header(k.clone()))?;
+        metadata.insert(key, value);
+    }
+    Ok(metadata)
+}
+
 /// The gRPC channel for `config` (its timeout and TLS), connected on first use.
 pub fn grpc_channel(config: &OtlpConfig) -> Result<tonic::transport::Channel, BuildError> {
     install_crypto();

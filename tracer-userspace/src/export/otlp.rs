@@ -137,10 +137,7 @@ enum Transport {
     },
     Grpc {
         client: tonic::client::Grpc<tonic::transport::Channel>,
-        headers: Vec<(
-            tonic::metadata::MetadataKey<tonic::metadata::Ascii>,
-            tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
-        )>,
+        headers: tonic::metadata::MetadataMap,
         timeout: Duration,
     },
 }
@@ -244,10 +241,8 @@ impl Transport {
                 timeout,
             } => {
                 let mut request = tonic::Request::new(body);
+                *request.metadata_mut() = headers.clone();
                 request.set_timeout(*timeout);
-                for (k, v) in headers {
-                    request.metadata_mut().insert(k.clone(), v.clone());
-                }
                 let mut client = client.clone();
                 client
                     .ready()
@@ -314,13 +309,7 @@ impl Otlp {
             }
             Protocol::Grpc => {
                 let channel = client::grpc_channel(config)?;
-                let mut metadata = Vec::new();
-                for (k, v) in headers {
-                    let key = tonic::metadata::MetadataKey::from_bytes(k.as_bytes())
-                        .map_err(|_| BuildError::Header(k.clone()))?;
-                    let value = v.parse().map_err(|_| BuildError::Header(k.clone()))?;
-                    metadata.push((key, value));
-                }
+                let metadata = client::grpc_metadata(headers)?;
                 let mut client = tonic::client::Grpc::new(channel)
                     .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
                 if config.gzip {

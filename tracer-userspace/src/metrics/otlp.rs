@@ -147,13 +147,7 @@ impl OtlpMetrics {
                 b.build()
             }
             Protocol::Grpc => {
-                let mut metadata = tonic::metadata::MetadataMap::new();
-                for (k, v) in &c.headers {
-                    let key = tonic::metadata::MetadataKey::from_bytes(k.as_bytes())
-                        .map_err(|_| BuildError::Header(k.clone()))?;
-                    let value = v.parse().map_err(|_| BuildError::Header(k.clone()))?;
-                    metadata.insert(key, value);
-                }
+                let metadata = client::grpc_metadata(&c.headers)?;
                 let mut b = opentelemetry_otlp::MetricExporter::builder()
                     .with_tonic()
                     .with_channel(client::grpc_channel(c)?)
