@@ -121,6 +121,8 @@ pub struct Answer {
     pub retry_after: Option<String>,
     /// Take the request but say this many spans were rejected, and why.
     pub rejected: Option<(i64, String)>,
+    /// Refuse a gRPC request with this code, with a `RetryInfo` asking for this wait.
+    pub grpc: Option<(tonic::Code, Option<Duration>)>,
 }
 
 #[derive(Default)]
@@ -182,6 +184,14 @@ impl TraceService for Grpc {
             s.arrivals.push(std::time::Instant::now());
             s.script.pop_front().unwrap_or_default()
         };
+        if let Some((code, wait)) = answer.grpc {
+            use tonic_types::{ErrorDetails, StatusExt as _};
+            let details = match wait {
+                Some(w) => ErrorDetails::with_retry_info(Some(w)),
+                None => ErrorDetails::new(),
+            };
+            return Err(tonic::Status::with_error_details(code, "refused", details));
+        }
         record(&self.0, request.into_inner(), "grpc");
         Ok(tonic::Response::new(response(&answer)))
     }

@@ -66,6 +66,50 @@ fn retry_after_is_waited_and_bodies_are_gzipped() {
     }
 }
 
+/// A gRPC receiver answers the first request `RESOURCE_EXHAUSTED` with a `RetryInfo` asking
+/// for two seconds: the agent waits them (this code is retried only with such a detail), sends
+/// again, and every span arrives once.
+#[test]
+fn grpc_retry_info_is_waited() {
+    let receiver = Receiver::start();
+    receiver.script(vec![Answer {
+        grpc: Some((tonic::Code::ResourceExhausted, Some(Duration::from_secs(2)))),
+        ..Answer::default()
+    }]);
+    let server = python_framings(free_port());
+    let port = server.port.to_string();
+    let metrics = free_port().to_string();
+    let endpoint = receiver.grpc_url();
+    let mut agent = Agent::start(
+        &[
+            "--port",
+            &port,
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-protocol",
+            "grpc",
+            "--prometheus-port",
+            &metrics,
+        ],
+        &[],
+    );
+    assert_eq!(curl(&format!("http://127.0.0.1:{port}/x"), &[]).status, 200);
+    let spans = receiver.wait_spans(2, |_| true);
+    let m = agent.metrics_when(Duration::from_secs(10), |m| {
+        m.get("tracer_spans_exported_total") == Some(&2.0)
+    });
+    agent.stop();
+    assert_eq!(spans.len(), 2, "each span once: {spans:#?}");
+    let arrivals = receiver.arrivals();
+    assert!(arrivals.len() >= 2, "{arrivals:?}");
+    let waited = arrivals[1] - arrivals[0];
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(5),
+        "the second try came {waited:?} after the first"
+    );
+    assert_eq!(m["tracer_spans_export_failed_total"], 0.0);
+}
+
 /// A receiver that takes a request but rejects part of it (`partial_success`): the rejected
 /// spans are counted apart from the exported ones and the reason is logged once.
 #[test]

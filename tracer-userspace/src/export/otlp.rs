@@ -43,6 +43,10 @@ pub struct Otlp {
 /// Most export requests under way at once.
 pub const IN_FLIGHT: usize = 4;
 
+/// The largest export request sent: gRPC receivers refuse messages over 4 MiB by default
+/// (the OpenTelemetry Collector among them), and HTTP receivers are often set alike.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
 /// A finished export request.
 struct Done {
     spans: u64,
@@ -256,12 +260,7 @@ impl Transport {
                     )
                     .await
                     .map(|r| Accepted::of(Some(r.into_inner())))
-                    .map_err(|status| {
-                        SendError::new(
-                            format!("{}: {}", status.code(), status.message()),
-                            retry::grpc_retryable(status.code()),
-                        )
-                    })
+                    .map_err(|status| retry::grpc_error(&status))
             }
         }
     }
@@ -341,15 +340,45 @@ impl Otlp {
     /// [`IN_FLIGHT`] requests are already under way; returns what finished meanwhile.
     pub async fn export(&mut self, spans: &[HttpSpan], clock: &Clock) -> Settled {
         let mut settled = Settled::default();
-        let body = self.encode(spans, clock);
+        for (body, n) in self.encode_capped(spans, clock) {
+            self.start(body, n, &mut settled).await;
+        }
+        settled.merge(self.reap());
+        settled
+    }
+
+    /// Encoded export requests for `spans`, each at most [`MAX_REQUEST_BYTES`] (a batch that
+    /// encodes larger is halved until its parts fit; one span alone goes as it is), with the
+    /// number of spans of each.
+    pub fn encode_capped(&mut self, spans: &[HttpSpan], clock: &Clock) -> Vec<(Vec<u8>, u64)> {
+        let mut out = Vec::new();
+        let mut todo = vec![spans];
+        while let Some(part) = todo.pop() {
+            if part.is_empty() {
+                continue;
+            }
+            let body = self.encode(part, clock);
+            if body.len() > MAX_REQUEST_BYTES && part.len() > 1 {
+                let (a, b) = part.split_at(part.len() / 2);
+                // Popped in order: a first.
+                todo.push(b);
+                todo.push(a);
+            } else {
+                out.push((body, part.len() as u64));
+            }
+        }
+        out
+    }
+
+    /// Start one export request, waiting only while [`IN_FLIGHT`] are under way.
+    async fn start(&mut self, body: Vec<u8>, n: u64, settled: &mut Settled) {
         while self.inflight.len() >= IN_FLIGHT {
             match self.inflight.join_next().await {
-                Some(done) => Self::settle(done, &mut settled),
+                Some(done) => Self::settle(done, settled),
                 None => break,
             }
         }
         let transport = self.transport.clone();
-        let n = spans.len() as u64;
         self.inflight.spawn(async move {
             match transport.send_retrying(body).await {
                 Ok(a) => {
@@ -372,9 +401,6 @@ impl Otlp {
                 }
             }
         });
-
-        settled.merge(self.reap());
-        settled
     }
 
     /// The encoded export request for `spans`: one `ResourceSpans` per process.
@@ -656,6 +682,56 @@ mod tests {
                 .code
                 == StatusCode::Error as i32
         );
+    }
+
+    #[tokio::test]
+    async fn requests_larger_than_the_cap_are_split() {
+        let recording: &[u8] = include_bytes!("../../tests/golden/python-curl.rec");
+        let mut spans = Vec::new();
+        let (clock, _) =
+            crate::app::replay_recording(recording, Default::default(), |s| spans.push(s)).unwrap();
+        // 100 spans of about 100 KB each.
+        let big: Vec<HttpSpan> = (0..100)
+            .map(|i| {
+                let mut s = spans[i % spans.len()].clone();
+                s.target = format!("/{i}/{}", "a".repeat(100_000));
+                s
+            })
+            .collect();
+        let mut otlp = Otlp::new(&OtlpConfig::new(
+            "http://127.0.0.1:9/v1/traces",
+            Protocol::HttpProtobuf,
+        ))
+        .unwrap();
+        let parts = otlp.encode_capped(&big, &clock);
+        assert!(parts.len() >= 3, "{}", parts.len());
+        let mut paths = Vec::new();
+        for (body, n) in &parts {
+            assert!(body.len() <= MAX_REQUEST_BYTES, "{}", body.len());
+            let req = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+            let spans: Vec<&Span> = req
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .flat_map(|s| &s.spans)
+                .collect();
+            assert_eq!(spans.len() as u64, *n);
+            for s in spans {
+                let path = s.attributes.iter().find(|kv| kv.key == "url.path").unwrap();
+                let Some(any_value::Value::StringValue(p)) =
+                    path.value.as_ref().and_then(|v| v.value.as_ref())
+                else {
+                    panic!("{path:?}")
+                };
+                paths.push(p.split('/').nth(1).unwrap().parse::<usize>().unwrap());
+            }
+        }
+        // Every span once (grouped by process within a request).
+        paths.sort();
+        assert_eq!(paths, (0..100).collect::<Vec<_>>());
+        let small = otlp.encode_capped(&spans, &clock);
+        assert_eq!(small.len(), 1);
+        assert_eq!(small[0].1, spans.len() as u64);
     }
 
     #[test]

@@ -64,7 +64,27 @@ pub fn http_retryable(status: u16) -> bool {
     matches!(status, 429 | 502 | 503 | 504)
 }
 
-/// The gRPC codes the OTLP specification says to retry.
+/// A failed gRPC export as the OTLP specification reads it: the retryable codes, and the
+/// wait the receiver asked for in a `google.rpc.RetryInfo` detail. `RESOURCE_EXHAUSTED` is
+/// retried only with such a detail (the receiver says recovery is possible).
+pub fn grpc_error(status: &tonic::Status) -> SendError {
+    use tonic_types::StatusExt as _;
+    let retry_after = status
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay);
+    let retryable = match status.code() {
+        tonic::Code::ResourceExhausted => retry_after.is_some(),
+        code => grpc_retryable(code),
+    };
+    SendError {
+        message: format!("{}: {}", status.code(), status.message()),
+        retryable,
+        retry_after: retry_after.filter(|_| retryable),
+    }
+}
+
+/// The gRPC codes the OTLP specification says to retry (`RESOURCE_EXHAUSTED` with a
+/// `RetryInfo` only: see [`grpc_error`]).
 pub fn grpc_retryable(code: tonic::Code) -> bool {
     use tonic::Code::*;
     matches!(
@@ -121,6 +141,31 @@ mod tests {
 
     fn failing(retryable: bool) -> SendError {
         SendError::new("nope", retryable)
+    }
+
+    #[test]
+    fn grpc_retry_info_is_the_wait_and_makes_resource_exhausted_retryable() {
+        use tonic_types::{ErrorDetails, StatusExt as _};
+        let two = Duration::from_secs(2);
+        let asked = |code| {
+            grpc_error(&tonic::Status::with_error_details(
+                code,
+                "busy",
+                ErrorDetails::with_retry_info(Some(two)),
+            ))
+        };
+        let e = asked(tonic::Code::Unavailable);
+        assert_eq!((e.retryable, e.retry_after), (true, Some(two)));
+        assert_eq!(e.message, "The service is currently unavailable: busy");
+        let e = asked(tonic::Code::ResourceExhausted);
+        assert_eq!((e.retryable, e.retry_after), (true, Some(two)));
+        let e = grpc_error(&tonic::Status::resource_exhausted("quota"));
+        assert_eq!((e.retryable, e.retry_after), (false, None));
+        let e = grpc_error(&tonic::Status::unavailable("down"));
+        assert_eq!((e.retryable, e.retry_after), (true, None));
+        // A wait asked with a code that is not retried is not waited.
+        let e = asked(tonic::Code::InvalidArgument);
+        assert_eq!((e.retryable, e.retry_after), (false, None));
     }
 
     #[test]
