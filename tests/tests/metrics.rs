@@ -442,3 +442,108 @@ fn request_durations_and_counters_over_otlp() {
         );
     }
 }
+
+/// The service graph of a real chain on one host: curl calls a Python front service, which
+/// calls a Python back service; curl also calls the back service directly, once, and gets a
+/// 503. Each edge counts exactly its requests and failures, with both ends' durations where
+/// both ends are traced, on `/metrics` and over OTLP.
+#[test]
+fn service_graph_of_a_chain() {
+    const N: usize = 5;
+    let receiver = Receiver::start();
+    let (front_port, back_port) = (free_port(), free_port());
+    let back = spawn_server(
+        Command::new("python3")
+            .arg(script("server.py"))
+            .arg(back_port.to_string())
+            .env("OTEL_SERVICE_NAME", "backend"),
+        back_port,
+    );
+    let front = spawn_server(
+        Command::new("python3")
+            .arg(script("proxy.py"))
+            .args([front_port.to_string(), back_port.to_string()])
+            .env("OTEL_SERVICE_NAME", "frontend"),
+        front_port,
+    );
+    let metrics_port = free_port().to_string();
+    let endpoint = receiver.http_url();
+    let mut agent = Agent::start(
+        &[
+            "--port",
+            &front_port.to_string(),
+            "--port",
+            &back_port.to_string(),
+            "--prometheus-port",
+            &metrics_port,
+            "--otlp-endpoint",
+            &endpoint,
+        ],
+        &[
+            ("OTEL_METRICS_EXPORTER", "otlp"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+        ],
+    );
+    let urls: Vec<String> = (0..N)
+        .map(|i| format!("http://127.0.0.1:{front_port}/chain?n={i}"))
+        .collect();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    assert_eq!(curl_many(&urls, &[]).statuses, vec![200; N]);
+    assert_eq!(
+        curl(&format!("http://127.0.0.1:{back_port}/status/503"), &[]).status,
+        503
+    );
+    // curl and the front's server spans, the front's client and the back's server spans,
+    // and the direct call's two.
+    let spans = (4 * N + 2) as f64;
+    let m = agent.metrics_when(Duration::from_secs(15), |m| {
+        m.get("tracer_spans_total") == Some(&spans)
+    });
+    let total = "traces_service_graph_request_total";
+    let failed = "traces_service_graph_request_failed_total";
+    let edge = |c: &'static str, s: &'static str| [("client", c), ("server", s)];
+    let otlp_total = |c: &str, s: &str| {
+        receiver
+            .last_points("traces_service_graph_request")
+            .iter()
+            .filter(|p| p.attr("client") == Some(c) && p.attr("server") == Some(s))
+            .map(|p| p.sum)
+            .sum::<f64>()
+    };
+    let over_otlp = tracer_e2e::wait_for(Duration::from_secs(10), || {
+        (otlp_total("frontend", "backend") == N as f64).then_some(())
+    });
+    let otlp_curl_back = otlp_total("curl", "backend");
+    agent.stop();
+    drop((front, back));
+    assert_eq!(
+        value(&m, total, &edge("curl", "frontend")),
+        N as f64,
+        "{m:#?}"
+    );
+    assert_eq!(
+        value(&m, total, &edge("frontend", "backend")),
+        N as f64,
+        "{m:#?}"
+    );
+    assert_eq!(value(&m, total, &edge("curl", "backend")), 1.0, "{m:#?}");
+    assert_eq!(value(&m, failed, &edge("curl", "backend")), 1.0, "{m:#?}");
+    assert_eq!(
+        value(&m, failed, &edge("frontend", "backend")),
+        0.0,
+        "{m:#?}"
+    );
+    for side in ["server", "client"] {
+        let h = format!("traces_service_graph_request_{side}_seconds_count");
+        assert_eq!(
+            value(&m, &h, &edge("frontend", "backend")),
+            N as f64,
+            "{side}: {m:#?}"
+        );
+    }
+    // Nothing else: every end found its other end.
+    let edges: Vec<&String> = m.keys().filter(|k| k.starts_with(total)).collect();
+    assert_eq!(edges.len(), 3, "{edges:#?}");
+    assert!(over_otlp.is_some(), "the graph over OTLP");
+    assert_eq!(otlp_curl_back, 1.0);
+}

@@ -40,6 +40,7 @@ use crate::{
     filter::Filter,
     metrics::{
         self, Snapshot,
+        graph::Graph,
         otlp::{MetricsConfig, OtlpMetrics},
         red::Red,
         serve::{self, Scrape},
@@ -228,7 +229,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(c) => {
             let families = metrics::families(
                 &Snapshot::default(),
-                &metrics::series_counts(&Red::default()),
+                &metrics::series_counts(&Red::default(), &Graph::default()),
             );
             let m = OtlpMetrics::start(c, families).with_context(|| {
                 format!("setting up OTLP metrics export to {}", c.otlp.endpoint)
@@ -261,6 +262,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             // Recorded only when something reads them.
             red: (config.prometheus_port.is_some() || otel.is_some())
                 .then(|| Red::new(config.metrics_series_limit)),
+            graph: (config.prometheus_port.is_some() || otel.is_some())
+                .then(|| Graph::new(config.metrics_series_limit)),
             otel,
             unsampled: 0,
         },
@@ -331,7 +334,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Some(reply) = scrapes.recv() => {
                 // Only scrapes read the histograms: the periodic report does not copy them.
                 let red = flow.out.red.clone().unwrap_or_default();
-                let _ = reply.send(Snapshot { red, ..flow.snapshot(&probes, &stats_rx) });
+                let graph = flow.out.graph.clone().unwrap_or_default();
+                let _ = reply.send(Snapshot { red, graph, ..flow.snapshot(&probes, &stats_rx) });
             }
             _ = housekeeping.tick() => flow.housekeeping(),
             _ = publish.tick(), if flow.out.otel.is_some() => flow.publish(&probes, &stats_rx),
@@ -407,6 +411,7 @@ fn log_report(snapshot: &Snapshot) {
         decode_errors,
         kernel,
         red: _,
+        graph: _,
         unsampled,
     } = snapshot;
     let kernel = match kernel {
@@ -446,7 +451,9 @@ struct Outlet {
     /// The request-duration metrics, fed every span before the export queue (with
     /// `--prometheus-port` or OTLP metrics: nothing else reads them).
     red: Option<Red>,
-    /// OTLP metrics: the same observations as `red`, after its series limit.
+    /// The service graph, fed alike.
+    graph: Option<Graph>,
+    /// OTLP metrics: the same observations as `red` and `graph`, after their series limits.
     otel: Option<OtlpMetrics>,
     /// Spans not exported because their trace was not sampled.
     unsampled: u64,
@@ -462,6 +469,14 @@ impl Outlet {
             }
             (Some(red), None) => red.record(&span),
             _ => {}
+        }
+        if let Some(graph) = &mut self.graph {
+            let added = graph.record(&span);
+            if let Some(otel) = &self.otel {
+                for (edge, o) in &added {
+                    otel.record_edge(edge, o);
+                }
+            }
         }
         if span.trace_flags & 1 == 0 {
             self.unsampled += 1;
@@ -502,6 +517,7 @@ impl Flow {
             decode_errors: self.decode_errors,
             kernel: probes.counters().map_err(|e| e.to_string()),
             red: Red::default(),
+            graph: Graph::default(),
             unsampled: self.out.unsampled,
         }
     }
@@ -563,6 +579,14 @@ impl Flow {
         if let Some(red) = &mut self.out.red {
             red.expire(monotonic_now());
         }
+        if let Some(graph) = &mut self.out.graph {
+            let added = graph.expire(monotonic_now());
+            if let Some(otel) = &self.out.otel {
+                for (edge, o) in &added {
+                    otel.record_edge(edge, o);
+                }
+            }
+        }
         // Bursts (thousands of connections at once) leave freed memory in the allocator's
         // per-thread arenas: return it.
         // SAFETY: malloc_trim only releases free heap memory.
@@ -572,12 +596,10 @@ impl Flow {
     /// Hand the counters as they are now to the OTLP metrics, for their next export.
     fn publish(&self, probes: &Probes, export: &watch::Receiver<ExportStats>) {
         if let Some(otel) = &self.out.otel {
-            let series = self
-                .out
-                .red
-                .as_ref()
-                .map(metrics::series_counts)
-                .unwrap_or_else(|| metrics::series_counts(&Red::default()));
+            let series = match (&self.out.red, &self.out.graph) {
+                (Some(red), Some(graph)) => metrics::series_counts(red, graph),
+                _ => metrics::series_counts(&Red::default(), &Graph::default()),
+            };
             otel.publish(metrics::families(&self.snapshot(probes, export), &series));
         }
     }

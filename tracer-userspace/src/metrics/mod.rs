@@ -2,6 +2,7 @@
 //! OpenMetrics text for a scraper. The capture loop takes a [`Snapshot`]; [`render`] writes
 //! it; [`serve`] answers `GET /metrics` with it. No span passes through here.
 
+pub mod graph;
 pub mod otlp;
 pub mod red;
 pub mod serve;
@@ -39,6 +40,8 @@ pub struct Snapshot {
     pub kernel: Result<KernelCounters, String>,
     /// The RED histograms of every exchange so far.
     pub red: red::Red,
+    /// The service graph.
+    pub graph: graph::Graph,
     /// Spans not exported because their trace was not sampled.
     pub unsampled: u64,
 }
@@ -53,6 +56,7 @@ impl Default for Snapshot {
             decode_errors: 0,
             kernel: Ok([0; counter::COUNT as usize]),
             red: red::Red::default(),
+            graph: graph::Graph::default(),
             unsampled: 0,
         }
     }
@@ -64,8 +68,10 @@ impl Default for Snapshot {
 pub fn render(mut snapshot: Snapshot) -> Result<String, fmt::Error> {
     let mut registry = Registry::default();
     let red = std::mem::take(&mut snapshot.red);
-    let series = series_counts(&red);
+    let graph = std::mem::take(&mut snapshot.graph);
+    let series = series_counts(&red, &graph);
     registry.register_collector(Box::new(red::Families(red)));
+    registry.register_collector(Box::new(graph::Families(graph)));
     registry
         .sub_registry_with_prefix("tracer")
         .register_collector(Box::new(Families(families(&snapshot, &series))));
@@ -121,15 +127,21 @@ impl Family {
     }
 }
 
-/// The request-duration instruments' overflow and expiry counts: (name, overflowed, expired).
-pub type SeriesCounts = [(&'static str, u64, u64); 4];
+/// Each metric's overflow and expiry counts, and ends of the service graph given up on for
+/// want of room: ((name, overflowed, expired), given up).
+pub type SeriesCounts = (Vec<(&'static str, u64, u64)>, u64);
 
-/// The series counts of `red`.
-pub fn series_counts(red: &red::Red) -> SeriesCounts {
-    red::Instrument::ALL.map(|i| {
-        let s = red.series(i);
-        (i.name(), s.overflowed, s.expired)
-    })
+/// The series counts of `red` and `graph`.
+pub fn series_counts(red: &red::Red, graph: &graph::Graph) -> SeriesCounts {
+    let mut v: Vec<_> = red::Instrument::ALL
+        .iter()
+        .map(|&i| {
+            let s = red.series(i);
+            (i.name(), s.overflowed, s.expired)
+        })
+        .collect();
+    v.push(("traces_service_graph", graph.overflowed, graph.expired));
+    (v, graph.waiting_full)
 }
 
 /// The agent's own families as `s` and `series` give them. The kernel families are left out
@@ -224,13 +236,19 @@ pub fn families(s: &Snapshot, series: &SeriesCounts) -> Vec<Family> {
             "Exchanges recorded in a request-duration metric's overflow series because it \
              held its limit of series (--metrics-series-limit)",
             "metric",
-            series.iter().map(|&(n, o, _)| (n, o)).collect(),
+            series.0.iter().map(|&(n, o, _)| (n, o)).collect(),
         ),
         Family::labelled(
             "metric_series_expired",
             "Request-duration series dropped because they stopped updating",
             "metric",
-            series.iter().map(|&(n, _, x)| (n, x)).collect(),
+            series.0.iter().map(|&(n, _, x)| (n, x)).collect(),
+        ),
+        Family::counter(
+            "service_graph_unpaired_early",
+            "Service-graph ends recorded without waiting for their other end, because too many \
+             were waiting",
+            series.1,
         ),
     ];
     if let Ok(k) = &s.kernel {
@@ -351,6 +369,7 @@ mod tests {
             decode_errors: 12,
             kernel: Ok(kernel),
             red: red::Red::default(),
+            graph: graph::Graph::default(),
             unsampled: 15,
         }
     }
@@ -395,6 +414,15 @@ mod tests {
                 "tracer_metric_series_overflowed_total{metric=\"rpc.client.call.duration\"}",
                 0.0,
             ),
+            (
+                "tracer_metric_series_overflowed_total{metric=\"traces_service_graph\"}",
+                0.0,
+            ),
+            (
+                "tracer_metric_series_expired_total{metric=\"traces_service_graph\"}",
+                0.0,
+            ),
+            ("tracer_service_graph_unpaired_early_total", 0.0),
             (
                 "tracer_metric_series_expired_total{metric=\"http.server.request.duration\"}",
                 0.0,

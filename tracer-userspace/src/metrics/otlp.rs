@@ -122,6 +122,13 @@ pub fn resolve(
 pub struct OtlpMetrics {
     provider: SdkMeterProvider,
     histograms: [Histogram<f64>; 4],
+    /// The service graph: requests, failures, server and client durations.
+    graph: (
+        opentelemetry::metrics::Counter<u64>,
+        opentelemetry::metrics::Counter<u64>,
+        Histogram<f64>,
+        Histogram<f64>,
+    ),
     counters: watch::Sender<Vec<Family>>,
 }
 
@@ -189,6 +196,32 @@ impl OtlpMetrics {
                 .with_boundaries(red::BOUNDS.to_vec())
                 .build()
         });
+        let seconds = |name: &'static str, help: &'static str| {
+            meter
+                .f64_histogram(name)
+                .with_unit("s")
+                .with_description(help)
+                .with_boundaries(red::BOUNDS.to_vec())
+                .build()
+        };
+        let graph = (
+            meter
+                .u64_counter("traces_service_graph_request")
+                .with_description("Requests per edge of the service graph")
+                .build(),
+            meter
+                .u64_counter("traces_service_graph_request_failed")
+                .with_description("Failed requests per edge of the service graph")
+                .build(),
+            seconds(
+                "traces_service_graph_request_server",
+                "Durations of the service graph's requests as their servers saw them",
+            ),
+            seconds(
+                "traces_service_graph_request_client",
+                "Durations of the service graph's requests as their clients saw them",
+            ),
+        );
         let (counters, latest) = watch::channel(families.clone());
         for f in families {
             let name = format!("tracer.{}", f.name);
@@ -221,6 +254,7 @@ impl OtlpMetrics {
         Ok(OtlpMetrics {
             provider,
             histograms,
+            graph,
             counters,
         })
     }
@@ -232,6 +266,25 @@ impl OtlpMetrics {
             .map(|(k, v)| KeyValue::new(*k, v.clone()))
             .collect();
         self.histograms[instrument as usize].record(seconds, &kvs);
+    }
+
+    /// Record what a service-graph edge (with attributes `edge`) gained.
+    pub fn record_edge(&self, edge: &red::Attributes, o: &super::graph::Observation) {
+        let kvs: Vec<KeyValue> = edge
+            .iter()
+            .map(|(k, v)| KeyValue::new(*k, v.clone()))
+            .collect();
+        let (total, failed, server, client) = &self.graph;
+        total.add(1, &kvs);
+        if o.failed {
+            failed.add(1, &kvs);
+        }
+        if let Some(s) = o.server_seconds {
+            server.record(s, &kvs);
+        }
+        if let Some(s) = o.client_seconds {
+            client.record(s, &kvs);
+        }
     }
 
     /// The counters as they are now, for the next export.

@@ -87,7 +87,7 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    fn new(now_ns: u64) -> Self {
+    pub(crate) fn new(now_ns: u64) -> Self {
         Histogram {
             buckets: [0; BOUNDS.len() + 1],
             sum: 0.0,
@@ -96,7 +96,7 @@ impl Histogram {
         }
     }
 
-    fn observe(&mut self, seconds: f64, now_ns: u64) {
+    pub(crate) fn observe(&mut self, seconds: f64, now_ns: u64) {
         // Bounds are inclusive upper bounds (`le`).
         let i = BOUNDS.partition_point(|&b| b < seconds);
         self.buckets[i] += 1;
