@@ -547,3 +547,35 @@ fn service_graph_of_a_chain() {
     assert!(over_otlp.is_some(), "the graph over OTLP");
     assert_eq!(otlp_curl_back, 1.0);
 }
+
+/// With an export interval longer than the agent runs, the metrics still arrive: the agent
+/// pushes them when it stops, with the final counts (the spans exported just before).
+#[test]
+fn metrics_are_flushed_at_exit_with_the_final_counts() {
+    let receiver = Receiver::start();
+    let server = python_framings(free_port());
+    let port = server.port.to_string();
+    let mut agent = Agent::start(
+        &["--port", &port, "--otlp-endpoint", &receiver.http_url()],
+        &[
+            ("OTEL_METRICS_EXPORTER", "otlp"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "600000"),
+        ],
+    );
+    assert_eq!(curl(&format!("http://127.0.0.1:{port}/x"), &[]).status, 200);
+    receiver.wait_spans(2, |_| true);
+    assert_eq!(receiver.metrics_exports(), 0, "nothing before the exit");
+    agent.stop();
+    let count = |name: &str| {
+        receiver
+            .last_points(name)
+            .iter()
+            .map(|p| if p.count > 0 { p.count as f64 } else { p.sum })
+            .sum::<f64>()
+    };
+    assert_eq!(count("http.server.request.duration"), 1.0);
+    assert_eq!(count("http.client.request.duration"), 1.0);
+    assert_eq!(count("tracer.spans"), 2.0);
+    assert_eq!(count("tracer.spans_exported"), 2.0);
+    assert_eq!(count("traces_service_graph_request"), 1.0);
+}

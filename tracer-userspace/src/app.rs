@@ -334,7 +334,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Some(reply) = scrapes.recv() => {
                 // Only scrapes read the histograms: the periodic report does not copy them.
                 let red = flow.out.red.clone().unwrap_or_default();
-                let graph = flow.out.graph.clone().unwrap_or_default();
+                let graph = flow.out.graph.as_ref().map(Graph::edges_only).unwrap_or_default();
                 let _ = reply.send(Snapshot { red, graph, ..flow.snapshot(&probes, &stats_rx) });
             }
             _ = housekeeping.tick() => flow.housekeeping(),
@@ -360,11 +360,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     drop(scrape_tx);
     // Detach first so nothing new arrives, then take what the ring still holds.
-    let counters = probes.counters().ok();
-    flow.drain(ring.get_mut())?;
-    flow.publish(&probes, &stats_rx);
+    let counters = probes.counters().map_err(|e| e.to_string());
     drop(probes);
-    let (s, dropped, otel) = flow.finish()?;
+    flow.drain(ring.get_mut())?;
+    let finished = flow.finish()?;
+    let (s, dropped) = (finished.stats, finished.dropped);
     let final_stats = match tokio::time::timeout(Duration::from_secs(5), exporter).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => anyhow::bail!("the export task failed: {e}"),
@@ -373,9 +373,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             *stats_rx.borrow()
         }
     };
-    if let Some(m) = otel {
+    if let Some(m) = finished.otel {
+        // The last push carries the final counts.
+        m.publish(metrics::families(
+            &Snapshot {
+                pipeline: s,
+                export: final_stats,
+                queue_dropped: dropped,
+                queue_depth: 0,
+                decode_errors: finished.decode_errors,
+                kernel: counters.clone(),
+                unsampled: finished.unsampled,
+                ..Snapshot::default()
+            },
+            &finished.series,
+        ));
         m.shutdown().await;
     }
+    let counters = counters.ok();
     log::info!(
         "stopped: {} spans ({} exported, {} failed to export, {} rejected by the receiver, {} \
          dropped at the queue), open requests not exported: {}, {} events{}",
@@ -491,6 +506,16 @@ impl Outlet {
     }
 }
 
+/// The capture side's final counts, and the OTLP metrics still to flush.
+struct Finished {
+    stats: Stats,
+    dropped: u64,
+    decode_errors: u64,
+    unsampled: u64,
+    series: metrics::SeriesCounts,
+    otel: Option<OtlpMetrics>,
+}
+
 /// The capture side's state: the pipeline and the way out of finished spans. Owned by the
 /// capture loop alone.
 struct Flow {
@@ -604,9 +629,9 @@ impl Flow {
         }
     }
 
-    /// Finish the pipeline, the recording and the queue; returns the final stats, the drop
-    /// count and the OTLP metrics (to flush once the spans are out).
-    fn finish(mut self) -> anyhow::Result<(Stats, u64, Option<OtlpMetrics>)> {
+    /// Finish the pipeline, the recording and the queue (and the service graph's waiting
+    /// ends); returns the final counts and the OTLP metrics (to flush once the spans are out).
+    fn finish(mut self) -> anyhow::Result<Finished> {
         self.release(u64::MAX);
         let out = &mut self.out;
         self.pipeline.finish(&mut |s| out.send(s));
@@ -615,10 +640,24 @@ impl Flow {
             r.finish().context("writing the recording")?;
             log::info!("recorded {events} events");
         }
-        Ok((
-            self.pipeline.stats(),
-            self.out.dropped,
-            self.out.otel.take(),
-        ))
+        if let Some(graph) = &mut self.out.graph {
+            for (edge, o) in graph.expire(u64::MAX) {
+                if let Some(otel) = &self.out.otel {
+                    otel.record_edge(&edge, &o);
+                }
+            }
+        }
+        let series = match (&self.out.red, &self.out.graph) {
+            (Some(red), Some(graph)) => metrics::series_counts(red, graph),
+            _ => metrics::series_counts(&Red::default(), &Graph::default()),
+        };
+        Ok(Finished {
+            stats: self.pipeline.stats(),
+            dropped: self.out.dropped,
+            decode_errors: self.decode_errors,
+            unsampled: self.out.unsampled,
+            series,
+            otel: self.out.otel.take(),
+        })
     }
 }

@@ -73,13 +73,20 @@ fn check(filter: &filter::Filter) -> ! {
 }
 
 fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    let cgroups = cli
+        .cgroups
+        .iter()
+        .map(|c| filter::cgroup::Cgroup::resolve(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!(e))?;
     if matches!(cli.command, Some(cli::Command::Check)) {
-        // The process filters narrow the TLS libraries listed to the processes they select.
+        // The process and cgroup filters narrow the TLS libraries listed to the processes
+        // they select.
         check(&filter::Filter {
             pids: cli.pids.clone(),
             comms: cli.comms.clone(),
             ports: Vec::new(),
-            cgroups: Vec::new(),
+            cgroups: cgroups.clone(),
         });
     }
     let sinks = sink_config(&cli)?;
@@ -102,12 +109,6 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Some(cli::Command::Record { file }) => Some(file),
         Some(cli::Command::Check) | None => None,
     };
-    let cgroups = cli
-        .cgroups
-        .iter()
-        .map(|c| filter::cgroup::Cgroup::resolve(c))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!(e))?;
     let config = app::Config {
         filter: filter::Filter {
             pids: cli.pids,
@@ -120,7 +121,10 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         tls: !cli.no_tls,
         prometheus_port: cli.prometheus_port,
         metrics_series_limit: cli.metrics_series_limit,
-        otlp_metrics,
+        otlp_metrics: otlp_metrics.map(|c| tracer_userspace::metrics::otlp::MetricsConfig {
+            series_limit: cli.metrics_series_limit,
+            ..c
+        }),
         sinks,
         record,
     };

@@ -519,9 +519,13 @@ fn criterion() -> anyhow::Result<serde_json::Value> {
     }
     let mut result = serde_json::Map::new();
     let mut name = String::new();
+    let mut group = "";
     for line in text.lines() {
-        if let Some(n) = line.trim().strip_prefix("pipeline/") {
-            name = n.split_whitespace().next().unwrap_or_default().to_string();
+        for g in ["pipeline/", "metrics/"] {
+            if let Some(n) = line.trim().strip_prefix(g) {
+                group = g;
+                name = n.split_whitespace().next().unwrap_or_default().to_string();
+            }
         }
         // thrpt:  [low Kelem/s  median Kelem/s  high Kelem/s]
         if let Some(rest) = line.trim().strip_prefix("thrpt:") {
@@ -537,8 +541,18 @@ fn criterion() -> anyhow::Result<serde_json::Value> {
                     _ => 1.0,
                 };
                 let per_s = v.parse::<f64>().unwrap_or(0.0) * scale;
-                println!("userspace pipeline, {name}: {per_s:.0} events/s on one core");
-                result.insert(format!("{name}_events_per_s"), json!(per_s));
+                if group == "metrics/" {
+                    // Elements are finished exchanges (spans).
+                    let ns = 1e9 / per_s.max(1.0);
+                    println!(
+                        "metrics, {name}: {ns:.0} ns of agent CPU per exchange (histograms and \
+                         service graph, one core)"
+                    );
+                    result.insert(format!("metrics_{name}_ns_per_exchange"), json!(ns));
+                } else {
+                    println!("userspace pipeline, {name}: {per_s:.0} events/s on one core");
+                    result.insert(format!("{name}_events_per_s"), json!(per_s));
+                }
             }
         }
     }

@@ -73,6 +73,8 @@ pub struct Probes {
     cgroup_ids: std::collections::BTreeSet<u64>,
     /// Whether the cgroup filter was ever full (warned once).
     cgroups_full: bool,
+    /// Which chosen cgroups were gone at the last look (warned as it changes).
+    cgroups_gone: Vec<bool>,
     propagate: bool,
     /// `None` when TLS libraries are not probed (`--no-tls`, or uprobes do not work here).
     tls: Option<tls::TlsProbes>,
@@ -154,6 +156,7 @@ impl Probes {
             cgroups: filter.cgroups.clone(),
             cgroup_ids: Default::default(),
             cgroups_full: false,
+            cgroups_gone: vec![false; filter.cgroups.len()],
             propagate,
             tls,
         };
@@ -166,6 +169,20 @@ impl Probes {
     pub fn refresh_cgroups(&mut self) -> Result<usize, CaptureError> {
         if self.cgroups.is_empty() {
             return Ok(0);
+        }
+        for (c, gone) in self.cgroups.iter().zip(&mut self.cgroups_gone) {
+            let now_gone = !c.dir.is_dir();
+            if now_gone != *gone {
+                if now_gone {
+                    log::warn!(
+                        "cgroup {} is gone: nothing in it is traced until it exists again",
+                        c.path
+                    );
+                } else {
+                    log::info!("cgroup {} exists again: tracing it", c.path);
+                }
+                *gone = now_gone;
+            }
         }
         let cap = tracer_common::MAX_CGROUPS as usize;
         let (now, cut) = crate::filter::cgroup::ids(&self.cgroups, cap);

@@ -110,7 +110,8 @@ pub fn http_client(config: &OtlpConfig) -> Result<reqwest::Client, BuildError> {
             }
         }
         if let Some((cert, key)) = &material.identity {
-            let identity = reqwest::Identity::from_pem(&[key.as_slice(), cert].concat())
+            // A newline between them: a file may end without one.
+            let identity = reqwest::Identity::from_pem(&[key.as_slice(), b"\n", cert].concat())
                 .map_err(|e| BuildError::Client(format!("client certificate: {e}")))?;
             builder = builder.identity(identity);
         }
@@ -143,7 +144,11 @@ pub fn grpc_channel(config: &OtlpConfig) -> Result<tonic::transport::Channel, Bu
         .timeout(config.timeout);
     if config.is_tls() {
         let material = Material::load(&config.tls)?;
-        let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        // tonic refuses a host without system certificates even when a CA file is given.
+        if !rustls_native_certs::load_native_certs().certs.is_empty() {
+            tls = tls.with_native_roots();
+        }
         if let Some(ca) = &material.ca {
             tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
         }

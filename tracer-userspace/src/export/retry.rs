@@ -69,13 +69,13 @@ pub fn http_retryable(status: u16) -> bool {
 /// retried only with such a detail (the receiver says recovery is possible).
 pub fn grpc_error(status: &tonic::Status) -> SendError {
     use tonic_types::StatusExt as _;
-    let retry_after = status
-        .get_details_retry_info()
-        .and_then(|info| info.retry_delay);
+    let info = status.get_details_retry_info();
     let retryable = match status.code() {
-        tonic::Code::ResourceExhausted => retry_after.is_some(),
+        // A RetryInfo, with or without a delay, says recovery is possible.
+        tonic::Code::ResourceExhausted => info.is_some(),
         code => grpc_retryable(code),
     };
+    let retry_after = info.and_then(|i| i.retry_delay);
     SendError {
         message: format!("{}: {}", status.code(), status.message()),
         retryable,
@@ -161,6 +161,12 @@ mod tests {
         assert_eq!((e.retryable, e.retry_after), (true, Some(two)));
         let e = grpc_error(&tonic::Status::resource_exhausted("quota"));
         assert_eq!((e.retryable, e.retry_after), (false, None));
+        let e = grpc_error(&tonic::Status::with_error_details(
+            tonic::Code::ResourceExhausted,
+            "quota",
+            ErrorDetails::with_retry_info(None),
+        ));
+        assert_eq!((e.retryable, e.retry_after), (true, None));
         let e = grpc_error(&tonic::Status::unavailable("down"));
         assert_eq!((e.retryable, e.retry_after), (true, None));
         // A wait asked with a code that is not retried is not waited.

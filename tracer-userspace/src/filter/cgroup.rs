@@ -41,6 +41,9 @@ impl Cgroup {
     }
 
     fn resolve_in(root: &Path, arg: &str) -> Result<Cgroup, String> {
+        if arg.trim().is_empty() {
+            return Err("--cgroup: an empty path (write / for every cgroup)".to_string());
+        }
         let arg_path = Path::new(arg.trim());
         let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
         let in_tree = root.join(arg_path.strip_prefix("/").unwrap_or(arg_path));
@@ -73,12 +76,13 @@ impl Cgroup {
     }
 }
 
-/// The ids of `cgroups` and of every cgroup below them, at most `cap` (the second value says
-/// whether some were left out).
+/// The ids of `cgroups` and of every cgroup below them, at most `cap`, nearest first (the
+/// chosen ones, then their children...); the second value says whether some were left out.
 pub fn ids(cgroups: &[Cgroup], cap: usize) -> (BTreeSet<u64>, bool) {
     let mut out = BTreeSet::new();
-    let mut stack: Vec<PathBuf> = cgroups.iter().map(|c| c.dir.clone()).collect();
-    while let Some(dir) = stack.pop() {
+    let mut queue: std::collections::VecDeque<PathBuf> =
+        cgroups.iter().map(|c| c.dir.clone()).collect();
+    while let Some(dir) = queue.pop_front() {
         let Ok(meta) = std::fs::metadata(&dir) else {
             continue;
         };
@@ -89,7 +93,7 @@ pub fn ids(cgroups: &[Cgroup], cap: usize) -> (BTreeSet<u64>, bool) {
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.flatten() {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(e.path());
+                    queue.push_back(e.path());
                 }
             }
         }
@@ -205,6 +209,10 @@ mod tests {
         assert_eq!(by_path.path, "/a.slice");
         let err = Cgroup::resolve_in(&root, "/nope").unwrap_err();
         assert!(err.contains("`/nope` is not a cgroup"), "{err}");
+        for blank in ["", "  "] {
+            let err = Cgroup::resolve_in(&root, blank).unwrap_err();
+            assert!(err.contains("empty path"), "{err}");
+        }
         // Outside the hierarchy.
         assert!(Cgroup::resolve_in(&root, "/tmp").is_err());
         let (ids, cut) = ids(std::slice::from_ref(&by_path), 100);
@@ -214,6 +222,11 @@ mod tests {
         assert!(!ids.contains(&ino("other")));
         let (ids, cut) = ids_capped(&by_path);
         assert_eq!((ids, cut), (2, true));
+        // Nearest first: with room for two of two choices' trees, both choices are kept.
+        let other = Cgroup::resolve_in(&root, "/other").unwrap();
+        let (kept, cut) = super::ids(&[by_path.clone(), other], 2);
+        assert!(cut);
+        assert!(kept.contains(&ino("a.slice")) && kept.contains(&ino("other")));
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -117,6 +117,19 @@ impl Graph {
         }
     }
 
+    /// A copy of the edges and counts, without the ends waiting (what a scrape renders).
+    pub fn edges_only(&self) -> Graph {
+        Graph {
+            limit: self.limit,
+            servers: FastMap::default(),
+            clients: FastMap::default(),
+            edges: self.edges.clone(),
+            overflowed: self.overflowed,
+            waiting_full: self.waiting_full,
+            expired: self.expired,
+        }
+    }
+
     /// Take one finished span; returns what it added to the graph now, each with the
     /// attributes of the edge it went to (a span may also complete an edge later, when its
     /// other end arrives or waits too long).

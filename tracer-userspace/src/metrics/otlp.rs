@@ -33,6 +33,8 @@ pub struct MetricsConfig {
     pub temporality: Temporality,
     /// `OTEL_METRIC_EXPORT_INTERVAL` (default 60 s).
     pub interval: Duration,
+    /// Series per instrument (`--metrics-series-limit`).
+    pub series_limit: usize,
 }
 
 /// The specification's default export interval.
@@ -86,6 +88,11 @@ pub fn resolve(
     if !wanted {
         return Ok(None);
     }
+    // The metrics' own variables beat the flags, which are the traces' (and the base).
+    let endpoint_flag =
+        endpoint_flag.filter(|_| env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").is_none());
+    let protocol_flag =
+        protocol_flag.filter(|_| env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL").is_none());
     // The flag may name the traces path itself: metrics go beside it.
     let base = endpoint_flag.map(|e| {
         let e = e.trim().trim_end_matches('/');
@@ -115,12 +122,14 @@ pub fn resolve(
         otlp,
         temporality,
         interval,
+        series_limit: super::red::DEFAULT_LIMIT,
     }))
 }
 
 /// The running OTLP metrics pipeline.
 pub struct OtlpMetrics {
-    provider: SdkMeterProvider,
+    /// `None` once shut down.
+    provider: Option<SdkMeterProvider>,
     histograms: [Histogram<f64>; 4],
     /// The service graph: requests, failures, server and client durations.
     graph: (
@@ -136,6 +145,7 @@ impl OtlpMetrics {
     /// Start exporting; `families` are the agent's counter families as they will be published
     /// (their names and kinds make the instruments). Must run inside the tokio runtime.
     pub fn start(config: &MetricsConfig, families: Vec<Family>) -> Result<Self, BuildError> {
+        let limit = config.series_limit;
         let c = &config.otlp;
         let exporter = match c.protocol {
             Protocol::HttpProtobuf => {
@@ -183,9 +193,17 @@ impl OtlpMetrics {
                 KeyValue::new("telemetry.distro.version", env!("CARGO_PKG_VERSION")),
             ])
             .build();
+        // The series the Prometheus store admits (it decides first): the SDK's own limit,
+        // 2000 by default, must not cut them again.
         let provider = SdkMeterProvider::builder()
             .with_reader(reader)
             .with_resource(resource)
+            .with_view(move |_: &opentelemetry_sdk::metrics::Instrument| {
+                opentelemetry_sdk::metrics::Stream::builder()
+                    .with_cardinality_limit(limit)
+                    .build()
+                    .ok()
+            })
             .build();
         let meter = provider.meter("tracer");
         let histograms = red::Instrument::ALL.map(|i| {
@@ -252,7 +270,7 @@ impl OtlpMetrics {
             }
         }
         Ok(OtlpMetrics {
-            provider,
+            provider: Some(provider),
             histograms,
             graph,
             counters,
@@ -293,13 +311,28 @@ impl OtlpMetrics {
     }
 
     /// Export what is pending and stop.
-    pub async fn shutdown(self) {
-        let provider = self.provider;
+    pub async fn shutdown(mut self) {
+        let Some(provider) = self.provider.take() else {
+            return;
+        };
         // The SDK's shutdown blocks until the reader's task answers.
         match tokio::task::spawn_blocking(move || provider.shutdown()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => log::warn!("flushing metrics at shutdown failed: {e}"),
             Err(e) => log::warn!("flushing metrics at shutdown failed: {e}"),
+        }
+    }
+}
+
+impl Drop for OtlpMetrics {
+    /// Dropped without [`OtlpMetrics::shutdown`] (the agent stopping on an error): the SDK's
+    /// own shutdown blocks until the reader's task answers, which a runtime thread must not
+    /// wait for; it runs on a thread of its own, and the process does not wait for it.
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            std::thread::spawn(move || {
+                let _ = provider.shutdown();
+            });
         }
     }
 }
@@ -369,6 +402,24 @@ mod tests {
                 ])
             ),
             Ok(None)
+        );
+    }
+
+    #[test]
+    fn the_metrics_own_endpoint_and_protocol_beat_the_flags() {
+        let c = resolve(
+            Some("http://traces:4318"),
+            Some(Protocol::HttpProtobuf),
+            env(&[
+                ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:4317"),
+                ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc"),
+            ]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (c.otlp.endpoint.as_str(), c.otlp.protocol),
+            ("http://m:4317", Protocol::Grpc)
         );
     }
 
