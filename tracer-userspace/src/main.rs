@@ -73,12 +73,14 @@ fn check(filter: &filter::Filter) -> ! {
 }
 
 fn run(cli: cli::Cli) -> anyhow::Result<()> {
-    let cgroups = cli
-        .cgroups
-        .iter()
-        .map(|c| filter::cgroup::Cgroup::resolve(c))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!(e))?;
+    // Looked up only where the filters apply (a replay's events were filtered when recorded).
+    let cgroups = || {
+        cli.cgroups
+            .iter()
+            .map(|c| filter::cgroup::Cgroup::resolve(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!(e))
+    };
     if matches!(cli.command, Some(cli::Command::Check)) {
         // The process and cgroup filters narrow the TLS libraries listed to the processes
         // they select.
@@ -86,7 +88,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             pids: cli.pids.clone(),
             comms: cli.comms.clone(),
             ports: Vec::new(),
-            cgroups: cgroups.clone(),
+            cgroups: cgroups()?,
         });
     }
     let sinks = sink_config(&cli)?;
@@ -114,7 +116,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             pids: cli.pids,
             comms: cli.comms,
             ports: cli.ports,
-            cgroups,
+            cgroups: cgroups()?,
         },
         capture_bytes: cli.capture_bytes,
         propagate: cli.propagate,

@@ -405,23 +405,26 @@ impl Otlp {
 
     /// The encoded export request for `spans`: one `ResourceSpans` per process.
     pub fn encode(&mut self, spans: &[HttpSpan], clock: &Clock) -> Vec<u8> {
-        let mut pids: Vec<u32> = Vec::new();
+        // The spans of each process, in the order the processes first appear: one pass to
+        // group them (linear in spans, whatever the number of processes), one to encode.
+        let mut groups: Vec<(u32, Vec<&HttpSpan>)> = Vec::new();
+        let mut group_of: crate::conn::FastMap<u32, usize> = Default::default();
         for span in spans {
-            if !pids.contains(&span.process.pid) {
-                pids.push(span.process.pid);
+            let pid = span.process.pid;
+            let i = *group_of.entry(pid).or_insert_with(|| {
+                groups.push((pid, Vec::new()));
+                groups.len() - 1
+            });
+            if groups[i].1.is_empty() {
                 self.resource(&span.process);
             }
+            groups[i].1.push(span);
         }
         let mut out = Vec::with_capacity(spans.len() * 512);
-        for pid in pids {
+        for (pid, group) in groups {
             let resource = &self.resources[&pid].1;
-            self.encoder.resource_spans(
-                resource,
-                &self.scope,
-                spans.iter().filter(|s| s.process.pid == pid),
-                clock,
-                &mut out,
-            );
+            self.encoder
+                .resource_spans(resource, &self.scope, group.into_iter(), clock, &mut out);
         }
         out
     }

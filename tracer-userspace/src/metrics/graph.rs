@@ -10,8 +10,6 @@
 //! whose client was not seen is an edge from `unknown` (a caller on another host); a server
 //! request without any parent is an edge from `user`, as Tempo names the outside world.
 
-use std::collections::HashMap;
-
 use super::red::{Attributes, BOUNDS, Histogram, OVERFLOW, TTL_NS};
 use crate::{
     conn::FastMap,
@@ -80,7 +78,7 @@ pub struct Graph {
     servers: FastMap<[u8; 8], End>,
     /// Clients by their own span id.
     clients: FastMap<[u8; 8], End>,
-    pub edges: HashMap<Attributes, Edge>,
+    pub edges: FastMap<Attributes, Edge>,
     /// Observations that went to the overflow edge because the limit was reached.
     pub overflowed: u64,
     /// Ends given up on at once because too many were waiting.
@@ -110,7 +108,7 @@ impl Graph {
             limit: limit.max(2),
             servers: FastMap::default(),
             clients: FastMap::default(),
-            edges: HashMap::new(),
+            edges: FastMap::default(),
             overflowed: 0,
             waiting_full: 0,
             expired: 0,

@@ -8,7 +8,7 @@
 //! `limit` of them, the last being the overflow series (`otel.metric.overflow="true"`) that
 //! takes what new series would have held, and series not updated for [`TTL_NS`] are dropped.
 
-use std::collections::HashMap;
+use crate::conn::FastMap;
 
 use crate::correlate::span::{HttpSpan, Kind};
 
@@ -109,7 +109,7 @@ impl Histogram {
 /// One instrument's series.
 #[derive(Debug, Clone, Default)]
 pub struct Series {
-    pub series: HashMap<Attributes, Histogram>,
+    pub series: FastMap<Attributes, Histogram>,
     /// Observations that went to the overflow series because the limit was reached.
     pub overflowed: u64,
     /// Series dropped because they stopped updating.
