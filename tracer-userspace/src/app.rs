@@ -475,6 +475,31 @@ struct Outlet {
 }
 
 impl Outlet {
+    /// What the service graph gained, to the OTLP metrics too.
+    fn record_edges(&self, added: &[(metrics::red::Attributes, metrics::graph::Observation)]) {
+        if let Some(otel) = &self.otel {
+            for (edge, o) in added {
+                otel.record_edge(edge, o);
+            }
+        }
+    }
+
+    /// Give up on the service graph's ends that waited since before `now_ns` minus its wait.
+    fn expire_graph(&mut self, now_ns: u64) {
+        if let Some(graph) = &mut self.graph {
+            let added = graph.expire(now_ns);
+            self.record_edges(&added);
+        }
+    }
+
+    /// The metrics' series counts (zero where nothing is recorded).
+    fn series_counts(&self) -> metrics::SeriesCounts {
+        match (&self.red, &self.graph) {
+            (Some(red), Some(graph)) => metrics::series_counts(red, graph),
+            _ => metrics::series_counts(&Red::default(), &Graph::default()),
+        }
+    }
+
     fn send(&mut self, span: HttpSpan) {
         // Metrics count every exchange; only sampled spans are exported.
         match (&mut self.red, &self.otel) {
@@ -487,11 +512,7 @@ impl Outlet {
         }
         if let Some(graph) = &mut self.graph {
             let added = graph.record(&span);
-            if let Some(otel) = &self.otel {
-                for (edge, o) in &added {
-                    otel.record_edge(edge, o);
-                }
-            }
+            self.record_edges(&added);
         }
         if span.trace_flags & 1 == 0 {
             self.unsampled += 1;
@@ -604,14 +625,7 @@ impl Flow {
         if let Some(red) = &mut self.out.red {
             red.expire(monotonic_now());
         }
-        if let Some(graph) = &mut self.out.graph {
-            let added = graph.expire(monotonic_now());
-            if let Some(otel) = &self.out.otel {
-                for (edge, o) in &added {
-                    otel.record_edge(edge, o);
-                }
-            }
-        }
+        self.out.expire_graph(monotonic_now());
         // Bursts (thousands of connections at once) leave freed memory in the allocator's
         // per-thread arenas: return it.
         // SAFETY: malloc_trim only releases free heap memory.
@@ -621,10 +635,7 @@ impl Flow {
     /// Hand the counters as they are now to the OTLP metrics, for their next export.
     fn publish(&self, probes: &Probes, export: &watch::Receiver<ExportStats>) {
         if let Some(otel) = &self.out.otel {
-            let series = match (&self.out.red, &self.out.graph) {
-                (Some(red), Some(graph)) => metrics::series_counts(red, graph),
-                _ => metrics::series_counts(&Red::default(), &Graph::default()),
-            };
+            let series = self.out.series_counts();
             otel.publish(metrics::families(&self.snapshot(probes, export), &series));
         }
     }
@@ -640,17 +651,9 @@ impl Flow {
             r.finish().context("writing the recording")?;
             log::info!("recorded {events} events");
         }
-        if let Some(graph) = &mut self.out.graph {
-            for (edge, o) in graph.expire(u64::MAX) {
-                if let Some(otel) = &self.out.otel {
-                    otel.record_edge(&edge, &o);
-                }
-            }
-        }
-        let series = match (&self.out.red, &self.out.graph) {
-            (Some(red), Some(graph)) => metrics::series_counts(red, graph),
-            _ => metrics::series_counts(&Red::default(), &Graph::default()),
-        };
+        // Ends still waiting for their other end are recorded as they are.
+        self.out.expire_graph(u64::MAX);
+        let series = self.out.series_counts();
         Ok(Finished {
             stats: self.pipeline.stats(),
             dropped: self.out.dropped,
