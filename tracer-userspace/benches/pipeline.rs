@@ -60,6 +60,21 @@ fn pipeline(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // The encoder alone, per span, on a batch of the exporter's size.
+    let (clock, batch) = {
+        let mut spans = Vec::new();
+        let (clock, _) =
+            replay_recording(RECORDING, Capture::default(), |s| spans.push(s)).unwrap();
+        let batch: Vec<_> = spans.iter().cycle().take(2048).cloned().collect();
+        (clock, batch)
+    };
+    let mut group = c.benchmark_group("encode");
+    group.throughput(Throughput::Elements(batch.len() as u64));
+    group.bench_function("otlp_spans", |b| {
+        b.iter(|| otlp.encode(&batch, &clock).len())
+    });
+    group.finish();
 }
 
 /// Per finished exchange, in steady state (the series exist already).

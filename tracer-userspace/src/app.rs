@@ -26,7 +26,7 @@ use crate::{
         event::Event,
         record::{Item, Recorder, Replay},
     },
-    cli::Output,
+    cli::{BenchStage, Output},
     conn::Limits,
     correlate::{
         Pipeline, Stats,
@@ -73,6 +73,8 @@ pub struct Config {
     pub sinks: SinkConfig,
     /// Also write every captured event to this file.
     pub record: Option<PathBuf>,
+    /// A part of the agent only (`--bench-stage`, for the benchmark).
+    pub bench_stage: Option<BenchStage>,
 }
 
 /// How far back in a recording events may need reordering (a long syscall's first byte).
@@ -138,7 +140,7 @@ pub async fn replay(path: &Path, config: SinkConfig) -> anyhow::Result<()> {
     let offset = Replay::new(File::open(path)?)
         .with_context(|| format!("reading {}", path.display()))?
         .clock_offset_ns;
-    let (tx, rx) = mpsc::channel(export::QUEUE_CAPACITY);
+    let (tx, rx) = export::queue();
     let (stats_tx, _stats_rx) = watch::channel(ExportStats::default());
     let exporter = tokio::spawn(export::run(
         sinks(&config)?,
@@ -149,10 +151,17 @@ pub async fn replay(path: &Path, config: SinkConfig) -> anyhow::Result<()> {
     ));
     let capture = config.capture.clone();
     let worker = tokio::task::spawn_blocking(move || {
-        replay_recording(input, capture, |span| {
-            // The export side drains until the sender is dropped: waiting here loses nothing.
-            let _ = tx.blocking_send(span);
-        })
+        // The export side drains until the sender is dropped: waiting here loses nothing.
+        const CHUNK: usize = 512;
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let result = replay_recording(input, capture, |span| {
+            chunk.push(span);
+            if chunk.len() == CHUNK {
+                tx.blocking_send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+            }
+        });
+        tx.blocking_send(chunk);
+        result
     });
     let (_, stats) = worker.await.context("the replay task failed")??;
     let exported = exporter.await.context("the export task failed")?;
@@ -191,6 +200,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.propagate,
         config.tls,
         &config.sinks.sampler,
+        config.bench_stage == Some(BenchStage::Return),
     )?;
     // The TLS libraries of the processes running now; later ones are reported by the kernel.
     if probes.tls_enabled() {
@@ -213,7 +223,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| e.into_parts().1)
         .context("registering the ring buffer with epoll")?;
 
-    let (tx, rx) = mpsc::channel(export::QUEUE_CAPACITY);
+    let (tx, rx) = export::queue();
     let (stats_tx, stats_rx) = watch::channel(ExportStats::default());
     // One clock for the exporter and the recording, so that a replay gives the same times.
     let clock = Clock::now();
@@ -271,6 +281,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         recorder,
         reorder: Reorder::default(),
         mapped: Default::default(),
+        discard: config.bench_stage == Some(BenchStage::Discard),
     };
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -460,7 +471,7 @@ fn log_report(snapshot: &Snapshot) {
 /// Where finished spans go: into the request-duration metrics, then, when sampled, into the
 /// export queue; each span not queued is counted.
 struct Outlet {
-    tx: mpsc::Sender<HttpSpan>,
+    tx: export::SpanQueue,
     /// Spans dropped because the export queue was full.
     dropped: u64,
     /// The request-duration metrics, fed every span before the export queue (with
@@ -518,12 +529,22 @@ impl Outlet {
             self.unsampled += 1;
             return;
         }
-        if self.tx.try_send(span).is_err() {
-            if self.dropped == 0 {
-                log::warn!("export queue full: dropping spans (counted in the report)");
-            }
-            self.dropped += 1;
+        if !self.tx.push(span) {
+            self.lost(1);
         }
+    }
+
+    /// Hand the spans of this read of the ring buffer to the exporter, at once.
+    fn flush(&mut self) {
+        let lost = self.tx.flush();
+        self.lost(lost);
+    }
+
+    fn lost(&mut self, spans: usize) {
+        if spans > 0 && self.dropped == 0 {
+            log::warn!("export queue full: dropping spans (counted in the report)");
+        }
+        self.dropped += spans as u64;
     }
 }
 
@@ -549,6 +570,8 @@ struct Flow {
     /// Traced processes that started a program or mapped an executable file since the last
     /// look for TLS libraries.
     mapped: std::collections::BTreeSet<u32>,
+    /// `--bench-stage discard`: events are taken from the ring buffer and dropped.
+    discard: bool,
 }
 
 impl Flow {
@@ -559,7 +582,7 @@ impl Flow {
             pipeline: self.pipeline.stats(),
             export: *export.borrow(),
             queue_dropped: self.out.dropped,
-            queue_depth: (export::QUEUE_CAPACITY - self.out.tx.capacity()) as u64,
+            queue_depth: self.out.tx.depth() as u64,
             decode_errors: self.decode_errors,
             kernel: probes.counters().map_err(|e| e.to_string()),
             red: Red::default(),
@@ -570,6 +593,10 @@ impl Flow {
 
     /// Read everything the ring buffer holds into the pipeline (and the recording).
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        if self.discard {
+            while ring.next().is_some() {}
+            return Ok(());
+        }
         while let Some(item) = ring.next() {
             if let Some(r) = &mut self.recorder {
                 r.event(&item, Process::read)
@@ -598,6 +625,7 @@ impl Flow {
         let pipeline = &mut self.pipeline;
         self.reorder
             .release(watermark, |ev| pipeline.on_event(ev, &mut |s| out.send(s)));
+        self.out.flush();
     }
 
     /// Stop the kernel copying bytes of connections the pipeline has no use for.
@@ -622,6 +650,7 @@ impl Flow {
     fn housekeeping(&mut self) {
         let out = &mut self.out;
         self.pipeline.tick(monotonic_now(), &mut |s| out.send(s));
+        self.out.flush();
         if let Some(red) = &mut self.out.red {
             red.expire(monotonic_now());
         }
@@ -646,6 +675,7 @@ impl Flow {
         self.release(u64::MAX);
         let out = &mut self.out;
         self.pipeline.finish(&mut |s| out.send(s));
+        self.out.flush();
         if let Some(r) = self.recorder.take() {
             let events = r.events;
             r.finish().context("writing the recording")?;

@@ -129,6 +129,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         }),
         sinks,
         record,
+        bench_stage: cli.bench_stage,
     };
     runtime.block_on(app::run(config))
 }

@@ -22,6 +22,8 @@ use serde_json::json;
 use crate::{Guard, cargo, require_root, setup, start_nginx, wait_port, workspace};
 
 const SINK_PORT: u16 = 18_690;
+/// The OTLP sink's process, whose CPU the breakdown shows apart: it shares the machine.
+static SINK_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 const NGINX_PORT: u16 = 18_691;
 const APP_PORT: u16 = 18_692;
 const NGINX_TLS_PORT: u16 = 18_693;
@@ -65,11 +67,15 @@ pub fn bench(opts: Opts) -> anyhow::Result<()> {
         )?;
     }
     // wrk for HTTP/1.1, h2load (nghttp2's) for HTTP/2.
-    let tools: Vec<&str> = [("wrk", "wrk"), ("h2load", "nghttp2-client")]
-        .into_iter()
-        .filter(|(program, _)| !crate::on_path(program))
-        .map(|(_, package)| package)
-        .collect();
+    let tools: Vec<&str> = [
+        ("wrk", "wrk"),
+        ("h2load", "nghttp2-client"),
+        ("perf", "linux-perf"),
+    ]
+    .into_iter()
+    .filter(|(program, _)| !crate::on_path(program))
+    .map(|(_, package)| package)
+    .collect();
     if !tools.is_empty() {
         crate::status(Command::new("apt-get").args(["update", "-q"]))?;
         crate::status(
@@ -99,6 +105,7 @@ pub fn bench(opts: Opts) -> anyhow::Result<()> {
             .spawn()
             .context("starting the OTLP sink")?,
     );
+    let _ = SINK_PID.set(_sink.0.id());
     // Many connections held open, each kept for the whole run.
     let _nginx = start_nginx(
         &dir,
@@ -192,6 +199,11 @@ pub fn bench(opts: Opts) -> anyhow::Result<()> {
     report.insert(
         "saturation".into(),
         saturation(&opts, &nginx_args, &wrk32, "wrk -c32", "nginx", "span")?,
+    );
+    // Where the added time goes, by kernel function: sampled untraced and with the agent.
+    report.insert(
+        "profile".into(),
+        profile(&opts, &nginx_args, &|s| wrk(&url, 32, s), &dir)?,
     );
     // HTTPS: the same over TLS, both ends traced from their plaintext.
     let mut tls_args = nginx_args.clone();
@@ -795,19 +807,28 @@ struct Leg {
     spans: u64,
     bpf: BpfStats,
     agent_cpu_ns: u64,
+    /// CPU time of the OTLP sink while it took this leg's spans.
+    sink_cpu_ns: u64,
+    /// Busy CPU time of the whole machine during the load (`/proc/stat`).
+    machine_ns: u64,
     drops: String,
 }
 
 impl Leg {
-    fn untraced((requests, rps): (u64, f64)) -> Leg {
-        Leg {
+    /// The load alone, no agent.
+    fn untraced(load: impl FnOnce() -> anyhow::Result<(u64, f64)>) -> anyhow::Result<Leg> {
+        let m0 = machine_busy_ns();
+        let (requests, rps) = load()?;
+        Ok(Leg {
             requests,
             rps,
             spans: 0,
             bpf: BpfStats::default(),
             agent_cpu_ns: 0,
+            sink_cpu_ns: 0,
+            machine_ns: machine_busy_ns() - m0,
             drops: String::new(),
-        }
+        })
     }
 
     fn ebpf_ns_per_span(&self) -> f64 {
@@ -818,12 +839,20 @@ impl Leg {
         self.agent_cpu_ns as f64 / self.spans.max(1) as f64
     }
 
+    fn per_request(&self, ns: u64) -> f64 {
+        ns as f64 / self.requests.max(1) as f64
+    }
+
     fn cost_line(&self) -> String {
+        let machine = format!(
+            ", machine {:.1} us per request",
+            self.per_request(self.machine_ns) / 1e3
+        );
         if self.spans == 0 {
-            return String::new();
+            return machine;
         }
         format!(
-            ", {} spans / {} requests, eBPF {:.2} us + agent {:.2} us per span",
+            "{machine}, {} spans / {} requests, eBPF {:.2} us + agent {:.2} us per span",
             self.spans,
             self.requests,
             self.ebpf_ns_per_span() / 1e3,
@@ -835,7 +864,8 @@ impl Leg {
         json!({
             "requests": self.requests, "rps": self.rps, "spans": self.spans,
             "ebpf_run_ns": self.bpf.run_ns, "ebpf_runs": self.bpf.runs,
-            "agent_cpu_ns": self.agent_cpu_ns,
+            "agent_cpu_ns": self.agent_cpu_ns, "machine_busy_ns": self.machine_ns,
+            "sink_cpu_ns": self.sink_cpu_ns,
             "ebpf_per_span_us": self.ebpf_ns_per_span() / 1e3,
             "agent_per_span_us": self.agent_ns_per_span() / 1e3,
             "agent_final_report": self.drops,
@@ -843,8 +873,65 @@ impl Leg {
     }
 }
 
-/// ABBA blocks at saturation (`load`, described as `how`), untraced and traced with
-/// `args`: prints each leg and the medians, returns them for the report.
+/// The breakdown's levels: each adds one part of tracing to the one before.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Level {
+    Untraced,
+    /// The tracepoints and uprobes attached, every program returning at once.
+    Return,
+    /// The programs run their filters, which match nothing (`--pid` of an idle process).
+    FilterMiss,
+    /// Capture into the ring buffer as usual; the agent takes each event and drops it.
+    Discard,
+    Full,
+}
+
+impl Level {
+    const ALL: [Level; 5] = [
+        Level::Untraced,
+        Level::Return,
+        Level::FilterMiss,
+        Level::Discard,
+        Level::Full,
+    ];
+
+    fn key(self) -> &'static str {
+        match self {
+            Level::Untraced => "untraced",
+            Level::Return => "return",
+            Level::FilterMiss => "filter_miss",
+            Level::Discard => "discard",
+            Level::Full => "full",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Level::Untraced => "untraced",
+            Level::Return => "programs return at once",
+            Level::FilterMiss => "filters only, no match",
+            Level::Discard => "capture, agent discards",
+            Level::Full => "full agent",
+        }
+    }
+
+    /// The agent's arguments at this level (`args` are the full agent's), if it runs.
+    fn args(self, args: &[String], idle_pid: u32) -> Option<Vec<String>> {
+        let mut out = args.to_vec();
+        match self {
+            Level::Untraced => return None,
+            Level::Return => out.extend(["--bench-stage".into(), "return".into()]),
+            Level::FilterMiss => out.extend(["--pid".into(), idle_pid.to_string()]),
+            Level::Discard => out.extend(["--bench-stage".into(), "discard".into()]),
+            Level::Full => {}
+        }
+        Some(out)
+    }
+}
+
+/// The breakdown at saturation (`load`, described as `how`): every [`Level`] in one run, in
+/// ABBA order (each block runs the levels forwards, then backwards), medians. Prints each
+/// leg and a table, returns them for the report.
 fn saturation(
     opts: &Opts,
     args: &[String],
@@ -853,42 +940,91 @@ fn saturation(
     what: &str,
     span: &str,
 ) -> anyhow::Result<serde_json::Value> {
-    let (mut untraced, mut traced) = (Vec::new(), Vec::new());
+    let idle = Guard(Command::new("sleep").arg("3600").spawn()?);
+    let mut legs: Vec<(Level, Leg)> = Vec::new();
     for block in 0..opts.pairs {
-        for (i, with_agent) in [false, true, true, false].into_iter().enumerate() {
-            let leg = if with_agent {
-                traced_leg(args, load)?
-            } else {
-                Leg::untraced(load()?)
+        let order = Level::ALL.iter().chain(Level::ALL.iter().rev());
+        for (i, &level) in order.enumerate() {
+            let leg = match level.args(args, idle.0.id()) {
+                Some(a) => traced_leg(&a, load)?,
+                None => Leg::untraced(load)?,
             };
             println!(
-                "  {what} block {block} leg {i}: {:<8} {:>9.0} req/s{}",
-                if with_agent { "traced" } else { "untraced" },
+                "  {what} block {block} leg {i}: {:<24} {:>9.0} req/s{}",
+                level.label(),
                 leg.rps,
                 leg.cost_line()
             );
-            if with_agent {
-                &mut traced
-            } else {
-                &mut untraced
-            }
-            .push(leg);
+            legs.push((level, leg));
         }
     }
-    let u_rps = median(&untraced.iter().map(|l| l.rps).collect::<Vec<_>>());
-    let t_rps = median(&traced.iter().map(|l| l.rps).collect::<Vec<_>>());
-    let ebpf = median(&traced.iter().map(Leg::ebpf_ns_per_span).collect::<Vec<_>>());
-    let agent = median(
-        &traced
+    drop(idle);
+    let of = |level: Level| -> Vec<&Leg> {
+        legs.iter()
+            .filter(|(l, _)| *l == level)
+            .map(|(_, leg)| leg)
+            .collect()
+    };
+    let med = |level: Level, f: &dyn Fn(&Leg) -> f64| {
+        median(&of(level).into_iter().map(f).collect::<Vec<_>>())
+    };
+    let u_rps = med(Level::Untraced, &|l| l.rps);
+    let u_cpu = med(Level::Untraced, &|l| l.per_request(l.machine_ns));
+    println!(
+        "{what} breakdown ({how}, both ends traced, {} s legs, medians of {}): per request, \
+         whole machine and attributed",
+        opts.seconds,
+        2 * opts.pairs
+    );
+    let mut levels = serde_json::Map::new();
+    for level in Level::ALL {
+        let rps = med(level, &|l| l.rps);
+        let cpu = med(level, &|l| l.per_request(l.machine_ns));
+        let ebpf = med(level, &|l| l.per_request(l.bpf.run_ns));
+        let agent = med(level, &|l| l.per_request(l.agent_cpu_ns));
+        let sink = med(level, &|l| l.per_request(l.sink_cpu_ns));
+        let added = cpu - u_cpu;
+        println!(
+            "  {:<24} {rps:>9.0} req/s  ratio {:.2}  machine {:>5.1} us (+{:>4.1})  eBPF \
+             {:>4.2} us  agent {:>4.2} us  OTLP sink {:>4.2} us  not attributed {:>4.1} us",
+            level.label(),
+            rps / u_rps.max(1.0),
+            cpu / 1e3,
+            added / 1e3,
+            ebpf / 1e3,
+            agent / 1e3,
+            sink / 1e3,
+            (added - ebpf - agent - sink) / 1e3
+        );
+        levels.insert(
+            level.key().into(),
+            json!({"rps": rps, "ratio": rps / u_rps.max(1.0),
+                   "machine_us_per_request": cpu / 1e3, "added_us_per_request": added / 1e3,
+                   "ebpf_us_per_request": ebpf / 1e3, "agent_us_per_request": agent / 1e3,
+                   "sink_us_per_request": sink / 1e3}),
+        );
+    }
+    let full = of(Level::Full);
+    let t_rps = med(Level::Full, &|l| l.rps);
+    let ebpf = median(
+        &full
             .iter()
-            .map(Leg::agent_ns_per_span)
+            .map(|l| l.ebpf_ns_per_span())
+            .collect::<Vec<_>>(),
+    );
+    let agent = median(
+        &full
+            .iter()
+            .map(|l| l.agent_ns_per_span())
             .collect::<Vec<_>>(),
     );
     println!(
         "{what} saturation ({how}, {} s legs, medians of {}): untraced {u_rps:.0} req/s, \
-         traced {t_rps:.0} req/s; added CPU per {span} {:.2} us = eBPF {:.2} us + agent {:.2} us",
+         traced {t_rps:.0} req/s ({:.2}); added CPU per {span} {:.2} us = eBPF {:.2} us + \
+         agent {:.2} us",
         opts.seconds,
-        untraced.len(),
+        full.len(),
+        t_rps / u_rps.max(1.0),
         (ebpf + agent) / 1e3,
         ebpf / 1e3,
         agent / 1e3
@@ -897,8 +1033,176 @@ fn saturation(
         "untraced_rps": u_rps, "traced_rps": t_rps,
         "cpu_per_span_us": (ebpf + agent) / 1e3,
         "ebpf_per_span_us": ebpf / 1e3, "agent_per_span_us": agent / 1e3,
-        "legs": traced.iter().chain(&untraced).map(Leg::json).collect::<Vec<_>>(),
+        "levels": levels,
+        "legs": legs.iter().map(|(l, leg)| {
+            let mut j = leg.json();
+            j["level"] = json!(l.key());
+            j
+        }).collect::<Vec<_>>(),
     }))
+}
+
+/// What a sampled function's time is counted as.
+fn category(comm: &str, user: bool, sym: &str) -> &'static str {
+    let has = |parts: &[&str]| parts.iter().any(|p| sym.contains(p));
+    if comm.starts_with("swapper") {
+        "idle"
+    } else if comm == "tracer" || comm.starts_with("tokio-rt") {
+        "agent process"
+    } else if comm == "otlp-sink" {
+        "OTLP sink"
+    } else if sym.starts_with("bpf_prog_") {
+        "eBPF programs (JIT code)"
+    } else if has(&[
+        "htab",
+        "bpf_lru",
+        "lookup_nulls",
+        "pcpu_freelist",
+        "array_map",
+    ]) {
+        "eBPF maps (hash/LRU)"
+    } else if has(&["ringbuf", "irq_work"]) {
+        "eBPF ring buffer"
+    } else if has(&[
+        "nofault",
+        "bpf_probe_read",
+        "bpf_get_current",
+        "bpf_ktime",
+        "strncpy_from",
+        "bpf_tail",
+    ]) {
+        "eBPF helpers (probe reads)"
+    } else if has(&[
+        "trace_call_bpf",
+        "perf_syscall",
+        "perf_trace",
+        "syscall_trace_enter",
+        "syscall_exit_work",
+        "__traceiter",
+        "bpf_trace_run",
+        "uprobe",
+    ]) {
+        "tracepoint dispatch"
+    } else if has(&["read_tsc", "ktime_get", "sched_clock"]) {
+        "clock reads (bpf_stats, timestamps)"
+    } else if has(&[
+        "schedule",
+        "finish_task_switch",
+        "try_to_wake_up",
+        "enqueue_",
+        "dequeue_",
+        "pick_next",
+        "update_curr",
+        "select_task_rq",
+    ]) {
+        "scheduler"
+    } else if user {
+        "load, user space"
+    } else {
+        "load, kernel (network, syscalls)"
+    }
+}
+
+/// `perf record -a` (software clock: this VM has no hardware counters) over one load run,
+/// untraced and with the full agent, each sample put in a [`category`]; prints per request
+/// what each category costs and how that changed.
+fn profile(
+    opts: &Opts,
+    args: &[String],
+    load: &(dyn Fn(u64) -> anyhow::Result<(u64, f64)> + Sync),
+    dir: &Path,
+) -> anyhow::Result<serde_json::Value> {
+    const HZ: u32 = 999;
+    let seconds = opts.seconds.max(6);
+    let window = seconds - 4;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut sides = Vec::new();
+    for traced in [false, true] {
+        let agent = if traced {
+            Some(Agent::start(args)?)
+        } else {
+            None
+        };
+        let data = dir.join(format!("perf-{traced}.data"));
+        let (requests, rps) = std::thread::scope(|s| -> anyhow::Result<(u64, f64)> {
+            let running = s.spawn(|| load(seconds));
+            std::thread::sleep(Duration::from_secs(2));
+            crate::status(
+                Command::new("perf")
+                    .args(["record", "-q", "-F", &HZ.to_string(), "-a", "-o"])
+                    .arg(&data)
+                    .args(["--", "sleep", &window.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            )?;
+            running.join().expect("the load thread")
+        })?;
+        if let Some(a) = agent {
+            a.stop();
+        }
+        let report = Command::new("perf")
+            .args([
+                "report",
+                "--stdio",
+                "--sort",
+                "comm,sym",
+                "--percent-limit",
+                "0",
+            ])
+            .arg("-i")
+            .arg(&data)
+            .stderr(Stdio::null())
+            .output()
+            .context("running perf report")?;
+        let mut by: std::collections::BTreeMap<&'static str, f64> = Default::default();
+        for line in String::from_utf8_lossy(&report.stdout).lines() {
+            // "    12.34%  nginx  [k] tcp_sendmsg"
+            let mut fields = line.split_whitespace();
+            let (Some(pct), Some(comm), Some(kind)) = (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let Some(pct) = pct.strip_suffix('%').and_then(|p| p.parse::<f64>().ok()) else {
+                continue;
+            };
+            let sym = fields.collect::<Vec<_>>().join(" ");
+            *by.entry(category(comm, kind == "[.]", &sym)).or_default() += pct;
+        }
+        let _ = std::fs::remove_file(&data);
+        // Share of the machine's time over the window, per request.
+        let per_request: std::collections::BTreeMap<&'static str, f64> = by
+            .iter()
+            .map(|(k, pct)| (*k, pct / 100.0 * cores * 1e6 / rps.max(1.0)))
+            .collect();
+        sides.push((requests, rps, per_request));
+    }
+    let (_, u_rps, untraced) = &sides[0];
+    let (_, t_rps, traced) = &sides[1];
+    let mut names: Vec<&'static str> = untraced.keys().chain(traced.keys()).copied().collect();
+    names.sort_unstable();
+    names.dedup();
+    names.sort_by(|a, b| {
+        let d = |n: &str| traced.get(n).unwrap_or(&0.0) - untraced.get(n).unwrap_or(&0.0);
+        d(b).total_cmp(&d(a))
+    });
+    println!(
+        "where the time goes (perf, {HZ} Hz software clock on all {cores} CPUs, {window} s of \
+         nginx at saturation, both ends traced): per request, untraced {u_rps:.0} req/s, \
+         traced {t_rps:.0} req/s"
+    );
+    let mut rows = serde_json::Map::new();
+    for name in names {
+        let (u, t) = (
+            untraced.get(name).copied().unwrap_or(0.0),
+            traced.get(name).copied().unwrap_or(0.0),
+        );
+        println!("  {name:<38} {u:>6.2} us -> {t:>6.2} us ({:+.2})", t - u);
+        rows.insert(
+            name.into(),
+            json!({"untraced_us_per_request": u, "traced_us_per_request": t}),
+        );
+    }
+    Ok(json!({"untraced_rps": u_rps, "traced_rps": t_rps, "categories": rows}))
 }
 
 /// Start the agent, run the load, wait for every span to reach the sink, stop the agent.
@@ -918,8 +1222,11 @@ fn traced_leg_with(
     let agent = Agent::start_bin(bin, args)?;
     let pid = agent.pid();
     let spans0 = sink_count()?;
-    let (cpu0, bpf0) = (cpu_ns(pid), bpf_stats(pid));
+    let sink = SINK_PID.get().copied().unwrap_or(0);
+    let (cpu0, bpf0, sink0) = (cpu_ns(pid), bpf_stats(pid), cpu_ns(sink));
+    let m0 = machine_busy_ns();
     let (requests, rps) = load()?;
+    let machine_ns = machine_busy_ns() - m0;
     let spans = settle(spans0)? - spans0;
     let (cpu1, bpf1) = (cpu_ns(pid), bpf_stats(pid));
     let report = agent.stop();
@@ -936,8 +1243,36 @@ fn traced_leg_with(
             runs: bpf1.runs - bpf0.runs,
         },
         agent_cpu_ns: cpu1 - cpu0,
+        sink_cpu_ns: cpu_ns(sink).saturating_sub(sink0),
+        machine_ns,
         drops,
     })
+}
+
+/// Busy CPU time of the whole machine since boot, all CPUs (`/proc/stat`: everything but
+/// idle and iowait), in nanoseconds.
+fn machine_busy_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu "))
+        .map(|rest| {
+            rest.split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // user nice system idle iowait irq softirq steal (guest time is counted in user).
+    let busy: u64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    busy * 1_000_000_000 / hz
 }
 
 /// One keep-alive connection sending `rate` requests per second for `seconds`; latency from

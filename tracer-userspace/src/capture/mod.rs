@@ -91,12 +91,13 @@ impl Probes {
         propagate: bool,
         tls: bool,
         sampler: &crate::correlate::sample::Sampler,
+        bench_return: bool,
     ) -> Result<Self, CaptureError> {
         if unsafe { libc::geteuid() } != 0 {
             return Err(CaptureError::NotRoot);
         }
         tracefs::ensure_mounted().map_err(CaptureError::Tracefs)?;
-        let mut ebpf = open_object(filter, capture_bytes, propagate, tls, sampler)?;
+        let mut ebpf = open_object(filter, capture_bytes, propagate, tls, sampler, bench_return)?;
         fill_filters(&mut ebpf, filter)?;
         // Before the exit programs run: they tail-call it.
         if let Err(e) = install_after_copy(&mut ebpf) {
@@ -358,6 +359,7 @@ pub(crate) fn open_object(
     propagate: bool,
     tls: bool,
     sampler: &crate::correlate::sample::Sampler,
+    bench_return: bool,
 ) -> Result<Ebpf, CaptureError> {
     let offsets = btf::kernel_offsets(&btf::Btf::from_kernel()?)?;
     raise_memlock();
@@ -366,6 +368,9 @@ pub(crate) fn open_object(
     config.tls = tls as u32;
     config.sample_threshold = sampler.root_threshold();
     config.sample_parent_based = sampler.parent_based() as u32;
+    if bench_return {
+        config.bench_stage = tracer_common::BENCH_RETURN;
+    }
     EbpfLoader::new()
         .override_global(maps::CONFIG, &config, true)
         .load(EBPF_OBJECT)
@@ -469,7 +474,7 @@ fn kernel_config(filter: &Filter, capture_bytes: u32, offsets: KernelOffsets) ->
         tls: 0,
         sample_threshold: 0,
         sample_parent_based: 1,
-        _pad: 0,
+        bench_stage: 0,
     }
 }
 

@@ -22,26 +22,39 @@ fn key(h: &EventHeader) -> u64 {
     }
 }
 
-/// Payload buffers kept for reuse, and the largest one kept: holding an event then costs no
-/// allocation once the flow is steady.
+/// Freed slots that keep their payload buffer for reuse, and the largest buffer kept:
+/// holding an event then costs no allocation once the flow is steady.
 const SPARE_BUFFERS: usize = 4096;
 const SPARE_CAPACITY: usize = 4096;
 
-/// Held events, released in time order.
+/// Held events, released in time order. The events stay in their slots; only their sort keys
+/// (24 bytes each) move while sorting and releasing.
 #[derive(Default)]
 pub struct Reorder {
-    held: Vec<(u64, u64, EventHeader, Vec<u8>)>,
-    spare: Vec<Vec<u8>>,
+    /// (first-byte time, arrival sequence, slot).
+    held: Vec<(u64, u64, u32)>,
+    slots: Vec<(EventHeader, Vec<u8>)>,
+    /// Slots not holding an event.
+    free: Vec<u32>,
     seq: u64,
 }
 
 impl Reorder {
     pub fn push(&mut self, ev: &Event<'_>) {
         self.seq += 1;
-        let mut payload = self.spare.pop().unwrap_or_default();
-        payload.extend_from_slice(ev.payload);
-        self.held
-            .push((key(&ev.header), self.seq, ev.header, payload));
+        let slot = match self.free.pop() {
+            Some(i) => {
+                let (header, payload) = &mut self.slots[i as usize];
+                *header = ev.header;
+                payload.extend_from_slice(ev.payload);
+                i
+            }
+            None => {
+                self.slots.push((ev.header, ev.payload.to_vec()));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.held.push((key(&ev.header), self.seq, slot));
     }
 
     pub fn len(&self) -> usize {
@@ -60,23 +73,32 @@ impl Reorder {
         }
         // Stable and run-adaptive: held events are mostly in order already (a sorted rest and
         // a nearly sorted arrival), which this sorts in about linear time.
-        self.held.sort_by_key(|(k, seq, _, _)| (*k, *seq));
+        self.held.sort_by_key(|&(k, seq, _)| (k, seq));
         let over = self.held.len().saturating_sub(MAX_HELD);
         let n = self
             .held
             .iter()
-            .position(|(k, _, _, _)| *k >= watermark)
+            .position(|&(k, _, _)| k >= watermark)
             .unwrap_or(self.held.len())
             .max(over);
-        for (_, _, header, mut payload) in self.held.drain(..n) {
+        for (_, _, slot) in self.held.drain(..n) {
+            let (header, payload) = &mut self.slots[slot as usize];
             f(&Event {
-                header,
-                payload: &payload,
+                header: *header,
+                payload,
             });
-            if self.spare.len() < SPARE_BUFFERS && payload.capacity() <= SPARE_CAPACITY {
+            if self.free.len() < SPARE_BUFFERS && payload.capacity() <= SPARE_CAPACITY {
                 payload.clear();
-                self.spare.push(payload);
+            } else {
+                *payload = Vec::new();
             }
+            self.free.push(slot);
+        }
+        if self.held.is_empty() && self.slots.len() > SPARE_BUFFERS {
+            // After a burst: give the slots beyond the spare ones back.
+            self.slots.truncate(SPARE_BUFFERS);
+            self.free.clear();
+            self.free.extend((0..SPARE_BUFFERS as u32).rev());
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::{borrow::Cow, net::SocketAddr, sync::Arc};
 
 use super::process::Process;
+use crate::protocol::Version;
 
 /// SERVER: the traced process received the request. CLIENT: it sent it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +24,24 @@ impl Kind {
 
 /// An attribute key: mostly the conventions' fixed names, or a captured header's.
 pub type Key = Cow<'static, str>;
+
+/// An attribute value, lent by [`HttpSpan::visit_attributes`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Attr<'a> {
+    Str(&'a str),
+    Int(i64),
+    StrList(&'a [String]),
+}
+
+impl Attr<'_> {
+    pub fn to_owned(self) -> Value {
+        match self {
+            Attr::Str(s) => Value::Str(s.to_string()),
+            Attr::Int(i) => Value::Int(i),
+            Attr::StrList(l) => Value::StrList(l.to_vec()),
+        }
+    }
+}
 
 /// An attribute value.
 #[derive(Debug, Clone, PartialEq)]
@@ -369,96 +388,121 @@ impl HttpSpan {
         }
     }
 
-    /// The conventions' attributes, in a stable order.
+    /// The conventions' attributes, in a stable order, owned (see
+    /// [`HttpSpan::visit_attributes`] for the same without allocating).
     pub fn attributes(&self) -> Vec<(Key, Value)> {
-        use Value::{Int, Str};
-        let mut a = Vec::with_capacity(20);
+        let mut a = Vec::with_capacity(24);
+        let mut scratch = String::new();
+        self.visit_attributes(&mut scratch, &mut |key, value| {
+            a.push((Cow::Owned(key.to_string()), value.to_owned()))
+        });
+        a
+    }
+
+    /// The conventions' attributes, in a stable order, each lent to `f`. Values the span
+    /// holds are borrowed; the few that are formatted (addresses, `url.full`) are written
+    /// into `scratch`, which a caller reuses from span to span, so that the common span costs
+    /// no allocation.
+    pub fn visit_attributes(&self, scratch: &mut String, f: &mut dyn FnMut(&str, Attr<'_>)) {
+        use Attr::{Int, Str};
         if self.undecoded.contains(&":method") {
             // Not decodable: no value is made up for it.
         } else if self.known_method() {
-            a.push(("http.request.method".into(), Str(self.method.clone())));
+            f("http.request.method", Str(&self.method));
         } else {
-            a.push(("http.request.method".into(), Str("_OTHER".into())));
-            a.push((
-                "http.request.method_original".into(),
-                Str(self.method.clone()),
-            ));
+            f("http.request.method", Str("_OTHER"));
+            f("http.request.method_original", Str(&self.method));
         }
-        let (server_address, server_port) = self.server();
         if !self.undecoded.contains(&":path") {
-            a.push(("url.path".into(), Str(self.path().to_string())));
+            f("url.path", Str(self.path()));
         }
         if let Some(route) = &self.route {
-            a.push(("http.route".into(), Str(route.to_string())));
+            f("http.route", Str(route));
         }
         let scheme = self.scheme();
-        a.push(("url.scheme".into(), Str(scheme.into())));
+        f("url.scheme", Str(scheme));
         if self.kind == Kind::Client {
-            let authority = match self.host_header() {
-                Some(_) => self.host.clone().unwrap_or_default(),
-                None => self.remote.to_string(),
+            let path = self.path();
+            let full = match self.host_header() {
+                Some(_) => {
+                    let host = self.host.as_deref().unwrap_or_default();
+                    fmt_into(scratch, format_args!("{scheme}://{host}{path}"))
+                }
+                None => fmt_into(scratch, format_args!("{scheme}://{}{path}", self.remote)),
             };
-            a.push((
-                "url.full".into(),
-                Str(format!("{scheme}://{authority}{}", self.path())),
-            ));
+            f("url.full", Str(full));
         }
         if let Some(status) = self.response.as_ref().and_then(|r| r.status) {
-            a.push(("http.response.status_code".into(), Int(status as i64)));
+            f("http.response.status_code", Int(status as i64));
         }
         if self.grpc {
-            a.push(("rpc.system.name".into(), Str("grpc".into())));
+            f("rpc.system.name", Str("grpc"));
             if let Some(m) = self.rpc_method() {
                 if self.rpc_method_recognised() {
-                    a.push(("rpc.method".into(), Str(m.to_string())));
+                    f("rpc.method", Str(m));
                 } else {
-                    a.push(("rpc.method".into(), Str("_OTHER".into())));
-                    a.push(("rpc.method_original".into(), Str(m.to_string())));
+                    f("rpc.method", Str("_OTHER"));
+                    f("rpc.method_original", Str(m));
                 }
             }
             if let Some(code) = self.grpc_status_name() {
-                a.push(("rpc.response.status_code".into(), Str(code)));
+                f("rpc.response.status_code", Str(&code));
             }
         }
-        a.push(("server.address".into(), Str(server_address)));
-        a.push(("server.port".into(), Int(server_port as i64)));
-        if self.kind == Kind::Server {
-            a.push(("client.address".into(), Str(self.remote.ip().to_string())));
-            a.push(("client.port".into(), Int(self.remote.port() as i64)));
+        let socket = match self.kind {
+            Kind::Server => self.local,
+            Kind::Client => self.remote,
+        };
+        match self.host_header() {
+            Some((host, port)) => {
+                f("server.address", Str(host));
+                f("server.port", Int(port.unwrap_or(socket.port()) as i64));
+            }
+            None => {
+                f("server.address", Str(ip_into(scratch, socket.ip())));
+                f("server.port", Int(socket.port() as i64));
+            }
         }
-        a.push((
-            "network.peer.address".into(),
-            Str(self.remote.ip().to_string()),
-        ));
-        a.push(("network.peer.port".into(), Int(self.remote.port() as i64)));
-        a.push((
-            "network.local.address".into(),
-            Str(self.local.ip().to_string()),
-        ));
-        a.push(("network.local.port".into(), Int(self.local.port() as i64)));
-        a.push(("network.transport".into(), Str("tcp".into())));
+        let remote = ip_into(scratch, self.remote.ip());
+        if self.kind == Kind::Server {
+            f("client.address", Str(remote));
+            f("client.port", Int(self.remote.port() as i64));
+        }
+        f("network.peer.address", Str(remote));
+        f("network.peer.port", Int(self.remote.port() as i64));
+        f(
+            "network.local.address",
+            Str(ip_into(scratch, self.local.ip())),
+        );
+        f("network.local.port", Int(self.local.port() as i64));
+        f("network.transport", Str("tcp"));
         let net_type = if self.remote.is_ipv4() {
             "ipv4"
         } else {
             "ipv6"
         };
-        a.push(("network.type".into(), Str(net_type.into())));
-        a.push((
-            "network.protocol.version".into(),
-            Str(self.version.attribute()),
-        ));
+        f("network.type", Str(net_type));
+        f(
+            "network.protocol.version",
+            Str(match self.version {
+                Version::Http1(0) => "1.0",
+                Version::Http1(1) => "1.1",
+                Version::Http2 => "2",
+                Version::Http1(minor) => fmt_into(scratch, format_args!("1.{minor}")),
+            }),
+        );
         if let Some(ua) = &self.user_agent {
-            a.push(("user_agent.original".into(), Str(ua.clone())));
+            f("user_agent.original", Str(ua));
         }
         if let Some(n) = self.request_body_size {
-            a.push(("http.request.body.size".into(), Int(n as i64)));
+            f("http.request.body.size", Int(n as i64));
         }
         if let Some(n) = self.response.as_ref().and_then(|r| r.body_size) {
-            a.push(("http.response.body.size".into(), Int(n as i64)));
+            f("http.response.body.size", Int(n as i64));
         }
-        a.push(("thread.id".into(), Int(self.tid as i64)));
+        f("thread.id", Int(self.tid as i64));
         if let Some(error) = self.error_type() {
-            a.push(("error.type".into(), Str(error)));
+            f("error.type", Str(&error));
         }
         let mut undecoded: Vec<String> = self.undecoded.iter().map(|f| f.to_string()).collect();
         if let Some(r) = &self.response {
@@ -470,28 +514,62 @@ impl HttpSpan {
             }
         }
         if !undecoded.is_empty() {
-            a.push(("tracer.http2.undecoded".into(), Value::StrList(undecoded)));
+            f("tracer.http2.undecoded", Attr::StrList(&undecoded));
         }
         if self.capture_query
             && let Some(q) = self.redacted_query()
         {
-            a.push(("url.query".into(), Str(q)));
+            f("url.query", Str(&q));
         }
-        push_headers(&mut a, "http.request.header.", &self.request_headers);
+        visit_headers(f, "http.request.header.", &self.request_headers);
         if let Some(r) = &self.response {
-            push_headers(&mut a, "http.response.header.", &r.headers);
+            visit_headers(f, "http.response.header.", &r.headers);
         }
         if self.head_truncated {
-            a.push(("tracer.request.head_truncated".into(), Str("true".into())));
+            f("tracer.request.head_truncated", Str("true"));
         }
-        a
     }
+}
+
+/// `ip` written into `scratch`, which is lent back: IPv4 by hand (`Display` pads and
+/// formats through `fmt`, and costs several times more), IPv6 as `Display` writes it.
+fn ip_into(scratch: &mut String, ip: std::net::IpAddr) -> &str {
+    scratch.clear();
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, &o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    scratch.push('.');
+                }
+                if o >= 100 {
+                    scratch.push(char::from(b'0' + o / 100));
+                }
+                if o >= 10 {
+                    scratch.push(char::from(b'0' + o / 10 % 10));
+                }
+                scratch.push(char::from(b'0' + o % 10));
+            }
+        }
+        std::net::IpAddr::V6(_) => {
+            use std::fmt::Write as _;
+            let _ = write!(scratch, "{ip}");
+        }
+    }
+    scratch
+}
+
+/// `args` written into `scratch`, which is lent back.
+fn fmt_into<'s>(scratch: &'s mut String, args: std::fmt::Arguments<'_>) -> &'s str {
+    use std::fmt::Write as _;
+    scratch.clear();
+    let _ = scratch.write_fmt(args);
+    scratch
 }
 
 /// Captured headers as `{prefix}{name}` attributes: one per name, whatever its case or how
 /// often it appears (asked for twice, or sent in several lines), holding every value in the
 /// order sent, as the conventions say (`http.request.header.<key>`, lower case, string array).
-fn push_headers(a: &mut Vec<(Key, Value)>, prefix: &str, headers: &[(String, String)]) {
+fn visit_headers(f: &mut dyn FnMut(&str, Attr<'_>), prefix: &str, headers: &[(String, String)]) {
     let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
     for (name, value) in headers {
         let name = name.to_ascii_lowercase();
@@ -501,16 +579,30 @@ fn push_headers(a: &mut Vec<(Key, Value)>, prefix: &str, headers: &[(String, Str
         }
     }
     for (name, values) in grouped {
-        a.push((
-            Cow::Owned(format!("{prefix}{name}")),
-            Value::StrList(values),
-        ));
+        f(&format!("{prefix}{name}"), Attr::StrList(&values));
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let mut scratch = String::new();
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.255.9",
+            "100.99.9.199",
+            "::1",
+            "::ffff:10.0.0.1",
+            "fe80::1:2",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_into(&mut scratch, ip), ip.to_string());
+        }
+    }
 
     pub(crate) fn sample(kind: Kind) -> HttpSpan {
         HttpSpan {

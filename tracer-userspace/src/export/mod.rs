@@ -8,7 +8,13 @@ pub mod otlp;
 mod retry;
 pub mod terminal;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::sync::mpsc;
 
@@ -17,6 +23,103 @@ use crate::correlate::{clock::Clock, span::HttpSpan};
 /// Spans held between the pipeline and the exporters; when full, new spans are dropped and
 /// counted by the sender.
 pub const QUEUE_CAPACITY: usize = 65_536;
+/// Hand-overs the queue holds (each a read of the ring buffer's worth of spans).
+const QUEUE_BATCHES: usize = 1024;
+
+/// The queue between the pipeline and the exporter, bounded in spans. Spans are handed over
+/// in batches, one per read of the ring buffer, so the exporter's thread wakes once per batch
+/// rather than once per span.
+pub fn queue() -> (SpanQueue, QueueReceiver) {
+    let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
+    let queued = Arc::new(AtomicUsize::new(0));
+    (
+        SpanQueue {
+            tx,
+            queued: queued.clone(),
+            pending: Vec::new(),
+        },
+        QueueReceiver { rx, queued },
+    )
+}
+
+/// The pipeline's end of [`queue`].
+pub struct SpanQueue {
+    tx: mpsc::Sender<Vec<HttpSpan>>,
+    /// Spans handed over and not yet taken by the exporter.
+    queued: Arc<AtomicUsize>,
+    /// Spans waiting for the next hand-over.
+    pending: Vec<HttpSpan>,
+}
+
+impl SpanQueue {
+    /// Hold `span` for the next [`SpanQueue::flush`]; false (and the span dropped) if the
+    /// queue is full.
+    pub fn push(&mut self, span: HttpSpan) -> bool {
+        if self.depth() >= QUEUE_CAPACITY {
+            return false;
+        }
+        self.pending.push(span);
+        true
+    }
+
+    /// Hand the held spans to the exporter without waiting; returns how many were lost
+    /// (the exporter has stopped, or too many hand-overs wait).
+    pub fn flush(&mut self) -> usize {
+        if self.pending.is_empty() {
+            return 0;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let n = batch.len();
+        self.queued.fetch_add(n, Ordering::Relaxed);
+        if self.tx.try_send(batch).is_err() {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            return n;
+        }
+        0
+    }
+
+    /// Hand `batch` over, waiting while the queue is full (for replays, which may wait).
+    pub fn blocking_send(&self, batch: Vec<HttpSpan>) {
+        let n = batch.len();
+        self.queued.fetch_add(n, Ordering::Relaxed);
+        if self.tx.blocking_send(batch).is_err() {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Spans queued or held for the next hand-over.
+    pub fn depth(&self) -> usize {
+        self.queued.load(Ordering::Relaxed) + self.pending.len()
+    }
+}
+
+/// The exporter's end of [`queue`].
+pub struct QueueReceiver {
+    rx: mpsc::Receiver<Vec<HttpSpan>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl QueueReceiver {
+    /// Move every batch waiting now into `into` (waiting for the first); false once the
+    /// sending side is gone and nothing is left.
+    async fn recv_into(&mut self, into: &mut Vec<HttpSpan>) -> bool {
+        let Some(first) = self.rx.recv().await else {
+            return false;
+        };
+        let mut taken = first.len();
+        if into.is_empty() {
+            *into = first;
+        } else {
+            into.extend(first);
+        }
+        while let Ok(more) = self.rx.try_recv() {
+            taken += more.len();
+            into.extend(more);
+        }
+        self.queued.fetch_sub(taken, Ordering::Relaxed);
+        true
+    }
+}
 /// Spans per export request.
 const MAX_BATCH: usize = 2048;
 /// Longest a span waits in a partial batch.
@@ -42,7 +145,7 @@ pub struct Sinks {
 /// `follow_wall_clock` is set, a step of the system clock (more than a millisecond) is followed.
 pub async fn run(
     mut sinks: Sinks,
-    mut rx: mpsc::Receiver<HttpSpan>,
+    mut rx: QueueReceiver,
     stats: tokio::sync::watch::Sender<ExportStats>,
     mut clock: Clock,
     follow_wall_clock: bool,
@@ -54,8 +157,8 @@ pub async fn run(
     let mut open = true;
     while open {
         tokio::select! {
-            got = rx.recv_many(&mut batch, MAX_BATCH) => {
-                if got == 0 {
+            got = rx.recv_into(&mut batch) => {
+                if !got {
                     open = false;
                 }
                 if batch.len() < MAX_BATCH && open {
@@ -83,13 +186,15 @@ pub async fn run(
         if let Some(t) = &sinks.terminal {
             t.print(&batch, &clock);
         }
-        if let Some(o) = &mut sinks.otlp {
-            let settled = o.export(&batch, &clock).await;
-            counts.failed += settled.failed;
-            counts.exported += settled.exported;
-            counts.rejected += settled.rejected;
-        } else {
-            counts.exported += batch.len() as u64;
+        for chunk in batch.chunks(MAX_BATCH) {
+            if let Some(o) = &mut sinks.otlp {
+                let settled = o.export(chunk, &clock).await;
+                counts.failed += settled.failed;
+                counts.exported += settled.exported;
+                counts.rejected += settled.rejected;
+            } else {
+                counts.exported += chunk.len() as u64;
+            }
         }
         batch.clear();
         stats.send_replace(counts);
@@ -103,4 +208,44 @@ pub async fn run(
         stats.send_replace(counts);
     }
     counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlate::span::{Kind, tests::sample};
+
+    #[tokio::test]
+    async fn the_queue_hands_over_batches_and_bounds_spans() {
+        let (mut tx, mut rx) = queue();
+        for _ in 0..3 {
+            assert!(tx.push(sample(Kind::Server)));
+        }
+        assert_eq!(tx.depth(), 3, "held for the hand-over");
+        assert_eq!(tx.flush(), 0);
+        assert!(tx.push(sample(Kind::Client)));
+        assert_eq!(tx.flush(), 0);
+        assert_eq!(tx.depth(), 4, "handed over, not yet taken");
+        let mut got = Vec::new();
+        assert!(rx.recv_into(&mut got).await);
+        assert_eq!(got.len(), 4, "both hand-overs taken at once");
+        assert_eq!(tx.depth(), 0);
+        // Full: the span past the capacity is refused, the held ones stay.
+        while tx.depth() < QUEUE_CAPACITY {
+            assert!(tx.push(sample(Kind::Server)));
+        }
+        assert!(!tx.push(sample(Kind::Server)));
+        assert_eq!(tx.flush(), 0);
+        assert!(!tx.push(sample(Kind::Server)), "still full until taken");
+    }
+
+    #[tokio::test]
+    async fn a_hand_over_to_a_stopped_exporter_is_counted_lost() {
+        let (mut tx, rx) = queue();
+        drop(rx);
+        assert!(tx.push(sample(Kind::Server)));
+        assert!(tx.push(sample(Kind::Server)));
+        assert_eq!(tx.flush(), 2);
+        assert_eq!(tx.depth(), 0);
+    }
 }
