@@ -533,7 +533,7 @@ fn criterion() -> anyhow::Result<serde_json::Value> {
     let mut name = String::new();
     let mut group = "";
     for line in text.lines() {
-        for g in ["pipeline/", "metrics/"] {
+        for g in ["pipeline/", "metrics/", "encode/"] {
             if let Some(n) = line.trim().strip_prefix(g) {
                 group = g;
                 name = n.split_whitespace().next().unwrap_or_default().to_string();
@@ -561,6 +561,11 @@ fn criterion() -> anyhow::Result<serde_json::Value> {
                          service graph, one core)"
                     );
                     result.insert(format!("metrics_{name}_ns_per_exchange"), json!(ns));
+                } else if group == "encode/" {
+                    // Elements are spans, encoded in batches of the exporter's size.
+                    let ns = 1e9 / per_s.max(1.0);
+                    println!("OTLP encoding, {name}: {ns:.0} ns of agent CPU per span (one core)");
+                    result.insert(format!("encode_{name}_ns_per_span"), json!(ns));
                 } else {
                     println!("userspace pipeline, {name}: {per_s:.0} events/s on one core");
                     result.insert(format!("{name}_events_per_s"), json!(per_s));

@@ -279,9 +279,20 @@ impl Input<'_> {
         let raw = self.data.get(self.at..end).ok_or(Error::Truncated)?;
         self.at = end;
         if huffman {
-            loona_hpack::huffman::HuffmanDecoder::new()
-                .decode(raw)
-                .map_err(|_| Error::Huffman)
+            // Table-driven, four bits a step; it refuses EOS.
+            let mut out = Vec::with_capacity(raw.len() * 8 / 5 + 1);
+            httlib_huffman::decode(raw, &mut out, httlib_huffman::DecoderSpeed::FourBits)
+                .map_err(|_| Error::Huffman)?;
+            // It also takes padding made of zero bits: RFC 7541 5.2 wants at most 7 bits, all
+            // ones (a prefix of EOS). The codes' lengths say how many bits are padding.
+            let table = &httlib_huffman::encoder::table::ENCODE_TABLE;
+            let bits: usize = out.iter().map(|&b| usize::from(table[b as usize].0)).sum();
+            let padding = (raw.len() * 8).checked_sub(bits).ok_or(Error::Huffman)?;
+            let ones = (1u8 << padding.min(7)) - 1;
+            if padding > 7 || raw.last().is_some_and(|&last| last & ones != ones) {
+                return Err(Error::Huffman);
+            }
+            Ok(out)
         } else {
             Ok(raw.to_vec())
         }
@@ -590,5 +601,45 @@ mod tests {
             let _ = d.decode(&block);
             assert!(d.size <= MAX_TABLE);
         }
+    }
+
+    /// The Huffman decoder agrees with `loona-hpack`'s on every input: what it decodes and
+    /// what it refuses (EOS, padding longer than 7 bits or not all ones).
+    #[test]
+    fn huffman_strings_decode_as_the_reference_decodes_them() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut refused = 0;
+        for i in 0..20_000 {
+            let len = (next() % 24) as usize;
+            // Mostly bytes of short codes, so that most inputs are valid; some all ones.
+            let raw: Vec<u8> = (0..len)
+                .map(|_| match i % 3 {
+                    0 => next() as u8,
+                    1 => (next() as u8) & 0x7f,
+                    _ => 0xff,
+                })
+                .collect();
+            // A string literal: the Huffman bit and a 7-bit length, then the code.
+            let mut literal = vec![0x80 | len as u8];
+            literal.extend_from_slice(&raw);
+            let got = Input {
+                data: &literal,
+                at: 0,
+            }
+            .string();
+            let want = loona_hpack::huffman::HuffmanDecoder::new().decode(&raw);
+            match (&got, &want) {
+                (Ok(g), Ok(w)) => assert_eq!(g, w, "{raw:02x?}"),
+                (Err(_), Err(_)) => refused += 1,
+                _ => panic!("{raw:02x?}: ours {got:?}, reference {want:?}"),
+            }
+        }
+        assert!(refused > 500, "invalid inputs were tried: {refused}");
     }
 }
