@@ -148,10 +148,6 @@ pub const FILTER_COMM: u32 = 2;
 pub const FILTER_PORT: u32 = 4;
 pub const FILTER_CGROUP: u32 = 8;
 
-/// [`Config::bench_stage`]: the programs are attached but return before any work, so that
-/// `cargo xtask bench` can tell the cost of the attached tracepoints from the programs' own.
-pub const BENCH_RETURN: u32 = 1;
-
 /// Most cgroups the cgroup filter holds: the chosen ones and their descendants.
 pub const MAX_CGROUPS: u32 = 4096;
 
@@ -227,8 +223,7 @@ pub struct Config {
     /// Non-zero for the parent-based samplers: an incoming `traceparent`'s sampled flag
     /// stands; otherwise the trace id decides for it too.
     pub sample_parent_based: u32,
-    /// [`BENCH_RETURN`] for the benchmark's breakdown: every program returns at once.
-    pub bench_stage: u32,
+    pub _pad: u32,
 }
 
 /// A TCP connection's endpoints, as seen from the traced process.

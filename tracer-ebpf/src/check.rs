@@ -1,5 +1,6 @@
 //! Do-nothing programs of each hook type, loaded (and where harmless, attached) by
-//! `tracer check` to report what this kernel allows. The agent itself never loads them.
+//! `tracer check` to report what this kernel allows. The agent loads two of them only for the
+//! benchmark's `--bench-stage return`, attached in place of its own programs.
 
 use aya_ebpf::{
     macros::{cgroup_skb, fentry, kprobe, raw_tracepoint, sk_msg, sock_ops, tracepoint, uprobe},

@@ -5,7 +5,7 @@ use aya_ebpf::helpers::{
     bpf_probe_read_kernel,
 };
 use tracer_common::{
-    BENCH_RETURN, COMM_LEN, FILTER_CGROUP, FILTER_COMM, FILTER_PID, FILTER_PORT, PID_BITMAP_WORDS,
+    COMM_LEN, FILTER_CGROUP, FILTER_COMM, FILTER_PID, FILTER_PORT, PID_BITMAP_WORDS,
     PORT_BITMAP_WORDS,
 };
 
@@ -14,20 +14,9 @@ use crate::{
     maps::{CGROUP_FILTER, COMM_FILTER, PID_FILTER, PORT_FILTER},
 };
 
-/// True only in the benchmark's breakdown stage where every program returns at once. The
-/// configuration is read-only and frozen, so the verifier removes this test from programs
-/// loaded for real.
-#[inline(always)]
-pub fn bench_return() -> bool {
-    config!(bench_stage) == BENCH_RETURN
-}
-
 /// The current `pid_tgid` if the current process is traced.
 #[inline(always)]
 pub fn traced_task() -> Option<u64> {
-    if bench_return() {
-        return None;
-    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if tgid == config!(self_tgid) {
@@ -66,9 +55,6 @@ fn pid_set(tgid: u32) -> bool {
 /// first test for exit programs, which otherwise look up the call they follow.
 #[inline(always)]
 pub fn maybe_traced(pid_tgid: u64) -> bool {
-    if bench_return() {
-        return false;
-    }
     let tgid = (pid_tgid >> 32) as u32;
     tgid != config!(self_tgid) && (config!(filter_flags) & FILTER_PID == 0 || pid_set(tgid))
 }

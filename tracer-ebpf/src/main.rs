@@ -88,9 +88,6 @@ fn enter_data(ctx: &TracePointContext, syscall: u8, mode: u8, dir: u8) -> Result
 /// Emit the event of a data syscall (`syscall`) that moved bytes.
 #[inline(always)]
 fn exit_data(ctx: &TracePointContext, syscall: u8, dir: u8) -> Result<u32, u32> {
-    if filter::bench_return() {
-        return Ok(0);
-    }
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     if !filter::maybe_traced(pid_tgid) {
         return Ok(0);
@@ -297,9 +294,6 @@ fn connect_enter(ctx: &TracePointContext) -> Result<u32, u32> {
 
 #[inline(always)]
 fn connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
-    if filter::bench_return() {
-        return Ok(0);
-    }
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let call = *unsafe { INFLIGHT.get(pid_tgid) }.ok_or(0u32)?;
     let _ = INFLIGHT.remove(pid_tgid);
@@ -330,9 +324,6 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn close_enter(ctx: &TracePointContext) -> Result<u32, u32> {
-    if filter::bench_return() {
-        return Ok(0);
-    }
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let fd: i64 = arg(ctx, 0)?;
     let info = conn::forget((pid_tgid >> 32) as u32, fd as i32).ok_or(0u32)?;

@@ -207,9 +207,6 @@ pub fn tracer_ssl_return(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn ssl_return(ctx: &ProbeContext) -> Option<()> {
-    if filter::bench_return() {
-        return None;
-    }
     let pid_tgid = bpf_get_current_pid_tgid();
     if !filter::maybe_traced(pid_tgid) {
         return None;
@@ -345,9 +342,6 @@ pub fn tracer_go_tls_return(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn go_return(ctx: &ProbeContext) -> Option<()> {
-    if filter::bench_return() {
-        return None;
-    }
     let pid_tgid = bpf_get_current_pid_tgid();
     if !filter::maybe_traced(pid_tgid) {
         return None;
@@ -427,9 +421,6 @@ fn exec() -> Option<()> {
 #[tracepoint]
 pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
     const PROT_EXEC: u64 = 4;
-    if filter::bench_return() {
-        return 0;
-    }
     let prot: u64 = unsafe { ctx.read_at(16 + 2 * 8) }.unwrap_or(0);
     let fd: i64 = unsafe { ctx.read_at(16 + 4 * 8) }.unwrap_or(-1);
     if prot & PROT_EXEC != 0 && (0..=i32::MAX as i64).contains(&fd) {

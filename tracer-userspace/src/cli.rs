@@ -175,8 +175,8 @@ pub struct Cli {
     pub metrics_series_limit: usize,
 
     /// A part of the agent only, for `cargo xtask bench`'s breakdown of the cost of tracing:
-    /// `return` attaches the programs and makes each return at once; `discard` captures as
-    /// usual and drops every event unread. Not for use: nothing is traced.
+    /// `return` attaches a program that returns at once in place of each of ours; `discard`
+    /// captures as usual and drops every event unread. Not for use: nothing is traced.
     #[arg(long, value_name = "STAGE", env = "TRACER_BENCH_STAGE", hide = true)]
     pub bench_stage: Option<BenchStage>,
 }
@@ -184,7 +184,7 @@ pub struct Cli {
 /// See [`Cli::bench_stage`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchStage {
-    /// The programs are attached and return before any work.
+    /// Do-nothing programs are attached where ours would be.
     Return,
     /// The kernel captures as usual; the agent drops each event as it takes it.
     Discard,

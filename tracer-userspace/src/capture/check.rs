@@ -258,7 +258,6 @@ fn agent_programs() -> Vec<Item> {
         true,
         true,
         &crate::correlate::sample::Sampler::default(),
-        false,
     ) {
         Ok(e) => e,
         Err(e) => {

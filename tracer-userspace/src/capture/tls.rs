@@ -26,6 +26,8 @@ pub struct TlsProbes {
     /// Probes fire only in the process they were attached for: when processes are chosen by
     /// pid, no other process stops at them.
     per_process: bool,
+    /// The benchmark's `--bench-stage return`: a do-nothing program at every probe.
+    stand_in: bool,
 }
 
 /// The uprobe programs.
@@ -48,10 +50,27 @@ pub(crate) const DISCOVERY: [(&str, &str, &str); 2] = [
 ];
 
 /// Load the TLS programs and attach the tracepoints that report programs started and files
-/// mapped by traced processes.
-pub(crate) fn load(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
-    load_programs(ebpf)?;
+/// mapped by traced processes. With `bench_return` (the benchmark's `--bench-stage return`),
+/// do-nothing programs stand in for them: the uprobe is loaded, the tracepoints get the
+/// capture's stand-in, already loaded.
+pub(crate) fn load(ebpf: &mut Ebpf, bench_return: bool) -> Result<(), CaptureError> {
+    if bench_return {
+        let name = super::BENCH_UPROBE;
+        let program: &mut UProbe = ebpf
+            .program_mut(name)
+            .ok_or(CaptureError::Missing(name))?
+            .try_into()
+            .map_err(|e| program_err(name, e))?;
+        program.load().map_err(|e| program_err(name, e))?;
+    } else {
+        load_programs(ebpf)?;
+    }
     for (category, tracepoint, name) in DISCOVERY {
+        let name = if bench_return {
+            super::BENCH_TRACEPOINT
+        } else {
+            name
+        };
         let program: &mut TracePoint = ebpf
             .program_mut(name)
             .ok_or(CaptureError::Missing(name))?
@@ -94,9 +113,11 @@ fn program_err(name: &'static str, e: aya::programs::ProgramError) -> CaptureErr
 
 impl TlsProbes {
     /// `per_process` when the traced processes are chosen by pid.
-    pub fn new(per_process: bool) -> TlsProbes {
+    /// With `stand_in`, every probe gets the do-nothing program of `--bench-stage return`.
+    pub fn new(per_process: bool, stand_in: bool) -> TlsProbes {
         TlsProbes {
             per_process,
+            stand_in,
             ..TlsProbes::default()
         }
     }
@@ -194,7 +215,7 @@ impl TlsProbes {
             Some(pid) => UProbeScope::OneProcess(pid),
             None => UProbeScope::AllProcesses,
         };
-        match attach_file(ebpf, &found, &path, scope) {
+        match attach_file(ebpf, &found, &path, scope, self.stand_in) {
             Ok(probes) if probes > 0 => {
                 log::info!(
                     "TLS: probing {} in {} ({probes} probes; {origin})",
@@ -252,6 +273,7 @@ fn attach_file(
     found: &Found,
     path: &Path,
     scope: UProbeScope,
+    stand_in: bool,
 ) -> Result<usize, CaptureError> {
     let mut probes = 0;
     for f in &found.functions {
@@ -263,6 +285,11 @@ fn attach_file(
             (Kind::Go, n) if n.ends_with(").Read") => (tls::GO_READ, tls::GO_RETURN),
             (Kind::Go, n) if n.ends_with(").Write") => (tls::GO_WRITE, tls::GO_RETURN),
             _ => continue,
+        };
+        let (entry, ret) = if stand_in {
+            (super::BENCH_UPROBE, super::BENCH_UPROBE)
+        } else {
+            (entry, ret)
         };
         let (Some(start), Some(exits)) = (f.file_offset, f.exits.as_ref()) else {
             log::warn!("TLS: the code of {} could not be read; not probed", f.name);
