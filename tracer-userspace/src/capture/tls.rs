@@ -10,7 +10,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    programs::{TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeScope},
+    programs::{UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeScope},
 };
 use tracer_common::{FileKey, maps, tls};
 
@@ -56,11 +56,7 @@ pub(crate) const DISCOVERY: [(&str, &str, &str); 2] = [
 pub(crate) fn load(ebpf: &mut Ebpf, bench_return: bool) -> Result<(), CaptureError> {
     if bench_return {
         let name = super::BENCH_UPROBE;
-        let program: &mut UProbe = ebpf
-            .program_mut(name)
-            .ok_or(CaptureError::Missing(name))?
-            .try_into()
-            .map_err(|e| program_err(name, e))?;
+        let program = uprobe(ebpf, name)?;
         program.load().map_err(|e| program_err(name, e))?;
     } else {
         load_programs(ebpf)?;
@@ -71,11 +67,7 @@ pub(crate) fn load(ebpf: &mut Ebpf, bench_return: bool) -> Result<(), CaptureErr
         } else {
             name
         };
-        let program: &mut TracePoint = ebpf
-            .program_mut(name)
-            .ok_or(CaptureError::Missing(name))?
-            .try_into()
-            .map_err(|e| program_err(name, e))?;
+        let program = super::tracepoint(ebpf, name)?;
         program
             .attach(category, tracepoint)
             .map_err(|e| program_err(name, e))?;
@@ -86,22 +78,22 @@ pub(crate) fn load(ebpf: &mut Ebpf, bench_return: bool) -> Result<(), CaptureErr
 /// Load the TLS programs without attaching any.
 pub(crate) fn load_programs(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
     for name in UPROBES {
-        let program: &mut UProbe = ebpf
-            .program_mut(name)
-            .ok_or(CaptureError::Missing(name))?
-            .try_into()
-            .map_err(|e| program_err(name, e))?;
+        let program = uprobe(ebpf, name)?;
         program.load().map_err(|e| program_err(name, e))?;
     }
     for (_, _, name) in DISCOVERY {
-        let program: &mut TracePoint = ebpf
-            .program_mut(name)
-            .ok_or(CaptureError::Missing(name))?
-            .try_into()
-            .map_err(|e| program_err(name, e))?;
+        let program = super::tracepoint(ebpf, name)?;
         program.load().map_err(|e| program_err(name, e))?;
     }
     Ok(())
+}
+
+/// The uprobe program `name` of the object.
+fn uprobe<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut UProbe, CaptureError> {
+    ebpf.program_mut(name)
+        .ok_or(CaptureError::Missing(name))?
+        .try_into()
+        .map_err(|e| program_err(name, e))
 }
 
 fn program_err(name: &'static str, e: aya::programs::ProgramError) -> CaptureError {
@@ -320,12 +312,7 @@ fn attach_one(
     path: &Path,
     scope: UProbeScope,
 ) -> Result<(), CaptureError> {
-    let program: &mut UProbe = ebpf
-        .program_mut(name)
-        .ok_or(CaptureError::Missing(name))?
-        .try_into()
-        .map_err(|e| program_err(name, e))?;
-    program
+    uprobe(ebpf, name)?
         .attach(UProbeAttachLocation::AbsoluteOffset(offset), path, scope)
         .map_err(|e| program_err(name, e))?;
     Ok(())
