@@ -583,16 +583,20 @@ mod tests {
         assert!(d.is_partial(), "an error loses track");
     }
 
-    /// Any bytes: an answer, never a panic; the table stays within its bound.
-    #[test]
-    fn arbitrary_input_never_panics() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
+    /// A reproducible stream of pseudo-random numbers (xorshift64).
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             state
-        };
+        }
+    }
+
+    /// Any bytes: an answer, never a panic; the table stays within its bound.
+    #[test]
+    fn arbitrary_input_never_panics() {
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15u64);
         let mut d = Decoder::new(false);
         d.set_limit(u32::MAX);
         for _ in 0..20_000 {
@@ -607,13 +611,7 @@ mod tests {
     /// what it refuses (EOS, padding longer than 7 bits or not all ones).
     #[test]
     fn huffman_strings_decode_as_the_reference_decodes_them() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
         let mut refused = 0;
         for i in 0..20_000 {
             let len = (next() % 24) as usize;
