@@ -388,7 +388,8 @@ pub mod counter {
     pub const RINGBUF_FULL: u32 = 1;
     /// Payload reads from user memory that failed (event sent without payload).
     pub const READ_USER_FAILED: u32 = 2;
-    /// Syscalls not followed because the in-flight table was full.
+    /// Syscalls not followed because their slot in the in-flight table (one per thread id
+    /// modulo its size) was taken by another thread's call.
     pub const INFLIGHT_FULL: u32 = 3;
     /// Descriptors whose socket could not be resolved from the task's file table.
     pub const CONN_RESOLVE_FAILED: u32 = 4;

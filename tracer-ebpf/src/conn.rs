@@ -110,12 +110,13 @@ pub fn fd_file(fd: u32) -> Result<*const u8, ()> {
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let files: *const u8 = read(task, config!(offsets.task_files)).map_err(|_| ())?;
     let fdt: *const u8 = read(files, config!(offsets.files_fdt)).map_err(|_| ())?;
-    let max_fds: u32 = read(fdt, config!(offsets.fdt_max_fds)).map_err(|_| ())?;
-    if fd >= max_fds {
+    // `max_fds` and the `fd` array pointer 8 bytes after it (the agent checks this layout),
+    // in one read: each read of kernel memory is a helper call.
+    let [max_fds, fd_array]: [u64; 2] = read(fdt, config!(offsets.fdt_max_fds)).map_err(|_| ())?;
+    if fd >= max_fds as u32 {
         return Err(());
     }
-    let fd_array: *const u8 = read(fdt, config!(offsets.fdt_fd)).map_err(|_| ())?;
-    read(fd_array, fd * 8).map_err(|_| ())
+    read(fd_array as *const u8, fd * 8).map_err(|_| ())
 }
 
 /// Walk the file table for `key` and cache what is found (negative answers too, so that reads

@@ -23,7 +23,9 @@ use aya_ebpf::{
 };
 use tracer_common::{conn_state, direction, kind, syscall};
 
-use crate::maps::{INFLIGHT, Inflight, MODE_IOV, MODE_NONE, MODE_PLAIN, count};
+use crate::maps::{
+    Inflight, MODE_IOV, MODE_NONE, MODE_PLAIN, inflight_forget, inflight_get, inflight_put,
+};
 
 /// Offsets in the syscall tracepoints' records: arguments after the 16-byte common header and
 /// syscall number; the return value in the same place on exit.
@@ -79,9 +81,7 @@ fn enter_data(ctx: &TracePointContext, syscall: u8, mode: u8, dir: u8) -> Result
         syscall,
         _pad: [0; 2],
     };
-    if INFLIGHT.insert(pid_tgid, call, 0).is_err() {
-        count(tracer_common::counter::INFLIGHT_FULL);
-    }
+    inflight_put(pid_tgid, call);
     Ok(0)
 }
 
@@ -92,8 +92,7 @@ fn exit_data(ctx: &TracePointContext, syscall: u8, dir: u8) -> Result<u32, u32> 
     if !filter::maybe_traced(pid_tgid) {
         return Ok(0);
     }
-    let call = *unsafe { INFLIGHT.get(pid_tgid) }.ok_or(0u32)?;
-    let _ = INFLIGHT.remove(pid_tgid);
+    let call = inflight_get(pid_tgid, true).ok_or(0u32)?;
     // The entry must be this call's: one left by a call whose return was not seen (its exit
     // program was not attached yet) names another buffer and another length.
     if call.syscall != syscall {
@@ -286,17 +285,14 @@ fn connect_enter(ctx: &TracePointContext) -> Result<u32, u32> {
         syscall: syscall::CONNECT,
         _pad: [0; 2],
     };
-    if INFLIGHT.insert(pid_tgid, call, 0).is_err() {
-        count(tracer_common::counter::INFLIGHT_FULL);
-    }
+    inflight_put(pid_tgid, call);
     Ok(0)
 }
 
 #[inline(always)]
 fn connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
-    let call = *unsafe { INFLIGHT.get(pid_tgid) }.ok_or(0u32)?;
-    let _ = INFLIGHT.remove(pid_tgid);
+    let call = inflight_get(pid_tgid, true).ok_or(0u32)?;
     if call.syscall != syscall::CONNECT {
         return Ok(0);
     }
@@ -343,9 +339,12 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     }
 }
 
-/// A traced process exited: the kernel closes its sockets without close calls.
+/// A thread exited; when it was a traced process's last, the kernel closes its sockets
+/// without close calls.
 #[inline(always)]
 fn process_exit() -> Result<u32, u32> {
+    // A call the thread was in when it exited has no exit to remove its record.
+    inflight_forget(aya_ebpf::helpers::bpf_get_current_pid_tgid());
     let pid_tgid = filter::traced_task().ok_or(0u32)?;
     // Once per process: when its main thread exits, and only if it had traced connections.
     let tgid = (pid_tgid >> 32) as u32;

@@ -83,8 +83,81 @@ pub struct Inflight {
     pub _pad: [u8; 2],
 }
 
+/// Slots of the in-flight table: one per thread id modulo this.
+pub const INFLIGHT_SLOTS: u32 = 65536;
+
+/// The in-flight call of the thread whose id is this slot's index modulo [`INFLIGHT_SLOTS`].
+/// An array, not a hash: its lookup is inlined into the program, where a hash's insert and
+/// delete are two more helper calls per syscall. Two threads whose ids share a slot and are
+/// in a traced call at the same time lose the first's (counted); a record the slot's readers
+/// could see half-written fails its check and is dropped.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InflightSlot {
+    /// The thread's `pid_tgid`; 0 for none.
+    pub pid_tgid: u64,
+    /// [`inflight_check`] of `pid_tgid` and `call`, written with them.
+    pub check: u64,
+    pub call: Inflight,
+}
+
 #[map]
-pub static INFLIGHT: LruHashMap<u64, Inflight> = LruHashMap::with_max_entries(16384, 0);
+pub static INFLIGHT: Array<InflightSlot> = Array::with_max_entries(INFLIGHT_SLOTS, 0);
+
+/// A hash of a slot's contents: a record mixed from two threads' writes does not match it.
+#[inline(always)]
+fn inflight_check(pid_tgid: u64, c: &Inflight) -> u64 {
+    let small = (c.fd as u32 as u64) | ((c.mode as u64) << 32) | ((c.syscall as u64) << 40);
+    (pid_tgid ^ c.ts_enter.rotate_left(17) ^ c.file.rotate_left(31))
+        ^ (c.buf.rotate_left(43) ^ c.iovcnt.rotate_left(7) ^ small.rotate_left(53))
+}
+
+/// Remember the current thread's call until its exit.
+#[inline(always)]
+pub fn inflight_put(pid_tgid: u64, call: Inflight) {
+    let Some(slot) = INFLIGHT.get_ptr_mut(pid_tgid as u32 % INFLIGHT_SLOTS) else {
+        return;
+    };
+    unsafe {
+        let held = core::ptr::read_volatile(&raw const (*slot).pid_tgid);
+        if held != 0 && held != pid_tgid {
+            count(tracer_common::counter::INFLIGHT_FULL);
+        }
+        core::ptr::write_volatile(&raw mut (*slot).pid_tgid, pid_tgid);
+        core::ptr::write_volatile(&raw mut (*slot).call, call);
+        core::ptr::write_volatile(&raw mut (*slot).check, inflight_check(pid_tgid, &call));
+    }
+}
+
+/// The current thread's call, left in place (`take` false) or taken out.
+#[inline(always)]
+pub fn inflight_get(pid_tgid: u64, take: bool) -> Option<Inflight> {
+    let slot = INFLIGHT.get_ptr_mut(pid_tgid as u32 % INFLIGHT_SLOTS)?;
+    unsafe {
+        if core::ptr::read_volatile(&raw const (*slot).pid_tgid) != pid_tgid {
+            return None;
+        }
+        // Read once: what is checked is what is used.
+        let call = core::ptr::read_volatile(&raw const (*slot).call);
+        let check = core::ptr::read_volatile(&raw const (*slot).check);
+        if take {
+            core::ptr::write_volatile(&raw mut (*slot).pid_tgid, 0);
+        }
+        (check == inflight_check(pid_tgid, &call)).then_some(call)
+    }
+}
+
+/// Forget the current thread's call, if it has one (it exited inside it).
+#[inline(always)]
+pub fn inflight_forget(pid_tgid: u64) {
+    if let Some(slot) = INFLIGHT.get_ptr_mut(pid_tgid as u32 % INFLIGHT_SLOTS) {
+        unsafe {
+            if core::ptr::read_volatile(&raw const (*slot).pid_tgid) == pid_tgid {
+                core::ptr::write_volatile(&raw mut (*slot).pid_tgid, 0);
+            }
+        }
+    }
+}
 
 /// An event under construction: header and payload, contiguous so one `output` sends both.
 /// Twice the capture ceiling, so that bounded-but-unknown offsets stay provably in range.

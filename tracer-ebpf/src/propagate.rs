@@ -35,7 +35,7 @@ use tracer_common::{
 use crate::{
     config,
     filter::{ports_pass, process_comm, traced_task},
-    maps::{EVENTS, INFLIGHT, SCRATCH, count},
+    maps::{EVENTS, SCRATCH, count, inflight_get},
 };
 
 /// Bytes of a head scanned for its end and its headers.
@@ -934,7 +934,7 @@ fn inject(ctx: &SkMsgContext) -> Option<()> {
         core::ptr::copy_nonoverlapping(b.line.as_ptr(), data as *mut u8, TRACEPARENT_LINE_LEN)
     };
     // The agent's view: sorted with the send's own event, just before it.
-    let ts = match unsafe { INFLIGHT.get(pid_tgid) } {
+    let ts = match inflight_get(pid_tgid, false) {
         Some(call) => call.ts_enter,
         None => unsafe { bpf_ktime_get_ns() },
     };

@@ -44,6 +44,8 @@ pub enum BtfError {
     NoMember(String, String),
     #[error("kernel struct `{0}` member `{1}` is a bitfield; it cannot be read directly")]
     Bitfield(String, String),
+    #[error("kernel struct `{0}` is laid out unlike any known kernel's: {1}")]
+    Layout(&'static str, &'static str),
 }
 
 #[derive(Debug, Clone)]
@@ -233,13 +235,24 @@ impl Btf {
 pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     let common = btf.offset_of("sock", "__sk_common")?;
     let sk = |member: &str| btf.offset_of("sock_common", member).map(|o| common + o);
+    let (fdt_max_fds, fdt_fd) = (
+        btf.offset_of("fdtable", "max_fds")?,
+        btf.offset_of("fdtable", "fd")?,
+    );
+    // The programs read both in one 16-byte read.
+    if fdt_fd != fdt_max_fds + 8 {
+        return Err(BtfError::Layout(
+            "fdtable",
+            "`fd` does not follow `max_fds` by 8 bytes",
+        ));
+    }
     Ok(KernelOffsets {
         task_files: btf.offset_of("task_struct", "files")?,
         task_group_leader: btf.offset_of("task_struct", "group_leader")?,
         task_comm: btf.offset_of("task_struct", "comm")?,
         files_fdt: btf.offset_of("files_struct", "fdt")?,
-        fdt_max_fds: btf.offset_of("fdtable", "max_fds")?,
-        fdt_fd: btf.offset_of("fdtable", "fd")?,
+        fdt_max_fds,
+        fdt_fd,
         file_f_inode: btf.offset_of("file", "f_inode")?,
         file_private_data: btf.offset_of("file", "private_data")?,
         inode_i_mode: btf.offset_of("inode", "i_mode")?,
