@@ -200,7 +200,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.propagate,
         config.tls,
         &config.sinks.sampler,
-        config.bench_stage == Some(BenchStage::Return),
+        config.bench_stage,
     )?;
     // The TLS libraries of the processes running now; later ones are reported by the kernel.
     if probes.tls_enabled() {

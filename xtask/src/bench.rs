@@ -884,6 +884,9 @@ enum Level {
     Untraced,
     /// The tracepoints and uprobes attached, every program returning at once.
     Return,
+    /// The same, with one program at the raw `sys_enter`/`sys_exit` tracepoints in place of
+    /// the syscall tracepoints: what raw tracepoints would save.
+    ReturnRaw,
     /// The programs run their filters, which match nothing (`--pid` of an idle process).
     FilterMiss,
     /// Capture into the ring buffer as usual; the agent takes each event and drops it.
@@ -892,9 +895,10 @@ enum Level {
 }
 
 impl Level {
-    const ALL: [Level; 5] = [
+    const ALL: [Level; 6] = [
         Level::Untraced,
         Level::Return,
+        Level::ReturnRaw,
         Level::FilterMiss,
         Level::Discard,
         Level::Full,
@@ -904,6 +908,7 @@ impl Level {
         match self {
             Level::Untraced => "untraced",
             Level::Return => "return",
+            Level::ReturnRaw => "return_raw",
             Level::FilterMiss => "filter_miss",
             Level::Discard => "discard",
             Level::Full => "full",
@@ -914,6 +919,7 @@ impl Level {
         match self {
             Level::Untraced => "untraced",
             Level::Return => "programs return at once",
+            Level::ReturnRaw => "same, raw tracepoints",
             Level::FilterMiss => "filters only, no match",
             Level::Discard => "capture, agent discards",
             Level::Full => "full agent",
@@ -926,6 +932,7 @@ impl Level {
         match self {
             Level::Untraced => return None,
             Level::Return => out.extend(["--bench-stage".into(), "return".into()]),
+            Level::ReturnRaw => out.extend(["--bench-stage".into(), "return-raw".into()]),
             Level::FilterMiss => out.extend(["--pid".into(), idle_pid.to_string()]),
             Level::Discard => out.extend(["--bench-stage".into(), "discard".into()]),
             Level::Full => {}

@@ -30,6 +30,7 @@ const WAKEUP_BYTES: u32 = 512 * 1024;
 /// Do-nothing programs (`tracer check`'s) that stand in for ours with `--bench-stage return`.
 pub(crate) const BENCH_TRACEPOINT: &str = "check_tracepoint";
 pub(crate) const BENCH_UPROBE: &str = "check_uprobe";
+pub(crate) const BENCH_RAW_TRACEPOINT: &str = "check_raw_tracepoint";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -94,8 +95,11 @@ impl Probes {
         propagate: bool,
         tls: bool,
         sampler: &crate::correlate::sample::Sampler,
-        bench_return: bool,
+        bench_stage: Option<crate::cli::BenchStage>,
     ) -> Result<Self, CaptureError> {
+        use crate::cli::BenchStage;
+        let bench_raw = bench_stage == Some(BenchStage::ReturnRaw);
+        let bench_return = bench_raw || bench_stage == Some(BenchStage::Return);
         if unsafe { libc::geteuid() } != 0 {
             return Err(CaptureError::NotRoot);
         }
@@ -128,6 +132,14 @@ impl Probes {
         // The benchmark's `--bench-stage return`: a program that returns at once stands in
         // for each of ours, so that ours stay exactly as they are loaded for real.
         let program_of = |name: &'static str| if bench_return { BENCH_TRACEPOINT } else { name };
+        let all = if bench_raw {
+            attach_raw_stand_in(&mut ebpf)?;
+            all.into_iter()
+                .filter(|&(category, _)| category != SYSCALLS)
+                .collect()
+        } else {
+            all
+        };
         for &(_, name) in &all {
             let program = program_of(name);
             if bench_return && tracepoint(&mut ebpf, program)?.fd().is_ok() {
@@ -544,6 +556,33 @@ fn raise_memlock() {
             std::io::Error::last_os_error()
         );
     }
+}
+
+/// The benchmark's `--bench-stage return-raw`: the do-nothing raw tracepoint program at
+/// `sys_exit`, then at `sys_enter`, in place of every syscall tracepoint program.
+fn attach_raw_stand_in(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
+    let name = BENCH_RAW_TRACEPOINT;
+    let program: &mut aya::programs::RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(CaptureError::Missing(name))?
+        .try_into()
+        .map_err(|e| CaptureError::Program {
+            name,
+            source: Box::new(e),
+        })?;
+    program.load().map_err(|e| CaptureError::Program {
+        name,
+        source: Box::new(e),
+    })?;
+    for tracepoint in ["sys_exit", "sys_enter"] {
+        program
+            .attach(tracepoint)
+            .map_err(|e| CaptureError::Program {
+                name,
+                source: Box::new(e),
+            })?;
+    }
+    Ok(())
 }
 
 /// The tracepoint program `name`.
