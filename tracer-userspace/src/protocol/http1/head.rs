@@ -288,8 +288,42 @@ mod tests {
         };
         assert!(head.truncated);
         assert_eq!(head.target, "/long");
+        assert_eq!(
+            head.host.as_deref(),
+            Some("a"),
+            "the headers before the cut are kept"
+        );
         // Without even a whole request line there is nothing to salvage.
         assert_eq!(parse_request(b"GET /lo", true), Parsed::Partial);
+    }
+
+    /// More headers than are parsed: more bytes may follow (partial), or, when none will, the
+    /// head is kept as far as the parsed headers go.
+    #[test]
+    fn a_head_with_too_many_headers() {
+        let mut raw = b"GET /many HTTP/1.1\r\nHost: h\r\n".to_vec();
+        for i in 0..MAX_HEADERS {
+            raw.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        assert_eq!(parse_request(&raw, false), Parsed::Partial);
+        let Parsed::Complete { head, len } = parse_request(&raw, true) else {
+            panic!("expected the salvaged head");
+        };
+        assert!(head.truncated);
+        assert_eq!((head.host.as_deref(), len), (Some("h"), raw.len()));
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+            {
+                let head = ResponseHead {
+                    status: 200,
+                    minor_version: 1,
+                    content_length: Some(2),
+                    ..Default::default()
+                };
+                Parsed::Complete { head, len: 38 }
+            }
+        );
     }
 
     #[test]
