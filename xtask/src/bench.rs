@@ -382,10 +382,23 @@ fn compare(opts: &Opts, baseline: &Path, args: &[String]) -> anyhow::Result<serd
             "ebpf_per_span_us": m(Leg::ebpf_ns_per_span) / 1e3,
             "agent_per_span_us": m(Leg::agent_ns_per_span) / 1e3,
             "ebpf_ns_per_run": m(|l| l.bpf.run_ns as f64 / l.bpf.runs.max(1) as f64),
+            "spans": legs.iter().map(|l| l.spans).sum::<u64>(),
         })
     };
     let (this, base) = (summary(&legs[0]), summary(&legs[1]));
     for (name, s) in [("this build", &this), ("baseline", &base)] {
+        if s["spans"].as_u64() == Some(0) {
+            // A stage that exports nothing (`TRACER_BENCH_STAGE`): no cost per span.
+            println!(
+                "{name:<10}: {:.0} req/s, no spans, {:.0} ns per program run (medians of {} \
+                 legs of {} s)",
+                s["rps"].as_f64().unwrap_or_default(),
+                s["ebpf_ns_per_run"].as_f64().unwrap_or_default(),
+                legs[0].len(),
+                opts.seconds
+            );
+            continue;
+        }
         println!(
             "{name:<10}: {:.0} req/s, eBPF {:.2} us + agent {:.2} us per span, {:.0} ns per \
              program run (medians of {} legs of {} s)",
