@@ -27,7 +27,8 @@ pub(crate) static EBPF_OBJECT: &[u8] =
 /// Pending ring-buffer bytes at which a program wakes the agent at once; below it the agent
 /// finds events on its next poll.
 const WAKEUP_BYTES: u32 = 512 * 1024;
-/// Do-nothing programs (`tracer check`'s) that stand in for ours with `--bench-stage return`.
+/// Do-nothing programs (`tracer check`'s) that stand in for ours with `--bench-stage return`
+/// and `return-raw`.
 pub(crate) const BENCH_TRACEPOINT: &str = "check_tracepoint";
 pub(crate) const BENCH_UPROBE: &str = "check_uprobe";
 pub(crate) const BENCH_RAW_TRACEPOINT: &str = "check_raw_tracepoint";
@@ -562,27 +563,28 @@ fn raise_memlock() {
 /// `sys_exit`, then at `sys_enter`, in place of every syscall tracepoint program.
 fn attach_raw_stand_in(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
     let name = BENCH_RAW_TRACEPOINT;
-    let program: &mut aya::programs::RawTracePoint = ebpf
-        .program_mut(name)
-        .ok_or(CaptureError::Missing(name))?
-        .try_into()
-        .map_err(|e| CaptureError::Program {
-            name,
-            source: Box::new(e),
-        })?;
-    program.load().map_err(|e| CaptureError::Program {
-        name,
-        source: Box::new(e),
-    })?;
+    let program: &mut aya::programs::RawTracePoint = program(ebpf, name)?;
+    program.load().map_err(|e| program_err(name, e))?;
     for tracepoint in ["sys_exit", "sys_enter"] {
         program
             .attach(tracepoint)
-            .map_err(|e| CaptureError::Program {
-                name,
-                source: Box::new(e),
-            })?;
+            .map_err(|e| program_err(name, e))?;
     }
     Ok(())
+}
+
+/// The program `name` of the object, as the program type `P`.
+pub(crate) fn program<'e, P>(
+    ebpf: &'e mut Ebpf,
+    name: &'static str,
+) -> Result<&'e mut P, CaptureError>
+where
+    &'e mut P: TryFrom<&'e mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(CaptureError::Missing(name))?
+        .try_into()
+        .map_err(|e| program_err(name, e))
 }
 
 /// The tracepoint program `name`.
@@ -590,11 +592,12 @@ fn tracepoint<'e>(
     ebpf: &'e mut Ebpf,
     name: &'static str,
 ) -> Result<&'e mut TracePoint, CaptureError> {
-    ebpf.program_mut(name)
-        .ok_or(CaptureError::Missing(name))?
-        .try_into()
-        .map_err(|e| CaptureError::Program {
-            name,
-            source: Box::new(e),
-        })
+    program(ebpf, name)
+}
+
+pub(crate) fn program_err(name: &'static str, e: aya::programs::ProgramError) -> CaptureError {
+    CaptureError::Program {
+        name,
+        source: Box::new(e),
+    }
 }

@@ -14,7 +14,7 @@ use aya::{
 };
 use tracer_common::{FileKey, maps, tls};
 
-use super::CaptureError;
+use super::{CaptureError, program, program_err};
 use crate::tls::{FileId, Found, Kind, mapped_files, open_mapped};
 
 /// The TLS side of the probes: which files were looked at.
@@ -56,7 +56,7 @@ pub(crate) const DISCOVERY: [(&str, &str, &str); 2] = [
 pub(crate) fn load(ebpf: &mut Ebpf, bench_return: bool) -> Result<(), CaptureError> {
     if bench_return {
         let name = super::BENCH_UPROBE;
-        let program = uprobe(ebpf, name)?;
+        let program: &mut UProbe = program(ebpf, name)?;
         program.load().map_err(|e| program_err(name, e))?;
     } else {
         load_programs(ebpf)?;
@@ -78,7 +78,7 @@ pub(crate) fn load(ebpf: &mut Ebpf, bench_return: bool) -> Result<(), CaptureErr
 /// Load the TLS programs without attaching any.
 pub(crate) fn load_programs(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
     for name in UPROBES {
-        let program = uprobe(ebpf, name)?;
+        let program: &mut UProbe = program(ebpf, name)?;
         program.load().map_err(|e| program_err(name, e))?;
     }
     for (_, _, name) in DISCOVERY {
@@ -86,21 +86,6 @@ pub(crate) fn load_programs(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
         program.load().map_err(|e| program_err(name, e))?;
     }
     Ok(())
-}
-
-/// The uprobe program `name` of the object.
-fn uprobe<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut UProbe, CaptureError> {
-    ebpf.program_mut(name)
-        .ok_or(CaptureError::Missing(name))?
-        .try_into()
-        .map_err(|e| program_err(name, e))
-}
-
-fn program_err(name: &'static str, e: aya::programs::ProgramError) -> CaptureError {
-    CaptureError::Program {
-        name,
-        source: Box::new(e),
-    }
 }
 
 impl TlsProbes {
@@ -312,7 +297,7 @@ fn attach_one(
     path: &Path,
     scope: UProbeScope,
 ) -> Result<(), CaptureError> {
-    uprobe(ebpf, name)?
+    program::<UProbe>(ebpf, name)?
         .attach(UProbeAttachLocation::AbsoluteOffset(offset), path, scope)
         .map_err(|e| program_err(name, e))?;
     Ok(())
