@@ -87,8 +87,8 @@ pub struct Inflight {
 pub const INFLIGHT_SLOTS: u32 = 65536;
 
 /// The in-flight call of the thread whose id is this slot's index modulo [`INFLIGHT_SLOTS`].
-/// An array, not a hash: its lookup is inlined into the program, where a hash's insert and
-/// delete are two more helper calls per syscall. Two threads whose ids share a slot and are
+/// An array, not a hash: its lookup is inlined into the program, where a hash's insert,
+/// lookup and delete are three helper calls per syscall. Two threads whose ids share a slot and are
 /// in a traced call at the same time lose the first's (counted); a record the slot's readers
 /// could see half-written fails its check and is dropped.
 #[repr(C)]
