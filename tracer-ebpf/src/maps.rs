@@ -112,10 +112,16 @@ fn inflight_check(pid_tgid: u64, c: &Inflight) -> u64 {
         ^ (c.buf.rotate_left(43) ^ c.iovcnt.rotate_left(7) ^ small.rotate_left(53))
 }
 
+/// The slot of thread `pid_tgid`.
+#[inline(always)]
+fn inflight_slot(pid_tgid: u64) -> Option<*mut InflightSlot> {
+    INFLIGHT.get_ptr_mut(pid_tgid as u32 % INFLIGHT_SLOTS)
+}
+
 /// Remember the current thread's call until its exit.
 #[inline(always)]
 pub fn inflight_put(pid_tgid: u64, call: Inflight) {
-    let Some(slot) = INFLIGHT.get_ptr_mut(pid_tgid as u32 % INFLIGHT_SLOTS) else {
+    let Some(slot) = inflight_slot(pid_tgid) else {
         return;
     };
     unsafe {
@@ -132,7 +138,7 @@ pub fn inflight_put(pid_tgid: u64, call: Inflight) {
 /// The current thread's call, left in place (`take` false) or taken out.
 #[inline(always)]
 pub fn inflight_get(pid_tgid: u64, take: bool) -> Option<Inflight> {
-    let slot = INFLIGHT.get_ptr_mut(pid_tgid as u32 % INFLIGHT_SLOTS)?;
+    let slot = inflight_slot(pid_tgid)?;
     unsafe {
         if core::ptr::read_volatile(&raw const (*slot).pid_tgid) != pid_tgid {
             return None;
@@ -150,7 +156,7 @@ pub fn inflight_get(pid_tgid: u64, take: bool) -> Option<Inflight> {
 /// Forget the current thread's call, if it has one (it exited inside it).
 #[inline(always)]
 pub fn inflight_forget(pid_tgid: u64) {
-    if let Some(slot) = INFLIGHT.get_ptr_mut(pid_tgid as u32 % INFLIGHT_SLOTS) {
+    if let Some(slot) = inflight_slot(pid_tgid) {
         unsafe {
             if core::ptr::read_volatile(&raw const (*slot).pid_tgid) == pid_tgid {
                 core::ptr::write_volatile(&raw mut (*slot).pid_tgid, 0);
