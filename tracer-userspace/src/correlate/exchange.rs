@@ -25,6 +25,8 @@ pub struct Env<'a> {
     pub sock: u64,
     /// Which thread accepted or connected the connection, and when, if that was seen.
     pub opened: Option<Opened>,
+    /// Where exchanges go as they finish (the pipeline takes them after each feed).
+    pub finished: &'a mut Vec<Finished>,
 }
 
 impl Env<'_> {

@@ -17,6 +17,8 @@ use super::{
 
 /// Requests awaiting responses on one connection; more are dropped (oldest first) and counted.
 const MAX_PENDING: usize = 256;
+/// Room for waiting requests an idle connection keeps (pointers).
+const KEPT_WAITING: usize = 4;
 /// Chunks inspected on a connection before deciding it does not speak HTTP/1.x.
 const MAX_PROBES: u8 = 4;
 
@@ -32,8 +34,9 @@ struct Waiting {
 
 #[derive(Debug, Default)]
 struct Pairing {
-    /// Boxed, and `finished` handed over whole: an idle connection (there may be tens of
-    /// thousands) keeps no room for requests it is not waiting on.
+    /// Boxed: an idle connection (there may be tens of
+    /// thousands) keeps room for a few pointers only ([`KEPT_WAITING`]), so that a keep-alive
+    /// connection's next request needs no new room.
     waiting: VecDeque<Box<Waiting>>,
     /// The response in progress is informational (1xx) or unmatched: its end is not an answer.
     ignore_end: bool,
@@ -43,7 +46,6 @@ struct Pairing {
     /// the bytes after the 101's head (and how many more moved uncopied) are HTTP/2's.
     to_h2c: bool,
     upgraded: Option<(Pending, Vec<u8>, u64)>,
-    finished: Vec<Finished>,
     losses: Losses,
     /// Message heads seen on the connection, both directions.
     heads: u64,
@@ -164,7 +166,7 @@ impl Feed<'_, '_> {
             pending, response, ..
         } = *w;
         let head = response.expect("checked above");
-        if p.waiting.is_empty() {
+        if p.waiting.is_empty() && p.waiting.capacity() > KEPT_WAITING {
             p.waiting = VecDeque::new();
         }
         if head.status == 101 && p.to_h2c {
@@ -172,7 +174,7 @@ impl Feed<'_, '_> {
             p.upgraded = Some((pending, Vec::new(), 0));
             return;
         }
-        p.finished.push(Finished {
+        self.env.finished.push(Finished {
             kind: self.kind,
             request: pending,
             response: Some(Response::http1(head.status, size, head.captured)),
@@ -315,13 +317,8 @@ impl Http1 {
                     end_ns: last,
                 },
             };
-            self.pairing.finished.push(finished);
+            env.finished.push(finished);
         }
-    }
-
-    /// Take the exchanges finished so far.
-    pub fn take_finished(&mut self) -> Vec<Finished> {
-        std::mem::take(&mut self.pairing.finished)
     }
 
     /// The connection switched to HTTP/2 by `Upgrade: h2c`: the upgrade request (to go on as

@@ -114,7 +114,6 @@ struct State {
     /// connection joined late, unknown until a header block says which way requests go.
     role: Option<Kind>,
     streams: BTreeMap<u32, Stream>,
-    finished: Vec<Finished>,
     losses: Losses,
     started: u64,
     /// A direction lost its frames for good: nothing more is learnt from this connection.
@@ -482,7 +481,7 @@ impl Feed<'_, '_> {
         }
         pending.request.grpc |= st.grpc_response;
         let grpc = pending.request.grpc;
-        self.s.finished.push(Finished {
+        self.env.finished.push(Finished {
             kind,
             request: pending,
             response: Some(st.response(grpc, reset, true)),
@@ -639,12 +638,8 @@ impl Http2 {
             } else {
                 exchange::unanswered(env, kind, p, last)
             };
-            self.state.finished.push(finished);
+            env.finished.push(finished);
         }
-    }
-
-    pub fn take_finished(&mut self) -> Vec<Finished> {
-        std::mem::take(&mut self.state.finished)
     }
 
     pub fn open_requests(&self) -> u64 {

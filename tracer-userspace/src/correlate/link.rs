@@ -80,13 +80,22 @@ impl<'a> Sending<'a> {
     }
 }
 
+impl Sending<'_> {
+    /// Its method and target in 64 bits: two requests that differ in them match by chance
+    /// once in 2^64 comparisons, and nothing is allocated to keep them.
+    fn fingerprint(&self) -> u64 {
+        use std::hash::BuildHasher;
+        foldhash::quality::FixedState::default().hash_one((self.method, self.target))
+    }
+}
+
 /// A client request waiting for its server end.
 #[derive(Debug, Clone)]
 struct Sent {
     ctx: Context,
     tgid: u32,
-    method: String,
-    target: String,
+    /// [`Sending::fingerprint`].
+    request: u64,
     /// Its HTTP/2 stream id.
     stream: Option<u32>,
     at: u64,
@@ -253,8 +262,7 @@ impl Linker {
         queue.push_back(Sent {
             ctx,
             tgid,
-            method: request.method.to_string(),
-            target: request.target.to_string(),
+            request: request.fingerprint(),
             stream: request.stream,
             at,
         });
@@ -270,7 +278,8 @@ impl Linker {
         } = conn;
         let key = (remote, local);
         let queue = self.sent.get_mut(&key)?;
-        let same = |sent: &Sent| sent.method == request.method && sent.target == request.target;
+        let fingerprint = request.fingerprint();
+        let same = |sent: &Sent| sent.request == fingerprint;
         let found = match request.stream {
             // HTTP/2: the client's request on the same stream, which must agree. Requests
             // sent before it on other streams were read before it, or never will be.
@@ -296,9 +305,8 @@ impl Linker {
             ctx: sent.ctx,
             remote: sent.tgid != tgid,
         });
-        if queue.is_empty() {
-            self.sent.remove(&key);
-        }
+        // An emptied queue stays (with its room) for the connection's next request; the
+        // periodic expiry removes it.
         if found.is_some() {
             self.stats.same_host += 1;
         }

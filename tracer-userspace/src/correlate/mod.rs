@@ -88,6 +88,7 @@ struct ConnRef<'t> {
     ids: &'t mut IdGen,
     links: &'t mut Linker,
     finished: &'t mut Vec<FinishedAt>,
+    exchanges: &'t mut Vec<Finished>,
     mutes: &'t mut Vec<Mute>,
 }
 
@@ -118,6 +119,9 @@ pub struct Pipeline {
     stats: Stats,
     /// Exchanges finished by the last call, waiting to become spans.
     finished: Vec<FinishedAt>,
+    /// Where a connection's feed puts the exchanges it finished (kept, so that finishing
+    /// one allocates nothing).
+    exchanges: Vec<Finished>,
     /// Connections found to be of no further use, for the capture side to mute.
     mutes: Vec<Mute>,
     capture: Capture,
@@ -133,6 +137,7 @@ impl Pipeline {
             ids,
             stats: Stats::default(),
             finished: Vec::new(),
+            exchanges: Vec::new(),
             mutes: Vec::new(),
             capture: Capture::default(),
             links: Linker::default(),
@@ -206,6 +211,7 @@ impl Pipeline {
                     remote: c.conn.remote,
                     sock: key.sock,
                     opened: c.conn.opened,
+                    finished: c.exchanges,
                 };
                 c.conn.session.data(ingress, chunk, h.tid, &mut env);
                 let mut tls = false;
@@ -223,7 +229,7 @@ impl Pipeline {
                     }
                 }
                 let (local, remote, comm) = (c.conn.local, c.conn.remote, c.conn.comm);
-                for f in c.conn.session.take_finished() {
+                for f in env.finished.drain(..) {
                     c.finished.push((key, local, remote, comm, f));
                 }
                 self.stats.tls_connections += u64::from(tls);
@@ -348,6 +354,7 @@ impl Pipeline {
             ids: &mut self.ids,
             links: &mut self.links,
             finished: &mut self.finished,
+            exchanges: &mut self.exchanges,
             mutes: &mut self.mutes,
         }
     }
@@ -380,13 +387,14 @@ impl Pipeline {
             remote: conn.remote,
             sock: key.sock,
             opened: conn.opened,
+            finished: &mut self.exchanges,
         };
         conn.session.close(ts, &mut env);
         let losses = conn.session.take_losses();
         self.stats.unmatched_responses += losses.unmatched_responses;
         self.stats.pending_overflow += losses.pending_overflow;
         self.stats.desyncs += conn.session.desyncs();
-        for f in conn.session.take_finished() {
+        for f in self.exchanges.drain(..) {
             self.finished
                 .push((key, conn.local, conn.remote, conn.comm, f));
         }

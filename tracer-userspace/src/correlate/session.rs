@@ -12,7 +12,7 @@ use crate::protocol::{
 };
 
 use super::{
-    exchange::{Env, Finished, Hints, Losses},
+    exchange::{Env, Hints, Losses},
     http1::Http1,
     http2::Http2,
     span::Kind,
@@ -184,14 +184,6 @@ impl Session {
         match &mut self.protocol {
             Protocol::Http1(h) => h.close(ts, self.last_ns, env, &mut self.hints),
             Protocol::Http2(h) => h.close(ts, self.last_ns, env),
-        }
-    }
-
-    /// Take the exchanges finished so far.
-    pub fn take_finished(&mut self) -> Vec<Finished> {
-        match &mut self.protocol {
-            Protocol::Http1(h) => h.take_finished(),
-            Protocol::Http2(h) => h.take_finished(),
         }
     }
 

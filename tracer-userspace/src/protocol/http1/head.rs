@@ -92,8 +92,15 @@ struct Common {
     connection_close: bool,
 }
 
-fn text(value: &[u8]) -> String {
-    String::from_utf8_lossy(value).trim().to_string()
+/// A header value as text, without the whitespace around it (HTTP's optional whitespace is
+/// ASCII; bytes that are not UTF-8 become U+FFFD).
+fn text(value: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(value.trim_ascii())
+}
+
+/// [`text`], owned.
+fn owned(value: &[u8]) -> String {
+    text(value).into_owned()
 }
 
 fn common(name: &str, value: &[u8], c: &mut Common) -> bool {
@@ -144,7 +151,7 @@ fn capture(name: &str, value: &[u8], wanted: &[String]) -> Option<(String, Strin
     wanted
         .iter()
         .find(|w| w.eq_ignore_ascii_case(name))
-        .map(|w| (w.clone(), text(value)))
+        .map(|w| (w.clone(), owned(value)))
 }
 
 /// [`parse_request`], also keeping the values of the headers named in `wanted`.
@@ -184,13 +191,13 @@ pub fn parse_request_capturing(
             continue;
         }
         if h.name.eq_ignore_ascii_case("host") {
-            head.host = Some(text(h.value));
+            head.host = Some(owned(h.value));
         } else if h.name.eq_ignore_ascii_case("user-agent") {
-            head.user_agent = Some(text(h.value));
+            head.user_agent = Some(owned(h.value));
         } else if h.name.eq_ignore_ascii_case("traceparent") {
-            head.traceparent = Some(text(h.value));
+            head.traceparent = Some(owned(h.value));
         } else if h.name.eq_ignore_ascii_case("tracestate") {
-            head.tracestate = Some(text(h.value));
+            head.tracestate = Some(owned(h.value));
         }
     }
     head.content_length = c.content_length;
