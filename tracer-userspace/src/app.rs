@@ -153,11 +153,11 @@ pub async fn replay(path: &Path, config: SinkConfig) -> anyhow::Result<()> {
     let worker = tokio::task::spawn_blocking(move || {
         // The export side drains until the sender is dropped: waiting here loses nothing.
         const CHUNK: usize = 512;
-        let mut chunk = Vec::with_capacity(CHUNK);
+        let mut chunk = tx.buffer(CHUNK);
         let result = replay_recording(input, capture, |span| {
             chunk.push(span);
             if chunk.len() == CHUNK {
-                tx.blocking_send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+                tx.blocking_send(std::mem::replace(&mut chunk, tx.buffer(CHUNK)));
             }
         });
         tx.blocking_send(chunk);

@@ -25,6 +25,13 @@ use crate::correlate::{clock::Clock, span::HttpSpan};
 pub const QUEUE_CAPACITY: usize = 65_536;
 /// Hand-overs the queue holds (each a read of the ring buffer's worth of spans).
 const QUEUE_BATCHES: usize = 1024;
+/// Emptied hand-over buffers kept for the pipeline to fill again, and the largest kept (in
+/// spans): a hand-over then costs no allocation once the flow is steady.
+const SPARE_BATCHES: usize = 8;
+const SPARE_BATCH_SPANS: usize = 512;
+
+/// Emptied hand-over buffers on their way back to the pipeline.
+type Spare = Arc<std::sync::Mutex<Vec<Vec<HttpSpan>>>>;
 
 /// The queue between the pipeline and the exporter, bounded in spans. Spans are handed over
 /// in batches, one per read of the ring buffer, so the exporter's thread wakes once per batch
@@ -32,13 +39,15 @@ const QUEUE_BATCHES: usize = 1024;
 pub fn queue() -> (SpanQueue, QueueReceiver) {
     let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
     let queued = Arc::new(AtomicUsize::new(0));
+    let spare = Spare::default();
     (
         SpanQueue {
             tx,
             queued: queued.clone(),
             pending: Vec::new(),
+            spare: spare.clone(),
         },
-        QueueReceiver { rx, queued },
+        QueueReceiver { rx, queued, spare },
     )
 }
 
@@ -49,6 +58,7 @@ pub struct SpanQueue {
     queued: Arc<AtomicUsize>,
     /// Spans waiting for the next hand-over.
     pending: Vec<HttpSpan>,
+    spare: Spare,
 }
 
 impl SpanQueue {
@@ -68,7 +78,8 @@ impl SpanQueue {
         if self.pending.is_empty() {
             return 0;
         }
-        let batch = std::mem::take(&mut self.pending);
+        let next = self.buffer(0);
+        let batch = std::mem::replace(&mut self.pending, next);
         let n = batch.len();
         self.queued.fetch_add(n, Ordering::Relaxed);
         if self.tx.try_send(batch).is_err() {
@@ -76,6 +87,16 @@ impl SpanQueue {
             return n;
         }
         0
+    }
+
+    /// An empty buffer for a batch: one the exporter emptied, or a new one with room for
+    /// `spans`.
+    pub fn buffer(&self, spans: usize) -> Vec<HttpSpan> {
+        self.spare
+            .lock()
+            .ok()
+            .and_then(|mut s| s.pop())
+            .unwrap_or_else(|| Vec::with_capacity(spans))
     }
 
     /// Hand `batch` over, waiting while the queue is full (for replays, which may wait).
@@ -97,24 +118,28 @@ impl SpanQueue {
 pub struct QueueReceiver {
     rx: mpsc::Receiver<Vec<HttpSpan>>,
     queued: Arc<AtomicUsize>,
+    spare: Spare,
 }
 
 impl QueueReceiver {
     /// Move every batch waiting now into `into` (waiting for the first); false once the
-    /// sending side is gone and nothing is left.
+    /// sending side is gone and nothing is left. The emptied buffers go back to the sender.
     async fn recv_into(&mut self, into: &mut Vec<HttpSpan>) -> bool {
         let Some(first) = self.rx.recv().await else {
             return false;
         };
-        let mut taken = first.len();
-        if into.is_empty() {
-            *into = first;
-        } else {
-            into.extend(first);
-        }
-        while let Ok(more) = self.rx.try_recv() {
-            taken += more.len();
-            into.extend(more);
+        let mut taken = 0;
+        let mut next = Some(first);
+        while let Some(mut batch) = next {
+            taken += batch.len();
+            into.append(&mut batch);
+            if batch.capacity() <= SPARE_BATCH_SPANS
+                && let Ok(mut spare) = self.spare.lock()
+                && spare.len() < SPARE_BATCHES
+            {
+                spare.push(batch);
+            }
+            next = self.rx.try_recv().ok();
         }
         self.queued.fetch_sub(taken, Ordering::Relaxed);
         true
