@@ -330,10 +330,10 @@ impl Feed<'_, '_> {
                 request.captured.push((n.to_string(), v.clone()));
             }
             match name {
-                Some(":method") => request.method = value.unwrap_or_default(),
-                Some(":path") => request.target = value.unwrap_or_default(),
-                Some(":authority") => request.host = value,
-                Some("user-agent") => request.user_agent = value,
+                Some(":method") => request.method = value.unwrap_or_default().into(),
+                Some(":path") => request.target = value.unwrap_or_default().into(),
+                Some(":authority") => request.host = value.map(Into::into),
+                Some("user-agent") => request.user_agent = value.map(Into::into),
                 Some("traceparent") => request.traceparent = value,
                 Some("tracestate") => request.tracestate = value,
                 Some("content-type") => content_type = value,

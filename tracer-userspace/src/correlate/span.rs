@@ -4,7 +4,7 @@
 use std::{borrow::Cow, net::SocketAddr, sync::Arc};
 
 use super::process::Process;
-use crate::protocol::Version;
+use crate::protocol::{Text, Version};
 
 /// SERVER: the traced process received the request. CLIENT: it sent it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,11 +165,11 @@ pub struct HttpSpan {
     pub process: Arc<Process>,
     /// Thread that handled the request (server) or sent it (client).
     pub tid: u32,
-    pub method: String,
-    pub target: String,
+    pub method: Text,
+    pub target: Text,
     pub version: crate::protocol::Version,
-    pub host: Option<String>,
-    pub user_agent: Option<String>,
+    pub host: Option<Text>,
+    pub user_agent: Option<Text>,
     pub request_body_size: Option<u64>,
     /// `None` when no response was observed.
     pub response: Option<Response>,

@@ -697,7 +697,7 @@ mod tests {
         let big: Vec<HttpSpan> = (0..100)
             .map(|i| {
                 let mut s = spans[i % spans.len()].clone();
-                s.target = format!("/{i}/{}", "a".repeat(100_000));
+                s.target = format!("/{i}/{}", "a".repeat(100_000)).into();
                 s
             })
             .collect();

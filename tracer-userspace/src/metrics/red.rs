@@ -216,7 +216,7 @@ fn method_of(span: &HttpSpan) -> String {
     if span.undecoded.contains(&":method") || !crate::correlate::span::known_method(&span.method) {
         "_OTHER".to_string()
     } else {
-        span.method.clone()
+        span.method.to_string()
     }
 }
 

@@ -28,16 +28,20 @@ impl Version {
     }
 }
 
+/// Text of a request that is usually short (method, target, host, user agent): up to 24 bytes
+/// are held in place, with no allocation to make or free.
+pub type Text = compact_str::CompactString;
+
 /// A request as any protocol reports it: what tracing uses of it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
-    pub method: String,
+    pub method: Text,
     /// The request target as sent (path and query, or an absolute URI).
-    pub target: String,
+    pub target: Text,
     pub version: Version,
     /// `Host` (HTTP/1.x), the authority.
-    pub host: Option<String>,
-    pub user_agent: Option<String>,
+    pub host: Option<Text>,
+    pub user_agent: Option<Text>,
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
     /// Headers the user asked to capture, as (lower-case name, value), in order.

@@ -1,6 +1,8 @@
 //! HTTP/1.x message heads: request and status lines and the few headers tracing needs, parsed
 //! with `httparse` into small owned structs.
 
+use crate::protocol::Text;
+
 /// Headers read per message head; heads with more are parsed as far as these go.
 const MAX_HEADERS: usize = 96;
 
@@ -32,13 +34,13 @@ pub enum Parsed<T> {
 /// The parts of a request head that tracing uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestHead {
-    pub method: String,
+    pub method: Text,
     /// The request target as sent (path and query, or an absolute URI).
-    pub target: String,
+    pub target: Text,
     /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
-    pub host: Option<String>,
-    pub user_agent: Option<String>,
+    pub host: Option<Text>,
+    pub user_agent: Option<Text>,
     pub content_length: Option<u64>,
     pub chunked: bool,
     pub traceparent: Option<String>,
@@ -176,8 +178,8 @@ pub fn parse_request_capturing(
         return Parsed::Invalid;
     };
     let mut head = RequestHead {
-        method: method.to_string(),
-        target: target.to_string(),
+        method: Text::new(method),
+        target: Text::new(target),
         minor_version: version,
         truncated,
         ..Default::default()
@@ -191,9 +193,9 @@ pub fn parse_request_capturing(
             continue;
         }
         if h.name.eq_ignore_ascii_case("host") {
-            head.host = Some(owned(h.value));
+            head.host = Some(Text::from(text(h.value)));
         } else if h.name.eq_ignore_ascii_case("user-agent") {
-            head.user_agent = Some(owned(h.value));
+            head.user_agent = Some(Text::from(text(h.value)));
         } else if h.name.eq_ignore_ascii_case("traceparent") {
             head.traceparent = Some(owned(h.value));
         } else if h.name.eq_ignore_ascii_case("tracestate") {
