@@ -27,7 +27,7 @@ pub const QUEUE_CAPACITY: usize = 65_536;
 const QUEUE_BATCHES: usize = 1024;
 /// Emptied hand-over buffers kept for the pipeline to fill again, and the largest kept (in
 /// spans): a hand-over then costs no allocation once the flow is steady.
-const SPARE_BATCHES: usize = 8;
+const SPARE_BATCHES: usize = 16;
 const SPARE_BATCH_SPANS: usize = 512;
 
 /// Emptied hand-over buffers on their way back to the pipeline.
@@ -78,7 +78,9 @@ impl SpanQueue {
         if self.pending.is_empty() {
             return 0;
         }
-        let next = self.buffer(0);
+        // While the exporter is busy sending, no emptied buffer comes back: a new one gets
+        // room for as many spans as this hand-over had (up to what is kept for reuse).
+        let next = self.buffer(self.pending.len().min(SPARE_BATCH_SPANS));
         let batch = std::mem::replace(&mut self.pending, next);
         let n = batch.len();
         self.queued.fetch_add(n, Ordering::Relaxed);
