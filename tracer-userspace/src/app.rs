@@ -152,7 +152,7 @@ pub async fn replay(path: &Path, config: SinkConfig) -> anyhow::Result<()> {
     let capture = config.capture.clone();
     let worker = tokio::task::spawn_blocking(move || {
         // The export side drains until the sender is dropped: waiting here loses nothing.
-        const CHUNK: usize = 512;
+        const CHUNK: usize = 128;
         let mut chunk = tx.buffer(CHUNK);
         let result = replay_recording(input, capture, |span| {
             chunk.push(span);

@@ -17,8 +17,6 @@ use super::{
 
 /// Requests awaiting responses on one connection; more are dropped (oldest first) and counted.
 const MAX_PENDING: usize = 256;
-/// Room for waiting requests an idle connection keeps (pointers).
-const KEPT_WAITING: usize = 4;
 /// Chunks inspected on a connection before deciding it does not speak HTTP/1.x.
 const MAX_PROBES: u8 = 4;
 
@@ -35,8 +33,7 @@ struct Waiting {
 #[derive(Debug, Default)]
 struct Pairing {
     /// Boxed: an idle connection (there may be tens of
-    /// thousands) keeps room for a few pointers only ([`KEPT_WAITING`]), so that a keep-alive
-    /// connection's next request needs no new room.
+    /// thousands) keeps no room for requests it is not waiting on.
     waiting: VecDeque<Box<Waiting>>,
     /// The response in progress is informational (1xx) or unmatched: its end is not an answer.
     ignore_end: bool,
@@ -166,7 +163,7 @@ impl Feed<'_, '_> {
             pending, response, ..
         } = *w;
         let head = response.expect("checked above");
-        if p.waiting.is_empty() && p.waiting.capacity() > KEPT_WAITING {
+        if p.waiting.is_empty() {
             p.waiting = VecDeque::new();
         }
         if head.status == 101 && p.to_h2c {

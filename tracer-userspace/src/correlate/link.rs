@@ -305,8 +305,9 @@ impl Linker {
             ctx: sent.ctx,
             remote: sent.tgid != tgid,
         });
-        // An emptied queue stays (with its room) for the connection's next request; the
-        // periodic expiry removes it.
+        if queue.is_empty() {
+            self.sent.remove(&key);
+        }
         if found.is_some() {
             self.stats.same_host += 1;
         }

@@ -26,7 +26,7 @@ fn key(h: &EventHeader) -> u64 {
 
 /// Payload buffers kept in freed slots for reuse, in bytes of capacity, and the largest
 /// buffer kept: holding an event then costs no allocation once the flow is steady.
-const SPARE_BYTES: usize = 4 << 20;
+const SPARE_BYTES: usize = 1 << 20;
 const SPARE_CAPACITY: usize = 4096;
 /// Slots kept after a burst has drained.
 const SPARE_SLOTS: usize = 4096;

@@ -27,8 +27,8 @@ pub const QUEUE_CAPACITY: usize = 65_536;
 const QUEUE_BATCHES: usize = 1024;
 /// Emptied hand-over buffers kept for the pipeline to fill again, and the largest kept (in
 /// spans): a hand-over then costs no allocation once the flow is steady.
-const SPARE_BATCHES: usize = 16;
-const SPARE_BATCH_SPANS: usize = 512;
+const SPARE_BATCHES: usize = 4;
+const SPARE_BATCH_SPANS: usize = 128;
 
 /// Emptied hand-over buffers on their way back to the pipeline.
 type Spare = Arc<std::sync::Mutex<Vec<Vec<HttpSpan>>>>;
@@ -78,9 +78,9 @@ impl SpanQueue {
         if self.pending.is_empty() {
             return 0;
         }
-        // While the exporter is busy sending, no emptied buffer comes back: a new one gets
-        // room for as many spans as this hand-over had (up to what is kept for reuse).
-        let next = self.buffer(self.pending.len().min(SPARE_BATCH_SPANS));
+        // While the exporter is busy sending, no emptied buffer comes back: a new one grows
+        // as spans come (room reserved ahead would sit in every hand-over queued in a burst).
+        let next = self.buffer(0);
         let batch = std::mem::replace(&mut self.pending, next);
         let n = batch.len();
         self.queued.fetch_add(n, Ordering::Relaxed);
@@ -224,6 +224,8 @@ pub async fn run(
             }
         }
         batch.clear();
+        // After a burst, give back most of the room it took.
+        batch.shrink_to(4 * SPARE_BATCH_SPANS);
         stats.send_replace(counts);
     }
     if let Some(o) = &mut sinks.otlp {
