@@ -30,8 +30,29 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A TCP port that was free a moment ago.
+/// A TCP port that was free a moment ago, below the kernel's ephemeral range: a port from
+/// that range can be taken, between this check and the test's own bind, as the local port of
+/// an outgoing connection (the agent's to its receiver, a client's), and the server then fails
+/// with "address already in use".
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOWEST: u16 = 10_000;
+    if ephemeral_low > LOWEST + 1000 {
+        let span = u64::from(ephemeral_low - LOWEST);
+        let start = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        for i in 0..1000u64 {
+            let port = LOWEST + ((start + i * 7919) % span) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
