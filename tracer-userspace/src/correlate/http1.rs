@@ -32,8 +32,8 @@ struct Waiting {
 
 #[derive(Debug, Default)]
 struct Pairing {
-    /// Boxed: an idle connection (there may be tens of
-    /// thousands) keeps no room for requests it is not waiting on.
+    /// Boxed: an idle connection (there may be tens of thousands) keeps no room for requests
+    /// it is not waiting on.
     waiting: VecDeque<Box<Waiting>>,
     /// The response in progress is informational (1xx) or unmatched: its end is not an answer.
     ignore_end: bool,

@@ -78,9 +78,7 @@ impl<'a> Sending<'a> {
             stream: None,
         }
     }
-}
 
-impl Sending<'_> {
     /// Its method and target in 64 bits: two requests that differ in them match by chance
     /// once in 2^64 comparisons, and nothing is allocated to keep them.
     fn fingerprint(&self) -> u64 {
