@@ -214,3 +214,55 @@ fn a_muted_connection_stays_muted_when_the_cache_forgets_it() {
         "{added} events after the cache forgot the muted connection"
     );
 }
+
+/// A 64-bit process may still make 32-bit system calls (`int $0x80`): their numbers are
+/// another table's (32-bit `getpid` is 64-bit `writev`'s number) and their arguments sit in
+/// other registers. The registers a 64-bit call's arguments would be in are set to the traced
+/// connection and a buffer that reads like a request: nothing is taken from them, and the
+/// connection stays known.
+#[test]
+fn a_32_bit_syscall_is_not_read_as_a_64_bit_one() {
+    let receiver = Receiver::start();
+    let server = tracer_e2e::servers::python_http(free_port());
+    let port = server.port.to_string();
+    let mut agent = Agent::exporting(&receiver, &["--port", &port, "--output", "json"]);
+    let run = tracer_e2e::servers::run_client(
+        Command::new("python3")
+            .arg(script("compat_client.py"))
+            .arg(&port),
+    );
+    assert_eq!(run.statuses, vec![404, 404], "the client completed");
+    let spans = receiver.wait_spans(4, |_| true);
+    agent.stop();
+    // Each end's spans from its own process.
+    let mut seen: Vec<(bool, bool, String, Option<i64>)> = receiver
+        .spans()
+        .iter()
+        .map(|s| {
+            let pid = if s.is_client() { run.pid } else { server.pid() };
+            (
+                s.is_client(),
+                s.pid() == pid,
+                s.attr("url.path").str().to_string(),
+                s.attributes
+                    .get("http.response.status_code")
+                    .map(|v| v.int()),
+            )
+        })
+        .collect();
+    seen.sort();
+    let want = |client| {
+        [
+            (client, true, "/after-32bit-getpid".to_string(), Some(404)),
+            (client, true, "/after-32bit-read".to_string(), Some(404)),
+        ]
+    };
+    assert_eq!(
+        seen,
+        [want(false), want(true)].concat(),
+        "each request once from each end: {spans:#?}"
+    );
+    for line in agent.stdout().iter().chain(agent.stderr().iter()) {
+        assert!(!line.contains("PHANTOM"), "printed the buffer: {line}");
+    }
+}
