@@ -5,7 +5,9 @@
 //!
 //! A guest that dies before its command runs (about one boot in ten under emulation; one such
 //! console showed an Oops on a stray int3 in code the kernel was patching) is a boot failure
-//! and is retried; a test that fails is not. The guest tells them apart by writing
+//! and is retried, and so is a guest whose kernel hits that emulation fault later, as an Oops
+//! or as a CPU looping on the breakpoint (stopped as soon as its console reports it); a test
+//! that fails is not. The guest tells them apart by writing
 //! `out/booted` as its first action and `out/result` as its last, in `target/kernels/SERIES/`,
 //! a directory it shares with this machine; the kernel's console is kept in `out/vng.log`.
 
@@ -91,6 +93,8 @@ const BOOT_ATTEMPTS: u32 = 3;
 /// How long a guest may take to reach its command before the boot counts as failed.
 const BOOT_LIMIT: Duration = Duration::from_secs(300);
 const POLL: Duration = Duration::from_millis(250);
+/// How often the runner reads the guest's console for a CPU that will never recover.
+const CONSOLE_LOOK: Duration = Duration::from_secs(5);
 
 /// What `cargo xtask kernels` was asked for.
 pub struct Opts {
@@ -491,11 +495,21 @@ struct Crash {
 }
 
 impl Crash {
-    /// A breakpoint the kernel's own handler does not know: a stray `int3` left in code the
-    /// kernel was patching, which QEMU's software emulation produces now and then (also at
-    /// boot, with no program of ours loaded). Any other crash is a failure of the run.
+    /// A breakpoint left in code the kernel was patching, which QEMU's software emulation
+    /// produces now and then (also at boot, with no program of ours loaded), in one of two
+    /// forms: an Oops on an `int3` the kernel's handler does not know, or a CPU stuck in a
+    /// soft lockup with `exc_int3` in its trace. The second is the same fault seen from the
+    /// other side: the emulated CPU keeps executing an `int3` that memory no longer holds,
+    /// and the kernel's breakpoint handler, finding the byte already restored, backs up to
+    /// run it again, forever. Any other crash is a failure of the run.
     fn is_emulation_fault(&self) -> bool {
-        self.headline.contains("int3")
+        self.headline.contains("int3") || self.is_int3_lockup()
+    }
+
+    /// A soft lockup of a CPU looping on a breakpoint: the guest never recovers from it, so
+    /// the runner stops it at once instead of waiting out the time limit.
+    fn is_int3_lockup(&self) -> bool {
+        self.headline.contains("soft lockup") && self.lines.iter().any(|l| l.contains("exc_int3"))
     }
 }
 
@@ -587,6 +601,7 @@ fn boot(vng: &Path, vmlinuz: &Path, dir: &Path, limit: Duration) -> anyhow::Resu
     let mut boot_time = None;
     let guest_log = out.join("guest.log");
     let mut offset = 0;
+    let mut last_look = Instant::now();
     let status = loop {
         stream(&guest_log, &mut offset);
         if let Some(status) = child.try_wait().context("waiting for vng")? {
@@ -607,6 +622,18 @@ fn boot(vng: &Path, vmlinuz: &Path, dir: &Path, limit: Duration) -> anyhow::Resu
             );
             stop_group(&mut child);
             break None;
+        }
+        if last_look.elapsed() > CONSOLE_LOOK {
+            last_look = Instant::now();
+            let console = fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(crash) = kernel_crash(&console).filter(Crash::is_int3_lockup) {
+                eprintln!(
+                    "xtask: {}: a CPU loops on a breakpoint (an emulation fault): stopping QEMU",
+                    crash.headline
+                );
+                stop_group(&mut child);
+                break None;
+            }
         }
         if start.elapsed() > limit {
             eprintln!(
@@ -645,7 +672,7 @@ fn boot(vng: &Path, vmlinuz: &Path, dir: &Path, limit: Duration) -> anyhow::Resu
             match kernel_crash(&console) {
                 Some(crash) if crash.is_emulation_fault() => {
                     return Ok(Boot::Failed(format!(
-                        "the guest's kernel stopped on a stray int3 (an emulation fault): {}",
+                        "the guest's kernel stopped on a breakpoint left by patching (an emulation fault): {}",
                         crash.headline
                     )));
                 }
@@ -900,6 +927,42 @@ mod tests {
         );
         assert!(!crash.is_emulation_fault());
         assert!(kernel_crash("[ 1.0] virtme-ng-init: udev is done\n").is_none());
+    }
+
+    /// A 6.1 guest's report of a CPU looping on a breakpoint (frames marked `?` are
+    /// addresses found on the stack: what the CPU last ran besides the interrupted code).
+    const INT3_LOCKUP: &str =
+        "[  912.3] watchdog: BUG: soft lockup - CPU#0 stuck for 48s! [bpftool:657]
+[  912.3] Modules linked in: 9p netfs virtio_net
+[  912.3] CPU: 0 PID: 657 Comm: bpftool Not tainted 6.1.0-57-amd64 #1  Debian 6.1.158-1
+[  912.3] RIP: 0010:syscall_trace_enter.constprop.0+0xe9/0x1c0
+[  912.3] RSP: 0018:ffffa1b2c0a4ff10 EFLAGS: 00000246
+[  912.3] Call Trace:
+[  912.3]  <TASK>
+[  912.3]  ? exc_int3+0x3a/0xb0
+[  912.3]  ? do_sync_core+0x2a/0x30
+[  912.3]  ? copy_from_kernel_nofault+0x1f/0xe0
+[  912.3]  do_syscall_64+0x4d/0xc0
+[  912.3]  entry_SYSCALL_64_after_hwframe+0x64/0xce
+";
+
+    #[test]
+    fn a_cpu_looping_on_a_breakpoint_is_an_emulation_fault() {
+        let crash = kernel_crash(INT3_LOCKUP).expect("a crash");
+        assert_eq!(
+            crash.headline,
+            "watchdog: BUG: soft lockup - CPU#0 stuck for 48s! [bpftool:657]; \
+             RIP: 0010:syscall_trace_enter.constprop.0+0xe9/0x1c0"
+        );
+        assert!(crash.is_int3_lockup());
+        assert!(crash.is_emulation_fault());
+        // A lockup anywhere else is a failure of the run, and so is the trace without the
+        // soft lockup.
+        let elsewhere = INT3_LOCKUP.replace("exc_int3", "tcp_sendmsg");
+        let crash = kernel_crash(&elsewhere).unwrap();
+        assert!(!crash.is_int3_lockup() && !crash.is_emulation_fault());
+        let hard = INT3_LOCKUP.replace("soft lockup", "hard LOCKUP");
+        assert!(!kernel_crash(&hard).unwrap().is_emulation_fault());
     }
 
     #[test]
