@@ -13,7 +13,10 @@ use aya::{
     },
 };
 
-use tracer_common::{AFTER_COPY_PROGRAM, DEFAULT_CAPTURE, PROCESS_EXIT, TRACEPOINTS};
+use tracer_common::{
+    AFTER_COPY_PROGRAM, DEFAULT_CAPTURE, DISPATCH_ENTER, DISPATCH_EXIT, PROCESS_EXIT,
+    SYSCALL_PROGRAMS,
+};
 
 use super::{EBPF_OBJECT, btf, tracefs};
 
@@ -269,16 +272,30 @@ fn agent_programs() -> Vec<Item> {
             )];
         }
     };
-    let names = || TRACEPOINTS.iter().copied().chain([PROCESS_EXIT.1]);
-    let capture = names()
-        .try_for_each(|name| load_agent_program::<TracePoint>(&mut ebpf, name, |p| p.load()));
-    let count = TRACEPOINTS.len() + 1;
+    let names = || {
+        SYSCALL_PROGRAMS
+            .iter()
+            .copied()
+            .chain([DISPATCH_ENTER, DISPATCH_EXIT, PROCESS_EXIT.1])
+    };
+    let capture = super::install_syscall_programs(&mut ebpf)
+        .map_err(verifier_gist)
+        .and_then(|()| {
+            [DISPATCH_ENTER, DISPATCH_EXIT]
+                .into_iter()
+                .try_for_each(|name| {
+                    load_agent_program::<RawTracePoint>(&mut ebpf, name, |p| p.load())
+                })
+        })
+        .and_then(|()| load_agent_program::<TracePoint>(&mut ebpf, PROCESS_EXIT.1, |p| p.load()));
+    let count = SYSCALL_PROGRAMS.len() + 3;
     let mut out = vec![match capture {
         Ok(()) => item(
             "capture",
             true,
             format!(
-                "the agent's {count} tracepoint programs load{}",
+                "the agent's {count} programs load (two dispatchers at the raw sys_enter and \
+                 sys_exit, the syscalls' programs they tail-call, the process exit){}",
                 verifier_work(&ebpf, names())
             ),
             true,
@@ -316,11 +333,14 @@ fn agent_programs() -> Vec<Item> {
         ),
         Err(e) => item("propagate", false, e, false),
     });
-    out.push(match super::tls::load_programs(&mut ebpf) {
+    let tls = super::tls::load_programs(&mut ebpf)
+        .and_then(|()| super::install_syscall_program(&mut ebpf, tracer_common::tls::MMAP_PROGRAM));
+    out.push(match tls {
         Ok(()) => {
             let names = super::tls::UPROBES
                 .into_iter()
-                .chain(super::tls::DISCOVERY.map(|(_, _, p)| p));
+                .chain(super::tls::DISCOVERY.map(|(_, _, p)| p))
+                .chain([tracer_common::tls::MMAP_PROGRAM]);
             item(
                 "tls",
                 true,
@@ -422,7 +442,7 @@ fn hooks() -> Vec<Item> {
         &mut ebpf,
         "raw_tracepoint",
         "check_raw_tracepoint",
-        false,
+        true,
         |p| p.load().map_err(first_line),
         Some(&|p: &mut RawTracePoint| {
             let id = p.attach("sys_enter").map_err(first_line)?;
