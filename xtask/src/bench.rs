@@ -1107,6 +1107,7 @@ fn category(comm: &str, user: bool, sym: &str) -> &'static str {
         "syscall_trace_enter",
         "syscall_exit_work",
         "__traceiter",
+        "__bpf_trace",
         "bpf_trace_run",
         "uprobe",
     ]) {

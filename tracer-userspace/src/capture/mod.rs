@@ -86,7 +86,8 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Load the programs with `filter` and `capture_bytes`, then attach every tracepoint;
+    /// Load the programs with `filter` and `capture_bytes`, then attach the dispatchers (raw
+    /// `sys_exit`, then `sys_enter`) and the process-exit tracepoint;
     /// with `propagate`, also the sock_ops program (to the cgroup v2 root) and the sk_msg
     /// program that injects `traceparent`. With `tls`, the programs that read TLS libraries'
     /// plaintext are loaded (and attached to libraries by [`Probes::discover_tls`]).
