@@ -119,6 +119,17 @@ def main():
         data = b"".join(bytes(b) for b in bufs)[:n]
         statuses.append(int(data.split()[1]))
         sock.close()
+    elif mode == "peek":
+        # Peek at a response's first byte before reading it, as curl checks a connection it
+        # reuses: with recv (recvfrom), then with recvmsg. The peeked byte is read again.
+        sock = connect(host, port)
+        sock.sendall(f"GET /status/203 HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        assert sock.recv(1, socket.MSG_PEEK) == b"H"
+        statuses += read_responses(sock, 1)
+        sock.sendall(f"GET /peek-recvmsg HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        assert sock.recvmsg(1, 0, socket.MSG_PEEK)[0] == b"H"
+        statuses += read_responses(sock, 1)
+        sock.close()
     elif mode == "upgrade":
         # Switch protocols, then send bytes that look like HTTP but are not any more.
         sock = connect(host, port)

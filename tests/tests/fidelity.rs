@@ -297,6 +297,40 @@ fn several_iovecs_with_sendmsg_recvmsg_writev_readv() {
     assert!(spans.iter().all(|s| status(s) == Some(200)));
 }
 
+/// A client that peeks (`MSG_PEEK`) at each response before reading it, once with `recv`
+/// (`recvfrom`) and once with `recvmsg`: the peeked byte is read again by the next call, and
+/// is taken once. Taken twice, it shifted the stream, and the response went unseen.
+#[test]
+fn a_peek_at_a_response_is_not_taken_for_its_bytes() {
+    let receiver = Receiver::start();
+    let server = python_framings(free_port());
+    let mut agent = agent(&receiver, &["--port", &server.port.to_string()]);
+    let run = python_client("peek", server.port, None);
+    assert_eq!(run.statuses, vec![203, 200]);
+    let spans = receiver.wait_spans(4, |_| true);
+    agent.stop();
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    let mut seen: Vec<(bool, String, Option<i64>, Option<i64>)> = spans
+        .iter()
+        .map(|s| {
+            (
+                s.is_client(),
+                path(s),
+                status(s),
+                s.attributes.get("http.response.body.size").map(|v| v.int()),
+            )
+        })
+        .collect();
+    seen.sort();
+    let want = |client| {
+        [
+            (client, "/peek-recvmsg".to_string(), Some(200), Some(2)),
+            (client, "/status/203".to_string(), Some(203), Some(0)),
+        ]
+    };
+    assert_eq!(seen, [want(false), want(true)].concat(), "{spans:#?}");
+}
+
 #[test]
 fn continue_and_switching_protocols() {
     let receiver = Receiver::start();

@@ -78,6 +78,15 @@ pub fn args(ctx: &RawTracePointContext) -> Result<[u64; 3], u32> {
     Ok([saved.rdi, saved.rsi, saved.rdx])
 }
 
+/// The fourth argument of the syscall being entered (x86-64: r10, where the C convention
+/// has rcx, which the `syscall` instruction overwrites).
+#[inline(always)]
+pub fn arg3(ctx: &RawTracePointContext) -> Result<u64, u32> {
+    let regs: *const u8 = ctx.arg(0);
+    unsafe { bpf_probe_read_kernel(regs.add(core::mem::offset_of!(pt_regs, r10)).cast()) }
+        .map_err(|_| 0u32)
+}
+
 /// The fifth argument of the syscall being entered (x86-64: r8).
 #[inline(always)]
 pub fn arg4(ctx: &RawTracePointContext) -> Result<u64, u32> {

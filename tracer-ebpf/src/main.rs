@@ -30,6 +30,7 @@ use crate::maps::{
 };
 
 const EINPROGRESS: i64 = 115;
+const MSG_PEEK: u64 = 0x2;
 /// Room for an executable's base name (a file name is at most 255 bytes).
 const EXE_NAME_MAX: u32 = 256;
 
@@ -50,6 +51,16 @@ fn enter_data(ctx: &RawTracePointContext, syscall: u8, mode: u8, dir: u8) -> Res
         tls::data_syscall(pid_tgid, fd, &info, dir);
     }
     if info.state != conn_state::TRACED {
+        return Ok(0);
+    }
+    // A peek leaves the bytes queued for the read that takes them: recorded twice, they would
+    // shift everything after them (curl peeks one byte to check a connection it reuses).
+    let flags = match syscall {
+        syscall::RECVFROM => dispatch::arg3(ctx)?,
+        syscall::RECVMSG => third,
+        _ => 0,
+    };
+    if flags & MSG_PEEK != 0 {
         return Ok(0);
     }
     let file = info.file;
