@@ -27,8 +27,6 @@ pub mod maps {
     pub const MUTED: &str = "MUTED";
     pub const SEEN_FILES: &str = "SEEN_FILES";
     pub const AFTER_COPY: &str = "AFTER_COPY";
-    pub const SYS_ENTER: &str = "SYS_ENTER";
-    pub const SYS_EXIT: &str = "SYS_EXIT";
     pub const PROPAGATED: &str = "PROPAGATED";
     pub const LOST: &str = "LOST";
 }
@@ -111,25 +109,14 @@ pub struct FileKey {
     pub ino: u64,
 }
 
-/// Tracepoint category of the per-syscall tracepoints (the benchmark's stand-in for the
-/// hooks used before the dispatchers).
+/// Tracepoint category of the syscall programs.
 pub const SYSCALLS: &str = "syscalls";
 
 /// The program that sees processes exit, and its tracepoint (category `sched`).
 pub const PROCESS_EXIT: (&str, &str) = ("sched", "sched_process_exit");
 
-/// The two programs at the raw `sys_enter` and `sys_exit` tracepoints: each tail-calls the
-/// program in its table ([`maps::SYS_ENTER`], [`maps::SYS_EXIT`]) at the syscall's number, and
-/// returns at once for any other syscall.
-pub const DISPATCH_ENTER: &str = "tracer_sys_enter";
-pub const DISPATCH_EXIT: &str = "tracer_sys_exit";
-/// Slots in each dispatch table: above every syscall number of x86-64 (x32 numbers, with bit
-/// 30 set, fall outside and are not seen).
-pub const DISPATCH_SLOTS: u32 = 512;
-
-/// The syscall programs, each named after the syscall tracepoint whose call it follows:
-/// `sys_enter_NAME` runs at the entry of `NAME`, `sys_exit_NAME` at its return.
-pub const SYSCALL_PROGRAMS: &[&str] = &[
+/// The syscall programs, each named after the tracepoint it attaches to.
+pub const TRACEPOINTS: &[&str] = &[
     "sys_enter_read",
     "sys_exit_read",
     "sys_enter_write",
@@ -208,9 +195,7 @@ pub struct KernelOffsets {
     pub inode_i_ino: u32,
     pub inode_i_sb: u32,
     pub sb_s_dev: u32,
-    /// `task_struct.thread_info.status`, whose `TS_COMPAT` bit marks a 32-bit syscall in
-    /// progress; `u32::MAX` where the kernel has no such field.
-    pub task_thread_status: u32,
+    pub _pad: u32,
 }
 
 /// Read-only configuration, written into the programs' `.rodata` before load.

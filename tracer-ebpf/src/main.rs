@@ -1,16 +1,14 @@
-//! tracer's eBPF programs: syscall programs that follow TCP connections of traced processes
+//! tracer's eBPF programs: syscall tracepoints that follow TCP connections of traced processes
 //! and copy the first bytes of what they send and receive into a ring buffer.
 //!
-//! Two programs at the raw `sys_enter` and `sys_exit` tracepoints tail-call the program of
-//! each syscall followed ([`dispatch`]). Entry programs check the filters, resolve the
-//! descriptor (cached) and remember the call; exit programs read the result and emit the
-//! event. Only tracepoints are used: they work on kernels without kprobes or fentry.
+//! Entry programs check the filters, resolve the descriptor (cached) and remember the call;
+//! exit programs read the result and emit the event. Only tracepoints are used: they work on
+//! kernels without kprobes or fentry.
 #![no_std]
 #![no_main]
 
 mod check;
 mod conn;
-mod dispatch;
 mod emit;
 mod filter;
 mod frames;
@@ -20,8 +18,8 @@ mod tls;
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::tracepoint,
+    programs::TracePointContext,
 };
 use tracer_common::{conn_state, direction, kind, syscall};
 
@@ -29,24 +27,28 @@ use crate::maps::{
     Inflight, MODE_IOV, MODE_NONE, MODE_PLAIN, inflight_forget, inflight_get, inflight_put,
 };
 
+/// Offsets in the syscall tracepoints' records: arguments after the 16-byte common header and
+/// syscall number; the return value in the same place on exit.
+const ARG0: usize = 16;
+const RET: usize = 16;
 const EINPROGRESS: i64 = 115;
 const MSG_PEEK: u64 = 0x2;
 /// Room for an executable's base name (a file name is at most 255 bytes).
 const EXE_NAME_MAX: u32 = 256;
 
+#[inline(always)]
+fn arg<T>(ctx: &TracePointContext, n: usize) -> Result<T, u32> {
+    unsafe { ctx.read_at::<T>(ARG0 + n * 8) }.map_err(|_| 0u32)
+}
+
 /// Remember a data syscall of a traced connection until its exit.
 #[inline(always)]
-fn enter_data(ctx: &RawTracePointContext, syscall: u8, mode: u8, dir: u8) -> Result<u32, u32> {
+fn enter_data(ctx: &TracePointContext, syscall: u8, mode: u8, dir: u8) -> Result<u32, u32> {
     let pid_tgid = filter::traced_task().ok_or(0u32)?;
-    let [fd, buf, third] = dispatch::args(ctx)?;
+    let fd: i64 = arg(ctx, 0)?;
     let fd = fd as i32;
     // Traced or muted: a TLS connection's own bytes are muted, its syscalls still name it.
     let info = conn::lookup_open((pid_tgid >> 32) as u32, fd).ok_or(0u32)?;
-    // Checked only for connections: a 32-bit call's "descriptor" may have named one, but
-    // nothing was sent or recorded for it.
-    if !dispatch::native() {
-        return Ok(0);
-    }
     if config!(tls) != 0 {
         tls::data_syscall(pid_tgid, fd, &info, dir);
     }
@@ -56,17 +58,18 @@ fn enter_data(ctx: &RawTracePointContext, syscall: u8, mode: u8, dir: u8) -> Res
     // A peek leaves the bytes queued for the read that takes them: recorded twice, they would
     // shift everything after them (curl peeks one byte to check a connection it reuses).
     let flags = match syscall {
-        syscall::RECVFROM => dispatch::arg3(ctx)?,
-        syscall::RECVMSG => third,
+        syscall::RECVFROM => arg::<u64>(ctx, 3)?,
+        syscall::RECVMSG => arg::<u64>(ctx, 2)?,
         _ => 0,
     };
     if flags & MSG_PEEK != 0 {
         return Ok(0);
     }
     let file = info.file;
+    let buf: u64 = arg(ctx, 1)?;
     let (buf, iovcnt) = match mode {
         MODE_PLAIN | MODE_NONE => (buf, 0),
-        MODE_IOV => (buf, third),
+        MODE_IOV => (buf, arg::<u64>(ctx, 2)?),
         // sendmsg/recvmsg: the iovecs hang off a user `struct msghdr`.
         _ => {
             let iov: u64 =
@@ -95,7 +98,7 @@ fn enter_data(ctx: &RawTracePointContext, syscall: u8, mode: u8, dir: u8) -> Res
 
 /// Emit the event of a data syscall (`syscall`) that moved bytes.
 #[inline(always)]
-fn exit_data(ctx: &RawTracePointContext, syscall: u8, dir: u8) -> Result<u32, u32> {
+fn exit_data(ctx: &TracePointContext, syscall: u8, dir: u8) -> Result<u32, u32> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     if !filter::maybe_traced(pid_tgid) {
         return Ok(0);
@@ -106,7 +109,7 @@ fn exit_data(ctx: &RawTracePointContext, syscall: u8, dir: u8) -> Result<u32, u3
     if call.syscall != syscall {
         return Ok(0);
     }
-    let ret = dispatch::ret(ctx);
+    let ret: i64 = unsafe { ctx.read_at(RET) }.map_err(|_| 0u32)?;
     if ret <= 0 {
         return Ok(0);
     }
@@ -139,8 +142,8 @@ fn exit_data(ctx: &RawTracePointContext, syscall: u8, dir: u8) -> Result<u32, u3
 /// The tail of an exit program whose event may start a request or hold frames past its
 /// copied bytes: the walk of [`frames::beyond_window`] and the searches of
 /// [`propagate::after_copy`], then the event (left in the scratch buffer) is sent.
-#[raw_tracepoint]
-pub fn tracer_after_copy(_ctx: RawTracePointContext) -> u32 {
+#[tracepoint]
+pub fn tracer_after_copy(_ctx: TracePointContext) -> u32 {
     frames::beyond_window();
     propagate::after_copy();
     if let Some(buf) = maps::SCRATCH.get_ptr_mut(0) {
@@ -170,15 +173,15 @@ fn opened(fd: i32, role: u8, syscall: u8) -> Result<u32, u32> {
 
 macro_rules! data_syscall {
     ($enter:ident, $exit:ident, $syscall:expr, $mode:expr, $dir:expr) => {
-        #[raw_tracepoint]
-        pub fn $enter(ctx: RawTracePointContext) -> u32 {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
             match enter_data(&ctx, $syscall, $mode, $dir) {
                 Ok(v) | Err(v) => v,
             }
         }
 
-        #[raw_tracepoint]
-        pub fn $exit(ctx: RawTracePointContext) -> u32 {
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
             match exit_data(&ctx, $syscall, $dir) {
                 Ok(v) | Err(v) => v,
             }
@@ -255,36 +258,33 @@ data_syscall!(
 );
 
 #[inline(always)]
-fn accept_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
+fn accept_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     filter::traced_task().ok_or(0u32)?;
-    let ret = dispatch::ret(ctx);
-    if ret < 0 || !dispatch::native() {
+    let ret: i64 = unsafe { ctx.read_at(RET) }.map_err(|_| 0u32)?;
+    if ret < 0 {
         return Ok(0);
     }
     opened(ret as i32, direction::INGRESS, syscall::ACCEPT)
 }
 
-#[raw_tracepoint]
-pub fn sys_exit_accept(ctx: RawTracePointContext) -> u32 {
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     match accept_exit(&ctx) {
         Ok(v) | Err(v) => v,
     }
 }
 
-#[raw_tracepoint]
-pub fn sys_exit_accept4(ctx: RawTracePointContext) -> u32 {
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
     match accept_exit(&ctx) {
         Ok(v) | Err(v) => v,
     }
 }
 
 #[inline(always)]
-fn connect_enter(ctx: &RawTracePointContext) -> Result<u32, u32> {
+fn connect_enter(ctx: &TracePointContext) -> Result<u32, u32> {
     let pid_tgid = filter::traced_task().ok_or(0u32)?;
-    if !dispatch::native() {
-        return Ok(0);
-    }
-    let [fd, _, _] = dispatch::args(ctx)?;
+    let fd: i64 = arg(ctx, 0)?;
     let call = Inflight {
         ts_enter: 0,
         file: 0,
@@ -301,41 +301,38 @@ fn connect_enter(ctx: &RawTracePointContext) -> Result<u32, u32> {
 }
 
 #[inline(always)]
-fn connect_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
+fn connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let call = inflight_get(pid_tgid, true).ok_or(0u32)?;
     if call.syscall != syscall::CONNECT {
         return Ok(0);
     }
     propagate::connect_returned(call.buf);
-    let ret = dispatch::ret(ctx);
+    let ret: i64 = unsafe { ctx.read_at(RET) }.map_err(|_| 0u32)?;
     if ret != 0 && ret != -EINPROGRESS {
         return Ok(0);
     }
     opened(call.fd, direction::EGRESS, syscall::CONNECT)
 }
 
-#[raw_tracepoint]
-pub fn sys_enter_connect(ctx: RawTracePointContext) -> u32 {
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     match connect_enter(&ctx) {
         Ok(v) | Err(v) => v,
     }
 }
 
-#[raw_tracepoint]
-pub fn sys_exit_connect(ctx: RawTracePointContext) -> u32 {
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     match connect_exit(&ctx) {
         Ok(v) | Err(v) => v,
     }
 }
 
 #[inline(always)]
-fn close_enter(ctx: &RawTracePointContext) -> Result<u32, u32> {
+fn close_enter(ctx: &TracePointContext) -> Result<u32, u32> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
-    if !dispatch::native() {
-        return Ok(0);
-    }
-    let [fd, _, _] = dispatch::args(ctx)?;
+    let fd: i64 = arg(ctx, 0)?;
     let info = conn::forget((pid_tgid >> 32) as u32, fd as i32).ok_or(0u32)?;
     // Muted connections still report their close, so the agent can forget them.
     if info.state == conn_state::IGNORED {
@@ -346,8 +343,8 @@ fn close_enter(ctx: &RawTracePointContext) -> Result<u32, u32> {
     Ok(0)
 }
 
-#[raw_tracepoint]
-pub fn sys_enter_close(ctx: RawTracePointContext) -> u32 {
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     match close_enter(&ctx) {
         Ok(v) | Err(v) => v,
     }

@@ -53,9 +53,8 @@ pub static PROPAGATED: SockHash<u64> = SockHash::with_max_entries(65536, 0);
 static LOST: Queue<u64> = Queue::with_max_entries(4096, 0);
 
 /// Sockets of traced tasks inside a connect() call, keyed by `struct sock` address: set and
-/// cleared by the connect programs (syscall entry and exit), which know the caller. The
-/// sock_ops program runs inside the call but may not ask which task it runs for on older
-/// kernels (6.1): it checks the mark.
+/// cleared by the connect tracepoints, which know the caller. The sock_ops program runs inside
+/// the call but may not ask which task it runs for on older kernels (6.1): it checks the mark.
 #[map]
 static IN_CONNECT: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
 
@@ -171,12 +170,12 @@ pub struct FarEvent {
     pub value: [u8; 64],
 }
 
-/// The scan buffer of the syscall programs.
+/// The scan buffer of the tracepoint programs.
 #[map]
 static SCAN_BUF: PerCpuArray<ScanBuf> = PerCpuArray::with_max_entries(1, 0);
 
 /// The sk_msg program's own scan buffer: it runs inside a send, and must never share a buffer
-/// with a syscall program it may interleave with on the same CPU.
+/// with a tracepoint program it may interleave with on the same CPU.
 #[map]
 static MSG_SCAN_BUF: PerCpuArray<ScanBuf> = PerCpuArray::with_max_entries(1, 0);
 
@@ -186,7 +185,7 @@ pub trait ScanArea {
     fn buf() -> Option<*mut ScanBuf>;
 }
 
-/// The syscall programs' buffer.
+/// The tracepoint programs' buffer.
 pub struct Syscalls;
 /// The sk_msg program's buffer.
 pub struct Sends;
@@ -770,7 +769,7 @@ pub fn tracer_sock_ops(ctx: SockOpsContext) -> u32 {
     if config!(propagate) != 0 {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
         match ctx.op() {
-            // Inside the connect() call: its entry program marked the socket when the caller is
+            // Inside the connect() call: the tracepoint marked the socket when the caller is
             // traced.
             BPF_SOCK_OPS_TCP_CONNECT_CB => {
                 let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk } as u64;

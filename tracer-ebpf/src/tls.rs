@@ -24,9 +24,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_user,
     },
-    macros::{map, raw_tracepoint, tracepoint, uprobe},
+    macros::{map, tracepoint, uprobe},
     maps::LruHashMap,
-    programs::{ProbeContext, RawTracePointContext, TracePointContext},
+    programs::{ProbeContext, TracePointContext},
 };
 use tracer_common::{FileKey, conn_state, direction, flag, kind, source, syscall};
 
@@ -418,26 +418,21 @@ fn exec() -> Option<()> {
 }
 
 /// `mmap(addr, len, prot, flags, fd, off)` of a file, executable: a library being loaded.
-/// Tail-called by the `sys_enter` dispatcher.
-#[raw_tracepoint]
-pub fn sys_enter_mmap(ctx: RawTracePointContext) -> u32 {
-    let _ = mmap(&ctx);
+#[tracepoint]
+pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    const PROT_EXEC: u64 = 4;
+    let prot: u64 = unsafe { ctx.read_at(16 + 2 * 8) }.unwrap_or(0);
+    let fd: i64 = unsafe { ctx.read_at(16 + 4 * 8) }.unwrap_or(-1);
+    if prot & PROT_EXEC != 0 && (0..=i32::MAX as i64).contains(&fd) {
+        let _ = mmap(fd as u32);
+    }
     0
 }
 
 #[inline(always)]
-fn mmap(ctx: &RawTracePointContext) -> Option<()> {
-    const PROT_EXEC: u64 = 4;
+fn mmap(fd: u32) -> Option<()> {
     filter::traced_task()?;
-    let [_, _, prot] = crate::dispatch::args(ctx).ok()?;
-    if prot & PROT_EXEC == 0 || !crate::dispatch::native() {
-        return None;
-    }
-    let fd = crate::dispatch::arg4(ctx).ok()? as i64;
-    if !(0..=i32::MAX as i64).contains(&fd) {
-        return None;
-    }
-    mapped(conn::fd_file(fd as u32).ok()?)
+    mapped(conn::fd_file(fd).ok()?)
 }
 
 #[inline(always)]

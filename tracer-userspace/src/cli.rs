@@ -176,9 +176,9 @@ pub struct Cli {
 
     /// A part of the agent only, for `cargo xtask bench`'s breakdown of the cost of tracing:
     /// `return` attaches a program that returns at once in place of each of ours;
-    /// `return-syscalls` attaches such programs to each syscall's own tracepoint instead of
-    /// the raw `sys_enter` and `sys_exit` (the hooks used before the dispatchers); `discard`
-    /// captures as usual and drops every event unread. Not for use: nothing is traced.
+    /// `return-raw` attaches one such program to the raw `sys_enter` and `sys_exit`
+    /// tracepoints instead of ours at the syscall tracepoints; `discard` captures as usual and
+    /// drops every event unread. Not for use: nothing is traced.
     #[arg(long, value_name = "STAGE", env = "TRACER_BENCH_STAGE", hide = true)]
     pub bench_stage: Option<BenchStage>,
 }
@@ -188,9 +188,10 @@ pub struct Cli {
 pub enum BenchStage {
     /// Do-nothing programs are attached where ours would be.
     Return,
-    /// As `Return`, but the syscalls' stand-ins sit at each followed syscall's own
-    /// tracepoint (`syscalls/sys_enter_read`...): what the raw tracepoints save.
-    ReturnSyscalls,
+    /// As `Return`, but the syscalls' stand-in is one program at the raw `sys_enter` and
+    /// `sys_exit` tracepoints, which every syscall of every process runs: what raw
+    /// tracepoints would save.
+    ReturnRaw,
     /// The kernel captures as usual; the agent drops each event as it takes it.
     Discard,
 }

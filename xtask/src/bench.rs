@@ -256,13 +256,11 @@ pub fn bench(opts: Opts) -> anyhow::Result<()> {
     let miss_args = ["--pid".to_string(), idle.0.id().to_string()];
     let miss = traced_leg(&miss_args, || wrk(&url, 32, opts.seconds))?;
     drop(idle);
-    // The dispatchers run for every syscall on the machine, at its entry and its exit; the
-    // syscall programs they tail-call are counted in their runs.
     let per_run = miss.bpf.run_ns as f64 / miss.bpf.runs.max(1) as f64;
     let per_request = miss.bpf.run_ns as f64 / miss.requests.max(1) as f64;
     println!(
-        "filter miss: {per_run:.0} ns per program run ({} runs in {} s; every syscall runs two: \
-         {:.0} ns per syscall; {per_request:.0} ns per nginx request); {:.0} req/s",
+        "filter miss: {per_run:.0} ns per program run ({} runs in {} s; a read or write runs \
+         two: {:.0} ns per syscall; {per_request:.0} ns per nginx request); {:.0} req/s",
         miss.bpf.runs,
         opts.seconds,
         2.0 * per_run,
@@ -900,9 +898,9 @@ enum Level {
     Untraced,
     /// The tracepoints and uprobes attached, every program returning at once.
     Return,
-    /// The same, with the syscalls' programs at each syscall's own tracepoint in place of the
-    /// raw `sys_enter`/`sys_exit`: what the raw tracepoints save.
-    ReturnSyscalls,
+    /// The same, with one program at the raw `sys_enter`/`sys_exit` tracepoints in place of
+    /// the syscall tracepoints: what raw tracepoints would save.
+    ReturnRaw,
     /// The programs run their filters, which match nothing (`--pid` of an idle process).
     FilterMiss,
     /// Capture into the ring buffer as usual; the agent takes each event and drops it.
@@ -914,7 +912,7 @@ impl Level {
     const ALL: [Level; 6] = [
         Level::Untraced,
         Level::Return,
-        Level::ReturnSyscalls,
+        Level::ReturnRaw,
         Level::FilterMiss,
         Level::Discard,
         Level::Full,
@@ -924,7 +922,7 @@ impl Level {
         match self {
             Level::Untraced => "untraced",
             Level::Return => "return",
-            Level::ReturnSyscalls => "return_syscalls",
+            Level::ReturnRaw => "return_raw",
             Level::FilterMiss => "filter_miss",
             Level::Discard => "discard",
             Level::Full => "full",
@@ -935,7 +933,7 @@ impl Level {
         match self {
             Level::Untraced => "untraced",
             Level::Return => "programs return at once",
-            Level::ReturnSyscalls => "same, per-syscall tracepoints",
+            Level::ReturnRaw => "same, raw tracepoints",
             Level::FilterMiss => "filters only, no match",
             Level::Discard => "capture, agent discards",
             Level::Full => "full agent",
@@ -948,7 +946,7 @@ impl Level {
         match self {
             Level::Untraced => return None,
             Level::Return => out.extend(["--bench-stage".into(), "return".into()]),
-            Level::ReturnSyscalls => out.extend(["--bench-stage".into(), "return-syscalls".into()]),
+            Level::ReturnRaw => out.extend(["--bench-stage".into(), "return-raw".into()]),
             Level::FilterMiss => out.extend(["--pid".into(), idle_pid.to_string()]),
             Level::Discard => out.extend(["--bench-stage".into(), "discard".into()]),
             Level::Full => {}
@@ -1107,7 +1105,6 @@ fn category(comm: &str, user: bool, sym: &str) -> &'static str {
         "syscall_trace_enter",
         "syscall_exit_work",
         "__traceiter",
-        "__bpf_trace",
         "bpf_trace_run",
         "uprobe",
     ]) {

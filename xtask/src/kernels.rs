@@ -42,12 +42,11 @@ const SERIES: &[(&str, &str)] = &[
 
 /// The end-to-end tests run in each guest (test binary, exact test names): loading and
 /// `tracer check`, capture, a 32-bit syscall skipped, detach on SIGINT and SIGKILL, filters,
-/// a trace linked across
-/// two hosts (network namespaces) by `--propagate`, a chain of three services linked on one
-/// host, with and without `--propagate`, and a `traceparent` found past the capture window or
-/// in a later read of the head. The curl -> Python -> Node -> Java chain of
-/// `traces` is left out: under emulation `java Server.java` takes 18-28 s to listen, past the
-/// tests' 15 s.
+/// a trace linked across two hosts (network namespaces) by `--propagate`, a chain of three
+/// services linked on one host, with and without `--propagate`, and a `traceparent` found
+/// past the capture window or in a later read of the head. The curl -> Python -> Node -> Java
+/// chain of `traces` is left out: under emulation `java Server.java` takes 18-28 s to listen,
+/// past the tests' 15 s.
 const E2E_SUBSET: &[(&str, &[&str])] = &[
     (
         "lifecycle",
@@ -58,7 +57,7 @@ const E2E_SUBSET: &[(&str, &[&str])] = &[
         ],
     ),
     ("spans", &["python_server_and_curl_over_http_protobuf"]),
-    // The dispatchers skip a 32-bit syscall by the task's flag, read at a BTF offset.
+    // The syscall tracepoints skip a 32-bit syscall (the kernel checks the task's flag).
     (
         "descriptors",
         &["a_32_bit_syscall_is_not_read_as_a_64_bit_one"],

@@ -274,11 +274,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         inode_i_ino: btf.offset_of("inode", "i_ino")?,
         inode_i_sb: btf.offset_of("inode", "i_sb")?,
         sb_s_dev: btf.offset_of("super_block", "s_dev")?,
-        // x86's: where the kernel has none, no syscall is taken for a 32-bit one.
-        task_thread_status: btf
-            .offset_of("task_struct", "thread_info")
-            .and_then(|t| Ok(t + btf.offset_of("thread_info", "status")?))
-            .unwrap_or(u32::MAX),
+        _pad: 0,
     })
 }
 

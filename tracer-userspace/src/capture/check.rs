@@ -13,10 +13,7 @@ use aya::{
     },
 };
 
-use tracer_common::{
-    AFTER_COPY_PROGRAM, DEFAULT_CAPTURE, DISPATCH_ENTER, DISPATCH_EXIT, PROCESS_EXIT,
-    SYSCALL_PROGRAMS,
-};
+use tracer_common::{AFTER_COPY_PROGRAM, DEFAULT_CAPTURE, PROCESS_EXIT, TRACEPOINTS};
 
 use super::{EBPF_OBJECT, btf, tracefs};
 
@@ -272,30 +269,16 @@ fn agent_programs() -> Vec<Item> {
             )];
         }
     };
-    let names = || {
-        SYSCALL_PROGRAMS
-            .iter()
-            .copied()
-            .chain([DISPATCH_ENTER, DISPATCH_EXIT, PROCESS_EXIT.1])
-    };
-    let capture = super::install_syscall_programs(&mut ebpf)
-        .map_err(verifier_gist)
-        .and_then(|()| {
-            [DISPATCH_ENTER, DISPATCH_EXIT]
-                .into_iter()
-                .try_for_each(|name| {
-                    load_agent_program::<RawTracePoint>(&mut ebpf, name, |p| p.load())
-                })
-        })
-        .and_then(|()| load_agent_program::<TracePoint>(&mut ebpf, PROCESS_EXIT.1, |p| p.load()));
-    let count = SYSCALL_PROGRAMS.len() + 3;
+    let names = || TRACEPOINTS.iter().copied().chain([PROCESS_EXIT.1]);
+    let capture = names()
+        .try_for_each(|name| load_agent_program::<TracePoint>(&mut ebpf, name, |p| p.load()));
+    let count = TRACEPOINTS.len() + 1;
     let mut out = vec![match capture {
         Ok(()) => item(
             "capture",
             true,
             format!(
-                "the agent's {count} programs load (two dispatchers at the raw sys_enter and \
-                 sys_exit, the syscalls' programs they tail-call, the process exit){}",
+                "the agent's {count} tracepoint programs load{}",
                 verifier_work(&ebpf, names())
             ),
             true,
@@ -333,14 +316,11 @@ fn agent_programs() -> Vec<Item> {
         ),
         Err(e) => item("propagate", false, e, false),
     });
-    let tls = super::tls::load_programs(&mut ebpf)
-        .and_then(|()| super::install_syscall_program(&mut ebpf, tracer_common::tls::MMAP_PROGRAM));
-    out.push(match tls {
+    out.push(match super::tls::load_programs(&mut ebpf) {
         Ok(()) => {
             let names = super::tls::UPROBES
                 .into_iter()
-                .chain(super::tls::DISCOVERY.map(|(_, _, p)| p))
-                .chain([tracer_common::tls::MMAP_PROGRAM]);
+                .chain(super::tls::DISCOVERY.map(|(_, _, p)| p));
             item(
                 "tls",
                 true,
@@ -442,7 +422,7 @@ fn hooks() -> Vec<Item> {
         &mut ebpf,
         "raw_tracepoint",
         "check_raw_tracepoint",
-        true,
+        false,
         |p| p.load().map_err(first_line),
         Some(&|p: &mut RawTracePoint| {
             let id = p.attach("sys_enter").map_err(first_line)?;

@@ -10,12 +10,12 @@ mod tracefs;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, Queue, RingBuf, SockHash},
-    programs::{CgroupAttachMode, RawTracePoint, SkMsg, SockOps, TracePoint},
+    programs::{CgroupAttachMode, SkMsg, SockOps, TracePoint},
 };
 use tracer_common::{
-    AFTER_COPY_PROGRAM, COMM_LEN, Config, ConnInfo, DISPATCH_ENTER, DISPATCH_EXIT, FILTER_CGROUP,
-    FILTER_COMM, FILTER_PID, FILTER_PORT, FdKey, KernelOffsets, PROCESS_EXIT, SYSCALL_PROGRAMS,
-    SYSCALLS, conn_state, counter, maps,
+    AFTER_COPY_PROGRAM, COMM_LEN, Config, ConnInfo, FILTER_CGROUP, FILTER_COMM, FILTER_PID,
+    FILTER_PORT, FdKey, KernelOffsets, PROCESS_EXIT, SYSCALLS, TRACEPOINTS, conn_state, counter,
+    maps,
 };
 
 use crate::filter::Filter;
@@ -28,7 +28,7 @@ pub(crate) static EBPF_OBJECT: &[u8] =
 /// finds events on its next poll.
 const WAKEUP_BYTES: u32 = 512 * 1024;
 /// Do-nothing programs (`tracer check`'s) that stand in for ours with `--bench-stage return`
-/// and `return-syscalls`.
+/// and `return-raw`.
 pub(crate) const BENCH_TRACEPOINT: &str = "check_tracepoint";
 pub(crate) const BENCH_UPROBE: &str = "check_uprobe";
 pub(crate) const BENCH_RAW_TRACEPOINT: &str = "check_raw_tracepoint";
@@ -86,8 +86,7 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Load the programs with `filter` and `capture_bytes`, then attach the dispatchers (raw
-    /// `sys_exit`, then `sys_enter`) and the process-exit tracepoint;
+    /// Load the programs with `filter` and `capture_bytes`, then attach every tracepoint;
     /// with `propagate`, also the sock_ops program (to the cgroup v2 root) and the sk_msg
     /// program that injects `traceparent`. With `tls`, the programs that read TLS libraries'
     /// plaintext are loaded (and attached to libraries by [`Probes::discover_tls`]).
@@ -100,8 +99,8 @@ impl Probes {
         bench_stage: Option<crate::cli::BenchStage>,
     ) -> Result<Self, CaptureError> {
         use crate::cli::BenchStage;
-        let bench_syscalls = bench_stage == Some(BenchStage::ReturnSyscalls);
-        let bench_return = bench_syscalls || bench_stage == Some(BenchStage::Return);
+        let bench_raw = bench_stage == Some(BenchStage::ReturnRaw);
+        let bench_return = bench_raw || bench_stage == Some(BenchStage::Return);
         if unsafe { libc::geteuid() } != 0 {
             return Err(CaptureError::NotRoot);
         }
@@ -121,27 +120,53 @@ impl Probes {
                  searches for it does not load here (it needs Linux 5.17 or later): {e}"
             );
         }
-        if bench_syscalls {
-            attach_syscall_stand_ins(&mut ebpf)?;
-        } else if bench_return {
+        // Every program is loaded first, then each call's exit is attached before its entry:
+        // an entry seen with its exit not yet attached would leave a record behind for the
+        // thread's next call to return into.
+        let exits = TRACEPOINTS.iter().filter(|n| !n.starts_with("sys_enter_"));
+        let enters = TRACEPOINTS.iter().filter(|n| n.starts_with("sys_enter_"));
+        let all: Vec<(&str, &str)> = exits
+            .chain(enters)
+            .map(|&name| (SYSCALLS, name))
+            .chain([(PROCESS_EXIT.0, PROCESS_EXIT.1)])
+            .collect();
+        // The benchmark's `--bench-stage return`: a program that returns at once stands in
+        // for each of ours, so that ours stay exactly as they are loaded for real.
+        let program_of = |name: &'static str| if bench_return { BENCH_TRACEPOINT } else { name };
+        let all = if bench_raw {
             attach_raw_stand_in(&mut ebpf)?;
+            all.into_iter()
+                .filter(|&(category, _)| category != SYSCALLS)
+                .collect()
         } else {
-            install_syscall_programs(&mut ebpf)?;
-            attach_dispatchers(&mut ebpf)?;
+            all
+        };
+        for &(_, name) in &all {
+            let program = program_of(name);
+            if bench_return && tracepoint(&mut ebpf, program)?.fd().is_ok() {
+                continue;
+            }
+            tracepoint(&mut ebpf, program)?
+                .load()
+                .map_err(|e| CaptureError::Program {
+                    name: program,
+                    source: Box::new(e),
+                })?;
         }
-        let (category, name) = PROCESS_EXIT;
-        let program = if bench_return { BENCH_TRACEPOINT } else { name };
-        let exit = tracepoint(&mut ebpf, program)?;
-        if exit.fd().is_err() {
-            exit.load().map_err(|e| program_err(program, e))?;
+        for (category, name) in all {
+            let program = program_of(name);
+            tracepoint(&mut ebpf, program)?
+                .attach(category, name)
+                .map_err(|e| CaptureError::Program {
+                    name: program,
+                    source: Box::new(e),
+                })?;
         }
-        exit.attach(category, name)
-            .map_err(|e| program_err(program, e))?;
         if propagate {
             attach_propagation(&mut ebpf)?;
         }
         let tls = if tls {
-            match tls::load(&mut ebpf, bench_return, bench_syscalls) {
+            match tls::load(&mut ebpf, bench_return) {
                 Ok(()) => Some(tls::TlsProbes::new(!filter.pids.is_empty(), bench_return)),
                 Err(e) => {
                     log::warn!("HTTPS will not be traced: the TLS programs do not load here: {e}");
@@ -380,7 +405,7 @@ pub(crate) fn install_after_copy(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
         name,
         source: Box::new(e),
     };
-    let program: &mut RawTracePoint = ebpf
+    let program: &mut TracePoint = ebpf
         .program_mut(name)
         .ok_or(CaptureError::Missing(name))?
         .try_into()
@@ -534,104 +559,15 @@ fn raise_memlock() {
     }
 }
 
-/// The syscall number whose call the program `name` (`sys_enter_NAME` or `sys_exit_NAME`)
-/// follows, on this machine's architecture.
-fn syscall_number(name: &str) -> Option<libc::c_long> {
-    let call = name
-        .strip_prefix("sys_enter_")
-        .or_else(|| name.strip_prefix("sys_exit_"))?;
-    Some(match call {
-        "read" => libc::SYS_read,
-        "write" => libc::SYS_write,
-        "readv" => libc::SYS_readv,
-        "writev" => libc::SYS_writev,
-        "sendto" => libc::SYS_sendto,
-        "recvfrom" => libc::SYS_recvfrom,
-        "sendmsg" => libc::SYS_sendmsg,
-        "recvmsg" => libc::SYS_recvmsg,
-        "sendfile64" => libc::SYS_sendfile,
-        "accept" => libc::SYS_accept,
-        "accept4" => libc::SYS_accept4,
-        "connect" => libc::SYS_connect,
-        "close" => libc::SYS_close,
-        "mmap" => libc::SYS_mmap,
-        _ => return None,
-    })
-}
-
-/// Load the syscall program `name` and put it in its dispatcher's table, at its syscall's
-/// number.
-pub(crate) fn install_syscall_program(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<(), CaptureError> {
-    let number = syscall_number(name).ok_or(CaptureError::Missing(name))?;
-    let program: &mut RawTracePoint = program(ebpf, name)?;
-    program.load().map_err(|e| program_err(name, e))?;
-    let fd = program
-        .fd()
-        .map_err(|e| program_err(name, e))?
-        .try_clone()
-        .map_err(CaptureError::Descriptor)?;
-    let table = if name.starts_with("sys_enter_") {
-        maps::SYS_ENTER
-    } else {
-        maps::SYS_EXIT
-    };
-    let map = ebpf.map_mut(table).ok_or(CaptureError::Missing(table))?;
-    let mut slots: ProgramArray<_> = ProgramArray::try_from(map).map_err(map_err(table))?;
-    slots.set(number as u32, &fd, 0).map_err(map_err(table))
-}
-
-/// Load every syscall program into the dispatchers' tables.
-pub(crate) fn install_syscall_programs(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
-    SYSCALL_PROGRAMS
-        .iter()
-        .try_for_each(|&name| install_syscall_program(ebpf, name))
-}
-
-/// Attach the dispatchers: `sys_exit`'s first, since an entry seen with no exit to follow it
-/// would leave a record behind for the thread's next call to return into.
-fn attach_dispatchers(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
-    for (name, tracepoint) in [(DISPATCH_EXIT, "sys_exit"), (DISPATCH_ENTER, "sys_enter")] {
-        let program: &mut RawTracePoint = program(ebpf, name)?;
-        program.load().map_err(|e| program_err(name, e))?;
-        program
-            .attach(tracepoint)
-            .map_err(|e| program_err(name, e))?;
-    }
-    Ok(())
-}
-
-/// The benchmark's `--bench-stage return`: the do-nothing raw tracepoint program at
-/// `sys_exit` and `sys_enter`, in place of the dispatchers.
+/// The benchmark's `--bench-stage return-raw`: the do-nothing raw tracepoint program at
+/// `sys_exit`, then at `sys_enter`, in place of every syscall tracepoint program.
 fn attach_raw_stand_in(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
     let name = BENCH_RAW_TRACEPOINT;
-    let program: &mut RawTracePoint = program(ebpf, name)?;
+    let program: &mut aya::programs::RawTracePoint = program(ebpf, name)?;
     program.load().map_err(|e| program_err(name, e))?;
     for tracepoint in ["sys_exit", "sys_enter"] {
         program
             .attach(tracepoint)
-            .map_err(|e| program_err(name, e))?;
-    }
-    Ok(())
-}
-
-/// The benchmark's `--bench-stage return-syscalls`: the do-nothing tracepoint program at each
-/// followed syscall's own tracepoint, exits first.
-fn attach_syscall_stand_ins(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
-    let name = BENCH_TRACEPOINT;
-    let program = tracepoint(ebpf, name)?;
-    program.load().map_err(|e| program_err(name, e))?;
-    let exits = SYSCALL_PROGRAMS
-        .iter()
-        .filter(|n| n.starts_with("sys_exit_"));
-    let enters = SYSCALL_PROGRAMS
-        .iter()
-        .filter(|n| n.starts_with("sys_enter_"));
-    for &tracepoint in exits.chain(enters) {
-        program
-            .attach(SYSCALLS, tracepoint)
             .map_err(|e| program_err(name, e))?;
     }
     Ok(())

@@ -42,35 +42,24 @@ pub(crate) const UPROBES: [&str; 8] = [
     tls::GO_RETURN,
 ];
 
-/// The tracepoint that reports programs started by traced processes: (category, tracepoint,
-/// program).
-pub(crate) const DISCOVERY: [(&str, &str, &str); 1] =
-    [(tls::EXEC.0, tls::EXEC.1, tls::EXEC_PROGRAM)];
+/// The tracepoints that report programs started and files mapped by traced processes:
+/// (category, tracepoint, program).
+pub(crate) const DISCOVERY: [(&str, &str, &str); 2] = [
+    (tls::EXEC.0, tls::EXEC.1, tls::EXEC_PROGRAM),
+    ("syscalls", tls::MMAP_PROGRAM, tls::MMAP_PROGRAM),
+];
 
-/// Load the TLS programs, attach the tracepoint that reports programs started by traced
-/// processes and put the program that sees files mapped in the `sys_enter` dispatcher's table.
-/// With `bench_return` (the benchmark's `--bench-stage return`), do-nothing programs stand in
-/// for them: the uprobe is loaded, the tracepoint gets the capture's stand-in, already loaded,
-/// and `mmap` is left to the dispatchers' stand-in (with `bench_syscalls`, that stand-in is
-/// attached at `mmap`'s own tracepoint too).
-pub(crate) fn load(
-    ebpf: &mut Ebpf,
-    bench_return: bool,
-    bench_syscalls: bool,
-) -> Result<(), CaptureError> {
+/// Load the TLS programs and attach the tracepoints that report programs started and files
+/// mapped by traced processes. With `bench_return` (the benchmark's `--bench-stage return`),
+/// do-nothing programs stand in for them: the uprobe is loaded, the tracepoints get the
+/// capture's stand-in, already loaded.
+pub(crate) fn load(ebpf: &mut Ebpf, bench_return: bool) -> Result<(), CaptureError> {
     if bench_return {
         let name = super::BENCH_UPROBE;
         let program: &mut UProbe = program(ebpf, name)?;
         program.load().map_err(|e| program_err(name, e))?;
-        if bench_syscalls {
-            let name = super::BENCH_TRACEPOINT;
-            super::tracepoint(ebpf, name)?
-                .attach(tracer_common::SYSCALLS, tls::MMAP_PROGRAM)
-                .map_err(|e| program_err(name, e))?;
-        }
     } else {
         load_programs(ebpf)?;
-        super::install_syscall_program(ebpf, tls::MMAP_PROGRAM)?;
     }
     for (category, tracepoint, name) in DISCOVERY {
         let name = if bench_return {
@@ -86,8 +75,7 @@ pub(crate) fn load(
     Ok(())
 }
 
-/// Load the TLS programs without attaching any (the one that sees files mapped is loaded by
-/// [`super::install_syscall_program`]).
+/// Load the TLS programs without attaching any.
 pub(crate) fn load_programs(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
     for name in UPROBES {
         let program: &mut UProbe = program(ebpf, name)?;
