@@ -179,6 +179,11 @@ pub fn bench(opts: Opts) -> anyhow::Result<()> {
     report.insert("machine".into(), machine());
     if let Some(baseline) = &opts.baseline {
         report.insert("comparison".into(), compare(&opts, baseline, &nginx_args)?);
+        // A syscall-heavy program with one span per request: the Flask app, side by side.
+        report.insert(
+            "python_app_comparison".into(),
+            python_app(&ws, &endpoint, opts.seconds, Some(baseline))?,
+        );
         return write_report(&ws, report, &dir);
     }
 
@@ -337,7 +342,7 @@ pub fn bench(opts: Opts) -> anyhow::Result<()> {
 
     report.insert(
         "python_app".into(),
-        python_app(&ws, &endpoint, opts.seconds)?,
+        python_app(&ws, &endpoint, opts.seconds, None)?,
     );
     report.insert("userspace_pipeline".into(), criterion()?);
     write_report(&ws, report, &dir)
@@ -411,29 +416,85 @@ fn compare(opts: &Opts, baseline: &Path, args: &[String]) -> anyhow::Result<serd
             opts.seconds
         );
     }
-    Ok(json!({"baseline": baseline.display().to_string(), "this": this, "base": base}))
+    let untraced_tax = untraced_tax(opts, baseline, &url)?;
+    Ok(
+        json!({"baseline": baseline.display().to_string(), "this": this, "base": base,
+              "untraced_tax": untraced_tax}),
+    )
+}
+
+/// What each build costs programs it does not trace: nginx and wrk at saturation while the
+/// agent watches one idle process, against no agent at all; blocks of none/this/baseline/
+/// baseline/this/none. Medians of throughput and of the whole machine's CPU per request.
+fn untraced_tax(opts: &Opts, baseline: &Path, url: &str) -> anyhow::Result<serde_json::Value> {
+    let current = workspace().join("target/release/tracer");
+    let idle = Guard(Command::new("sleep").arg("3600").spawn()?);
+    let args = ["--pid".to_string(), idle.0.id().to_string()];
+    let mut legs: [Vec<(f64, f64)>; 3] = Default::default();
+    for block in 0..opts.pairs {
+        for which in [0, 1, 2, 2, 1, 0] {
+            let bin = [None, Some(current.as_path()), Some(baseline)][which];
+            let agent = bin.map(|b| Agent::start_bin(b, &args)).transpose()?;
+            let m0 = machine_busy_ns();
+            let (requests, rps) = wrk(url, 32, opts.seconds)?;
+            let per_request = (machine_busy_ns() - m0) as f64 / requests.max(1) as f64 / 1e3;
+            if let Some(agent) = agent {
+                agent.stop();
+            }
+            println!(
+                "  untraced nginx, block {block}: {:<8} {rps:>9.0} req/s, machine {per_request:.1} \
+                 us per request",
+                ["no agent", "this", "baseline"][which]
+            );
+            legs[which].push((rps, per_request));
+        }
+    }
+    let mut out = serde_json::Map::new();
+    let rps0 = median(&legs[0].iter().map(|l| l.0).collect::<Vec<_>>());
+    for (which, name) in ["no_agent", "this", "baseline"].into_iter().enumerate() {
+        let rps = median(&legs[which].iter().map(|l| l.0).collect::<Vec<_>>());
+        let cpu = median(&legs[which].iter().map(|l| l.1).collect::<Vec<_>>());
+        println!(
+            "untraced nginx, {name:<8}: {rps:.0} req/s ({:.3} of no agent), machine {cpu:.1} us \
+             per request (medians of {} legs of {} s)",
+            rps / rps0.max(1.0),
+            legs[which].len(),
+            opts.seconds
+        );
+        out.insert(
+            name.into(),
+            json!({"rps": rps, "machine_us_per_request": cpu}),
+        );
+    }
+    Ok(serde_json::Value::Object(out))
 }
 
 /// The same small Flask app untraced, traced by us (its server spans) and instrumented by
-/// `opentelemetry-instrument`, both exporting to the same receiver; ABCCBA order.
-fn python_app(ws: &Path, endpoint: &str, seconds: u64) -> anyhow::Result<serde_json::Value> {
+/// `opentelemetry-instrument`, both exporting to the same receiver; ABCCBA order. With a
+/// `baseline` build, that build takes the place of `opentelemetry-instrument`.
+fn python_app(
+    ws: &Path,
+    endpoint: &str,
+    seconds: u64,
+    baseline: Option<&Path>,
+) -> anyhow::Result<serde_json::Value> {
     #[derive(Clone, Copy, PartialEq, Debug)]
     enum Mode {
         Untraced,
         Tracer,
+        Baseline,
         OtelInstrument,
     }
     let url = format!("http://127.0.0.1:{APP_PORT}/items/7");
     let mut results: HashMap<&str, Vec<(f64, f64, f64)>> = HashMap::new();
     use Mode::*;
-    for mode in [
-        Untraced,
-        Tracer,
-        OtelInstrument,
-        OtelInstrument,
-        Tracer,
-        Untraced,
-    ] {
+    let current = ws.join("target/release/tracer");
+    let other = if baseline.is_some() {
+        Baseline
+    } else {
+        OtelInstrument
+    };
+    for mode in [Untraced, Tracer, other, other, Tracer, Untraced] {
         let mut cmd = if mode == OtelInstrument {
             let mut c = Command::new("opentelemetry-instrument");
             c.arg("python3");
@@ -456,17 +517,24 @@ fn python_app(ws: &Path, endpoint: &str, seconds: u64) -> anyhow::Result<serde_j
         // The app's pid: opentelemetry-instrument execs python in place.
         let pid = app.0.id();
         let _ = wrk(&url, 4, 1)?; // warm up
-        let agent = if mode == Tracer {
-            Some(Agent::start(&[
-                "--pid".to_string(),
-                pid.to_string(),
-                "--otlp-endpoint".to_string(),
-                endpoint.to_string(),
-                "--otlp-protocol".to_string(),
-                "http/protobuf".to_string(),
-            ])?)
-        } else {
-            None
+        let bin = match mode {
+            Tracer => Some(current.as_path()),
+            Baseline => baseline,
+            _ => None,
+        };
+        let agent = match bin {
+            Some(bin) => Some(Agent::start_bin(
+                bin,
+                &[
+                    "--pid".to_string(),
+                    pid.to_string(),
+                    "--otlp-endpoint".to_string(),
+                    endpoint.to_string(),
+                    "--otlp-protocol".to_string(),
+                    "http/protobuf".to_string(),
+                ],
+            )?),
+            None => None,
         };
         let spans0 = sink_count()?;
         let app0 = cpu_ns(pid);
@@ -497,6 +565,7 @@ fn python_app(ws: &Path, endpoint: &str, seconds: u64) -> anyhow::Result<serde_j
         let key = match mode {
             Untraced => "untraced",
             Tracer => "tracer",
+            Baseline => "baseline",
             OtelInstrument => "opentelemetry_instrument",
         };
         results.entry(key).or_default().push((
@@ -506,14 +575,22 @@ fn python_app(ws: &Path, endpoint: &str, seconds: u64) -> anyhow::Result<serde_j
         ));
     }
     let mut out = serde_json::Map::new();
+    let untraced_cpu = results
+        .get("untraced")
+        .map(|runs| median(&runs.iter().map(|r| r.1).collect::<Vec<_>>()));
     for (key, runs) in &results {
         let rps = median(&runs.iter().map(|r| r.0).collect::<Vec<_>>());
         let cpu = median(&runs.iter().map(|r| r.1).collect::<Vec<_>>());
         let spans = median(&runs.iter().map(|r| r.2).collect::<Vec<_>>());
-        println!("python app, {key}: {rps:.0} req/s, {cpu:.0} us CPU per request");
+        let added = untraced_cpu.map(|u| cpu - u).unwrap_or_default();
+        println!(
+            "python app, {key}: {rps:.0} req/s, {cpu:.0} us CPU per request ({added:+.0} us \
+             against untraced)"
+        );
         out.insert(
             key.to_string(),
-            json!({"rps": rps, "cpu_per_request_us": cpu, "spans_per_request": spans}),
+            json!({"rps": rps, "cpu_per_request_us": cpu, "spans_per_request": spans,
+                   "added_cpu_per_request_us": added}),
         );
     }
     Ok(serde_json::Value::Object(out))

@@ -110,7 +110,7 @@ enum Cmd {
         #[arg(long, default_value_t = 10_000)]
         connections: usize,
         /// Instead of the full benchmark, compare this build with another agent binary
-        /// (both ends of nginx traced at saturation, ABBA).
+        /// (both ends of nginx traced at saturation, ABBA; then the Flask app, server traced).
         #[arg(long, value_name = "PATH")]
         baseline: Option<PathBuf>,
     },
