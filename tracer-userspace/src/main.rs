@@ -131,7 +131,14 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         record,
         bench_stage: cli.bench_stage,
     };
-    runtime.block_on(app::run(config))
+    // On a worker, not this thread: the workers drive the timers and the ring buffer's
+    // readiness, and a loop blocked on here would be woken from one of them at every tick
+    // (about 290 thread switches a second with nothing to trace).
+    runtime.block_on(async {
+        tokio::spawn(app::run(config))
+            .await
+            .context("the capture loop failed")?
+    })
 }
 
 fn main() {
