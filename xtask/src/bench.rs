@@ -433,14 +433,13 @@ fn untraced_tax(opts: &Opts, baseline: &Path, url: &str) -> anyhow::Result<serde
     let mut legs: [Vec<(f64, f64)>; 3] = Default::default();
     for block in 0..opts.pairs {
         for which in [0, 1, 2, 2, 1, 0] {
-            let bin = [None, Some(current.as_path()), Some(baseline)][which];
-            let agent = bin.map(|b| Agent::start_bin(b, &args)).transpose()?;
-            let m0 = machine_busy_ns();
-            let (requests, rps) = wrk(url, 32, opts.seconds)?;
-            let per_request = (machine_busy_ns() - m0) as f64 / requests.max(1) as f64 / 1e3;
-            if let Some(agent) = agent {
-                agent.stop();
-            }
+            let load = || wrk(url, 32, opts.seconds);
+            let leg = match [None, Some(current.as_path()), Some(baseline)][which] {
+                Some(bin) => traced_leg_with(bin, &args, load)?,
+                None => Leg::untraced(load)?,
+            };
+            let rps = leg.rps;
+            let per_request = leg.machine_ns as f64 / leg.requests.max(1) as f64 / 1e3;
             println!(
                 "  untraced nginx, block {block}: {:<8} {rps:>9.0} req/s, machine {per_request:.1} \
                  us per request",
