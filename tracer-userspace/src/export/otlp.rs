@@ -406,23 +406,24 @@ impl Otlp {
     /// The encoded export request for `spans`: one `ResourceSpans` per process.
     pub fn encode(&mut self, spans: &[HttpSpan], clock: &Clock) -> Vec<u8> {
         // The spans of each process, in the order the processes first appear: one pass to
-        // group them (linear in spans, whatever the number of processes), one to encode.
-        let mut groups: Vec<(u32, Vec<&HttpSpan>)> = Vec::new();
-        let mut group_of: crate::conn::FastMap<u32, usize> = Default::default();
+        // group them (linear in spans, whatever the number of processes), one to encode. A
+        // process is its description, not its pid: a program exec'd under the pid of another
+        // is a resource of its own, even within one batch.
+        let mut groups: Vec<(&Arc<Process>, Vec<&HttpSpan>)> = Vec::new();
+        let mut group_of: crate::conn::FastMap<*const Process, usize> = Default::default();
         for span in spans {
-            let pid = span.process.pid;
-            let i = *group_of.entry(pid).or_insert_with(|| {
-                groups.push((pid, Vec::new()));
-                groups.len() - 1
-            });
-            if groups[i].1.is_empty() {
-                self.resource(&span.process);
-            }
+            let i = *group_of
+                .entry(Arc::as_ptr(&span.process))
+                .or_insert_with(|| {
+                    groups.push((&span.process, Vec::new()));
+                    groups.len() - 1
+                });
             groups[i].1.push(span);
         }
         let mut out = Vec::with_capacity(spans.len() * 512);
-        for (pid, group) in groups {
-            let resource = &self.resources[&pid].1;
+        for (process, group) in groups {
+            self.resource(process);
+            let resource = &self.resources[&process.pid].1;
             self.encoder
                 .resource_spans(resource, &self.scope, group.into_iter(), clock, &mut out);
         }
@@ -684,6 +685,53 @@ mod tests {
                 .unwrap()
                 .code
                 == StatusCode::Error as i32
+        );
+    }
+
+    /// A program exec'd under the pid of another is a resource of its own, even when the
+    /// spans of both go out in one request.
+    #[tokio::test]
+    async fn two_programs_under_one_pid_are_two_resources() {
+        let recording: &[u8] = include_bytes!("../../tests/golden/python-curl.rec");
+        let mut spans = Vec::new();
+        let (clock, _) =
+            crate::app::replay_recording(recording, Default::default(), |s| spans.push(s)).unwrap();
+        let mut before = spans[0].clone();
+        let mut after = spans[0].clone();
+        let mut process = (*before.process).clone();
+        process.executable_name = "launcher".into();
+        before.process = Arc::new(process.clone());
+        process.executable_name = "program".into();
+        after.process = Arc::new(process);
+        let mut otlp = Otlp::new(&OtlpConfig::new(
+            "http://127.0.0.1:9/v1/traces",
+            Protocol::HttpProtobuf,
+        ))
+        .unwrap();
+        let batch = [before.clone(), after, before];
+        let got =
+            ExportTraceServiceRequest::decode(otlp.encode(&batch, &clock).as_slice()).unwrap();
+        let names: Vec<(String, usize)> = got
+            .resource_spans
+            .iter()
+            .map(|r| {
+                let name = r
+                    .resource
+                    .as_ref()
+                    .unwrap()
+                    .attributes
+                    .iter()
+                    .find(|kv| kv.key == "process.executable.name")
+                    .and_then(|kv| kv.value.as_ref()?.value.clone());
+                let Some(any_value::Value::StringValue(name)) = name else {
+                    panic!("no executable name in {r:?}")
+                };
+                (name, r.scope_spans[0].spans.len())
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [("launcher".to_string(), 2), ("program".to_string(), 1)]
         );
     }
 
