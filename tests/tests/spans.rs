@@ -328,3 +328,65 @@ fn service_identity_from_the_process_environment() {
         }
     }
 }
+
+/// A launcher that execs the real program under the same pid and the same task name is named
+/// by what runs now, not by what ran first: the kernel sends the executable's name with a
+/// process's first connection and again after an exec, not with every connection. (Names
+/// longer than 15 bytes share their task name: the kernel keeps 15.)
+#[test]
+fn a_program_exec_d_under_the_same_task_name_is_named_afresh() {
+    let receiver = Receiver::start();
+    let server = python_http(free_port());
+    let port = server.port.to_string();
+    let dir = tracer_e2e::servers::TempDir::new("exec");
+    // The interpreter under a long name of its own (its standard library found through
+    // PYTHONHOME), and curl under another that begins with the same 15 bytes.
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; print(os.path.realpath(sys.executable)); print(sys.prefix)",
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8(out.stdout).unwrap();
+    let (interpreter, prefix) = out.trim().split_once('\n').unwrap();
+    let (first, then) = ("tracer-e2e-first-program", "tracer-e2e-first-then-curl");
+    std::fs::copy(interpreter, dir.path().join(first)).unwrap();
+    std::fs::copy(which("curl"), dir.path().join(then)).unwrap();
+    let then_path = dir.path().join(then);
+    let mut agent = Agent::exporting(&receiver, &["--port", &port]);
+    let script = format!(
+        "import os, urllib.request\n\
+         urllib.request.urlopen('http://127.0.0.1:{port}/index.html').read()\n\
+         os.execv({then:?}, [{then:?}, '-s', '-o', '/dev/null', 'http://127.0.0.1:{port}/'])\n",
+        then = then_path.to_str().unwrap()
+    );
+    let status = std::process::Command::new(dir.path().join(first))
+        .args(["-c", &script])
+        .env("PYTHONHOME", prefix)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let spans = receiver.wait_spans(4, |_| true);
+    agent.stop();
+    let client = |path: &str| {
+        spans
+            .iter()
+            .find(|s| s.is_client() && s.attr("url.path").str() == path)
+            .unwrap_or_else(|| panic!("no CLIENT span for {path}: {spans:#?}"))
+    };
+    let (before, after) = (client("/index.html"), client("/"));
+    assert_eq!(before.pid(), after.pid(), "one process, two programs");
+    assert_eq!(before.res("process.executable.name").str(), first);
+    assert_eq!(after.res("process.executable.name").str(), then);
+}
+
+/// The file `PATH` finds for `program`.
+fn which(program: &str) -> std::path::PathBuf {
+    std::env::var("PATH")
+        .unwrap()
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} is not on PATH"))
+}

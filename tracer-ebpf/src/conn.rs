@@ -149,7 +149,10 @@ pub fn resolve(key: FdKey) -> Option<ConnInfo> {
                 let _ = MUTED.remove(&key);
             }
         }
-        let _ = PROCS.insert(key.tgid, 1, 0);
+        // A lookup costs less than an update: once known, the process stays as it is.
+        if unsafe { PROCS.get(&key.tgid) }.is_none() {
+            let _ = PROCS.insert(&key.tgid, &0, 0);
+        }
     }
     if CONNS.insert(key, info, 0).is_err() {
         count(counter::CONN_TABLE_FULL);

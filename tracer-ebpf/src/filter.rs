@@ -72,28 +72,30 @@ pub fn process_comm() -> Option<[u8; COMM_LEN]> {
     }
 }
 
-/// Copy the base name of the current process's executable into `dst` (NUL-terminated);
-/// returns its length, 0 when it cannot be read.
+/// The current process's executable file (`mm->exe_file`); `None` when it has none (a kernel
+/// thread) or it cannot be read.
 #[inline(always)]
-pub fn exe_name(dst: *mut u8, cap: u32) -> u32 {
+pub fn exe_file() -> Option<*const u8> {
     let mm_off = config!(offsets.task_mm) as usize;
     let exe_off = config!(offsets.mm_exe_file) as usize;
-    let dentry_off = config!(offsets.file_f_path_dentry) as usize;
-    let name_off = config!(offsets.dentry_d_name_name) as usize;
     let task = unsafe { bpf_get_current_task() } as *const u8;
     unsafe {
-        let Ok(mm) = bpf_probe_read_kernel::<*const u8>(task.add(mm_off).cast()) else {
-            return 0;
-        };
+        let mm = bpf_probe_read_kernel::<*const u8>(task.add(mm_off).cast()).ok()?;
         if mm.is_null() {
-            return 0;
+            return None;
         }
-        let Ok(exe) = bpf_probe_read_kernel::<*const u8>(mm.add(exe_off).cast()) else {
-            return 0;
-        };
-        if exe.is_null() {
-            return 0;
-        }
+        let exe = bpf_probe_read_kernel::<*const u8>(mm.add(exe_off).cast()).ok()?;
+        (!exe.is_null()).then_some(exe)
+    }
+}
+
+/// Copy the base name of executable file `exe` into `dst` (NUL-terminated); returns its
+/// length, 0 when it cannot be read.
+#[inline(always)]
+pub fn exe_name(exe: *const u8, dst: *mut u8, cap: u32) -> u32 {
+    let dentry_off = config!(offsets.file_f_path_dentry) as usize;
+    let name_off = config!(offsets.dentry_d_name_name) as usize;
+    unsafe {
         let Ok(dentry) = bpf_probe_read_kernel::<*const u8>(exe.add(dentry_off).cast()) else {
             return 0;
         };

@@ -166,7 +166,18 @@ fn opened(fd: i32, role: u8, syscall: u8) -> Result<u32, u32> {
         return Ok(0);
     }
     let buf = emit::start(kind::OPEN, role, syscall, fd, &info).ok_or(0u32)?;
-    let name_len = filter::exe_name(unsafe { (*buf).data.as_mut_ptr() }, EXE_NAME_MAX);
+    // The executable's name, with the process's first connection and again after an exec
+    // (the agent keeps it; an empty one says "as before").
+    let mut name_len = 0;
+    if let Some(exe) = filter::exe_file()
+        && let Some(sent) = maps::PROCS.get_ptr_mut(&tgid)
+        && unsafe { *sent } != exe as u64
+    {
+        name_len = filter::exe_name(exe, unsafe { (*buf).data.as_mut_ptr() }, EXE_NAME_MAX);
+        if name_len > 0 {
+            unsafe { *sent = exe as u64 };
+        }
+    }
     emit::submit(buf, name_len as u64);
     Ok(0)
 }
@@ -332,6 +343,11 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn close_enter(ctx: &TracePointContext) -> Result<u32, u32> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    // Every close on the machine comes here. A process outside the pid filter (fixed at load)
+    // never had a descriptor cached: the array check spares it the hash lookup.
+    if !filter::maybe_traced(pid_tgid) {
+        return Ok(0);
+    }
     let fd: i64 = arg(ctx, 0)?;
     let info = conn::forget((pid_tgid >> 32) as u32, fd as i32).ok_or(0u32)?;
     // Muted connections still report their close, so the agent can forget them.

@@ -56,9 +56,11 @@ pub static CONNS: LruHashMap<FdKey, ConnInfo> = LruHashMap::with_max_entries(655
 #[map(name = "MUTED")]
 pub static MUTED: HashMap<FdKey, u64> = HashMap::with_max_entries(65536, 0);
 
-/// Processes with at least one traced connection: only their exits are reported.
+/// Processes with at least one traced connection: only their exits are reported. The value is
+/// the executable file whose name the agent was last sent with a new connection (0 for none
+/// yet): the name goes out again only after an exec.
 #[map]
-pub static PROCS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
+pub static PROCS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
 /// How the payload of an in-flight syscall is laid out in user memory.
 pub const MODE_PLAIN: u8 = 0;

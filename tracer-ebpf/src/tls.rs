@@ -421,8 +421,9 @@ fn exec() -> Option<()> {
 #[tracepoint]
 pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
     const PROT_EXEC: u64 = 4;
-    let prot: u64 = unsafe { ctx.read_at(16 + 2 * 8) }.unwrap_or(0);
-    let fd: i64 = unsafe { ctx.read_at(16 + 4 * 8) }.unwrap_or(-1);
+    // mmap(addr, len, prot, flags, fd, off)
+    let prot: u64 = crate::arg(&ctx, 2).unwrap_or(0);
+    let fd: i64 = crate::arg(&ctx, 4).unwrap_or(-1);
     if prot & PROT_EXEC != 0 && (0..=i32::MAX as i64).contains(&fd) {
         let _ = mmap(fd as u32);
     }
