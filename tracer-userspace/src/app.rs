@@ -180,10 +180,25 @@ pub async fn replay(path: &Path, config: SinkConfig) -> anyhow::Result<()> {
 /// How often the ring buffer is read when no wakeup came (programs wake the agent only when
 /// much is pending).
 const POLL_EVERY: Duration = Duration::from_millis(20);
+/// While reads find nothing and nothing is held, the wait between reads doubles up to this:
+/// an idle agent wakes a few times a second, not fifty. The first event after a quiet spell
+/// waits at most this long to be read; its timestamps are the kernel's either way.
+const POLL_QUIET_MAX: Duration = Duration::from_millis(320);
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 /// How often the cgroups below the `--cgroup` choices are looked for (the flag's help says 2 s).
 const CGROUPS_EVERY: Duration = Duration::from_secs(2);
 const REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// The wait before the next timed read of the ring buffer, after one that found `read`
+/// records with `held` events still waiting to be released: the shortest while anything moves,
+/// doubling while all is quiet.
+fn next_poll(last: Duration, read: usize, held: usize) -> Duration {
+    if read > 0 || held > 0 {
+        POLL_EVERY
+    } else {
+        (last * 2).min(POLL_QUIET_MAX)
+    }
+}
 
 /// Scrapes waiting for the capture loop; a scraper past this waits in its own task.
 const SCRAPES_QUEUED: usize = 4;
@@ -286,8 +301,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut poll = tokio::time::interval(POLL_EVERY);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut poll_every = POLL_EVERY;
+    let poll = tokio::time::sleep(POLL_EVERY);
+    tokio::pin!(poll);
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
     let mut report = tokio::time::interval(REPORT_EVERY);
     report.tick().await;
@@ -302,7 +318,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     cgroups.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     // Each scrape asks this loop for a snapshot, answered between two ring-buffer reads: the
-    // pipeline's counts are as of the last read (at most POLL_EVERY old, less the events held
+    // pipeline's counts are as of the read made for the scrape (less the events held
     // for reordering), the export counts as of the exporter's last batch or reap (at most
     // 500 ms old), the kernel's are read for the scrape.
     let (scrape_tx, mut scrapes) = mpsc::channel::<Scrape>(SCRAPES_QUEUED);
@@ -336,13 +352,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 flow.drain(ring.get_mut())?;
                 flow.apply_mutes(&mut probes);
                 flow.discover_tls(&mut probes);
+                // Woken because much is pending: the quiet spell is over.
+                if poll_every > POLL_EVERY {
+                    poll_every = POLL_EVERY;
+                    poll.as_mut().reset(tokio::time::Instant::now() + POLL_EVERY);
+                }
             }
-            _ = poll.tick() => {
-                flow.drain(ring.get_mut())?;
+            _ = &mut poll => {
+                let read = flow.drain(ring.get_mut())?;
                 flow.apply_mutes(&mut probes);
                 flow.discover_tls(&mut probes);
+                poll_every = next_poll(poll_every, read, flow.reorder.len());
+                poll.as_mut().reset(tokio::time::Instant::now() + poll_every);
             }
             Some(reply) = scrapes.recv() => {
+                flow.drain(ring.get_mut())?;
                 // Only scrapes read the histograms: the periodic report does not copy them.
                 let red = flow.out.red.clone().unwrap_or_default();
                 let graph = flow.out.graph.as_ref().map(Graph::edges_only).unwrap_or_default();
@@ -591,13 +615,18 @@ impl Flow {
         }
     }
 
-    /// Read everything the ring buffer holds into the pipeline (and the recording).
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+    /// Read everything the ring buffer holds into the pipeline (and the recording); returns
+    /// how many records were read.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<usize> {
+        let mut read = 0;
         if self.discard {
-            while ring.next().is_some() {}
-            return Ok(());
+            while ring.next().is_some() {
+                read += 1;
+            }
+            return Ok(read);
         }
         while let Some(item) = ring.next() {
+            read += 1;
             if let Some(r) = &mut self.recorder {
                 r.event(&item, Process::read)
                     .context("writing the recording")?;
@@ -616,7 +645,7 @@ impl Flow {
             }
         }
         self.release(monotonic_now().saturating_sub(reorder::WINDOW_NS));
-        Ok(())
+        Ok(read)
     }
 
     /// Feed the pipeline every held event older than `watermark`.
@@ -692,5 +721,24 @@ impl Flow {
             series,
             otel: self.out.otel.take(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_slow_down_only_while_nothing_moves() {
+        let mut every = POLL_EVERY;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            every = next_poll(every, 0, 0);
+            waits.push(every.as_millis());
+        }
+        assert_eq!(waits, [40, 80, 160, 320, 320, 320]);
+        // One record read, or one event still held for ordering: back to the shortest wait.
+        assert_eq!(next_poll(POLL_QUIET_MAX, 1, 0), POLL_EVERY);
+        assert_eq!(next_poll(POLL_QUIET_MAX, 0, 1), POLL_EVERY);
     }
 }
