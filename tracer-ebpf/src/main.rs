@@ -17,6 +17,7 @@ mod propagate;
 mod tls;
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
@@ -36,16 +37,25 @@ const MSG_PEEK: u64 = 0x2;
 /// Room for an executable's base name (a file name is at most 255 bytes).
 const EXE_NAME_MAX: u32 = 256;
 
+/// Argument `n` of the syscall, from the tracepoint's record.
 #[inline(always)]
-fn arg<T>(ctx: &TracePointContext, n: usize) -> Result<T, u32> {
-    unsafe { ctx.read_at::<T>(ARG0 + n * 8) }.map_err(|_| 0u32)
+fn arg<T: Copy>(ctx: &TracePointContext, n: usize) -> T {
+    field(ctx, ARG0 + n * 8)
+}
+
+/// A field of the tracepoint's record, loaded in place: a tracepoint program may read its
+/// context directly, at a constant, aligned offset, with no helper call (`read_at` calls
+/// `bpf_probe_read_kernel` for each field, which costs more than the load).
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
 }
 
 /// Remember a data syscall of a traced connection until its exit.
 #[inline(always)]
 fn enter_data(ctx: &TracePointContext, syscall: u8, mode: u8, dir: u8) -> Result<u32, u32> {
     let pid_tgid = filter::traced_task().ok_or(0u32)?;
-    let fd: i64 = arg(ctx, 0)?;
+    let fd: i64 = arg(ctx, 0);
     let fd = fd as i32;
     // Traced or muted: a TLS connection's own bytes are muted, its syscalls still name it.
     let info = conn::lookup_open((pid_tgid >> 32) as u32, fd).ok_or(0u32)?;
@@ -58,18 +68,18 @@ fn enter_data(ctx: &TracePointContext, syscall: u8, mode: u8, dir: u8) -> Result
     // A peek leaves the bytes queued for the read that takes them: recorded twice, they would
     // shift everything after them (curl peeks one byte to check a connection it reuses).
     let flags = match syscall {
-        syscall::RECVFROM => arg::<u64>(ctx, 3)?,
-        syscall::RECVMSG => arg::<u64>(ctx, 2)?,
+        syscall::RECVFROM => arg::<u64>(ctx, 3),
+        syscall::RECVMSG => arg::<u64>(ctx, 2),
         _ => 0,
     };
     if flags & MSG_PEEK != 0 {
         return Ok(0);
     }
     let file = info.file;
-    let buf: u64 = arg(ctx, 1)?;
+    let buf: u64 = arg(ctx, 1);
     let (buf, iovcnt) = match mode {
         MODE_PLAIN | MODE_NONE => (buf, 0),
-        MODE_IOV => (buf, arg::<u64>(ctx, 2)?),
+        MODE_IOV => (buf, arg::<u64>(ctx, 2)),
         // sendmsg/recvmsg: the iovecs hang off a user `struct msghdr`.
         _ => {
             let iov: u64 =
@@ -109,7 +119,7 @@ fn exit_data(ctx: &TracePointContext, syscall: u8, dir: u8) -> Result<u32, u32> 
     if call.syscall != syscall {
         return Ok(0);
     }
-    let ret: i64 = unsafe { ctx.read_at(RET) }.map_err(|_| 0u32)?;
+    let ret: i64 = field(ctx, RET);
     if ret <= 0 {
         return Ok(0);
     }
@@ -271,7 +281,7 @@ data_syscall!(
 #[inline(always)]
 fn accept_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     filter::traced_task().ok_or(0u32)?;
-    let ret: i64 = unsafe { ctx.read_at(RET) }.map_err(|_| 0u32)?;
+    let ret: i64 = field(ctx, RET);
     if ret < 0 {
         return Ok(0);
     }
@@ -295,7 +305,7 @@ pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn connect_enter(ctx: &TracePointContext) -> Result<u32, u32> {
     let pid_tgid = filter::traced_task().ok_or(0u32)?;
-    let fd: i64 = arg(ctx, 0)?;
+    let fd: i64 = arg(ctx, 0);
     let call = Inflight {
         ts_enter: 0,
         file: 0,
@@ -319,7 +329,7 @@ fn connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     propagate::connect_returned(call.buf);
-    let ret: i64 = unsafe { ctx.read_at(RET) }.map_err(|_| 0u32)?;
+    let ret: i64 = field(ctx, RET);
     if ret != 0 && ret != -EINPROGRESS {
         return Ok(0);
     }
@@ -348,7 +358,7 @@ fn close_enter(ctx: &TracePointContext) -> Result<u32, u32> {
     if !filter::maybe_traced(pid_tgid) {
         return Ok(0);
     }
-    let fd: i64 = arg(ctx, 0)?;
+    let fd: i64 = arg(ctx, 0);
     let info = conn::forget((pid_tgid >> 32) as u32, fd as i32).ok_or(0u32)?;
     // Muted connections still report their close, so the agent can forget them.
     if info.state == conn_state::IGNORED {

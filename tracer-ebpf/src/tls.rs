@@ -422,8 +422,8 @@ fn exec() -> Option<()> {
 pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
     const PROT_EXEC: u64 = 4;
     // mmap(addr, len, prot, flags, fd, off)
-    let prot: u64 = crate::arg(&ctx, 2).unwrap_or(0);
-    let fd: i64 = crate::arg(&ctx, 4).unwrap_or(-1);
+    let prot: u64 = crate::arg(&ctx, 2);
+    let fd: i64 = crate::arg(&ctx, 4);
     if prot & PROT_EXEC != 0 && (0..=i32::MAX as i64).contains(&fd) {
         let _ = mmap(fd as u32);
     }
