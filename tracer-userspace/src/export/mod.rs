@@ -78,11 +78,17 @@ impl SpanQueue {
         if self.pending.is_empty() {
             return 0;
         }
-        // While the exporter is busy sending, no emptied buffer comes back: a new one grows
-        // as spans come (room reserved ahead would sit in every hand-over queued in a burst).
-        let next = self.buffer(0);
-        let batch = std::mem::replace(&mut self.pending, next);
+        // While the exporter is busy sending, no emptied buffer comes back: a new one starts
+        // with room for as many spans as this batch, since reads of the ring buffer under a
+        // steady load bring about as many each time (grown span by span, it would be copied
+        // whole at each doubling). A batch far smaller than its room gives the rest back
+        // before it waits in the queue.
+        let next = self.buffer(self.pending.len());
+        let mut batch = std::mem::replace(&mut self.pending, next);
         let n = batch.len();
+        if batch.capacity() > 2 * n + SPARE_BATCH_SPANS {
+            batch.shrink_to_fit();
+        }
         self.queued.fetch_add(n, Ordering::Relaxed);
         if self.tx.try_send(batch).is_err() {
             self.queued.fetch_sub(n, Ordering::Relaxed);
@@ -266,6 +272,28 @@ mod tests {
         assert!(!tx.push(sample(Kind::Server)));
         assert_eq!(tx.flush(), 0);
         assert!(!tx.push(sample(Kind::Server)), "still full until taken");
+    }
+
+    /// With no emptied buffer back, the next batch starts with room for as many spans as the
+    /// last; a batch that fills little of its room waits in the queue without the rest.
+    #[tokio::test]
+    async fn a_new_batch_has_room_for_the_last_ones_spans() {
+        let (mut tx, mut rx) = queue();
+        for _ in 0..1000 {
+            assert!(tx.push(sample(Kind::Server)));
+        }
+        assert_eq!(tx.flush(), 0);
+        assert!(tx.pending.capacity() >= 1000, "{}", tx.pending.capacity());
+        assert!(tx.push(sample(Kind::Server)));
+        assert_eq!(tx.flush(), 0);
+        let first = rx.rx.recv().await.unwrap();
+        let second = rx.rx.recv().await.unwrap();
+        assert_eq!((first.len(), second.len()), (1000, 1));
+        assert!(
+            second.capacity() <= 2 + SPARE_BATCH_SPANS,
+            "{}",
+            second.capacity()
+        );
     }
 
     #[tokio::test]
