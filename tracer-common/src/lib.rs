@@ -74,7 +74,9 @@ pub struct ConnInfo {
     pub tuple: ConnTuple,
     /// One of [`conn_state`].
     pub state: u32,
-    pub _pad: u32,
+    /// Non-zero once an event of this entry carried the process's name: the agent keeps a
+    /// connection's name from its first event, so later data events leave it out (zeros).
+    pub named: u32,
 }
 
 /// The programs on TLS libraries' plaintext functions (uprobes): one at each function's entry,

@@ -38,7 +38,7 @@ fn lookup_state(tgid: u32, fd: i32) -> Option<ConnInfo> {
     };
     let info = match unsafe { CONNS.get(key) } {
         Some(info) if still_names(fd as u32, info) => *info,
-        _ => resolve(key)?,
+        _ => resolve(key, false)?,
     };
     Some(info)
 }
@@ -75,14 +75,14 @@ fn cached_state_of(tgid: u32, fd: i32, file: u64) -> u32 {
     info.state
 }
 
-/// The cached, traced connection of a descriptor already checked to name `file`.
+/// The cached, traced connection of a descriptor already checked to name `file`, in place.
 #[inline(always)]
-pub fn cached(tgid: u32, fd: i32, file: u64) -> Option<&'static ConnInfo> {
+pub fn cached(tgid: u32, fd: i32, file: u64) -> Option<&'static mut ConnInfo> {
     let key = FdKey {
         tgid,
         fd: fd as u32,
     };
-    let info = unsafe { CONNS.get(key) }?;
+    let info = unsafe { &mut *CONNS.get_ptr_mut(key)? };
     (info.file == file && info.state == conn_state::TRACED).then_some(info)
 }
 
@@ -121,16 +121,17 @@ pub fn fd_file(fd: u32) -> Result<*const u8, ()> {
 
 /// Walk the file table for `key` and cache what is found (negative answers too, so that reads
 /// of plain files cost one lookup and one check after the first). A descriptor the agent muted
-/// stays muted as long as it names the same file.
+/// stays muted as long as it names the same file. `named`: the caller's event carries the
+/// process's name.
 #[inline(always)]
-pub fn resolve(key: FdKey) -> Option<ConnInfo> {
+pub fn resolve(key: FdKey, named: bool) -> Option<ConnInfo> {
     let mut info = ConnInfo {
         sock: 0,
         file: 0,
         socket: 0,
         tuple: ConnTuple::default(),
         state: conn_state::IGNORED,
-        _pad: 0,
+        named: named as u32,
     };
     match walk(key.fd, &mut info) {
         Ok(()) => {}

@@ -27,6 +27,20 @@ pub fn start(
     fd: i32,
     conn: &ConnInfo,
 ) -> Option<*mut EventBuf> {
+    start_named(kind, direction, syscall, fd, conn, true)
+}
+
+/// [`start`], with the process's name (two kernel reads) only when `name` is set, zeros
+/// otherwise.
+#[inline(always)]
+pub fn start_named(
+    kind: u8,
+    direction: u8,
+    syscall: u8,
+    fd: i32,
+    conn: &ConnInfo,
+    name: bool,
+) -> Option<*mut EventBuf> {
     let buf = SCRATCH.get_ptr_mut(0)?;
     let pid_tgid = bpf_get_current_pid_tgid();
     let now = unsafe { bpf_ktime_get_ns() };
@@ -45,7 +59,11 @@ pub fn start(
     h.source = tracer_common::source::SOCKET;
     h.flags = 0;
     h.tuple = conn.tuple;
-    h.comm = process_comm().unwrap_or_default();
+    h.comm = if name {
+        process_comm().unwrap_or_default()
+    } else {
+        [0; tracer_common::COMM_LEN]
+    };
     Some(buf)
 }
 

@@ -129,7 +129,11 @@ fn exit_data(ctx: &TracePointContext, syscall: u8, dir: u8) -> Result<u32, u32> 
         return Ok(0);
     }
     let conn = conn::cached((pid_tgid >> 32) as u32, call.fd, call.file).ok_or(0u32)?;
-    let buf = emit::start(kind::DATA, dir, call.syscall, call.fd, conn).ok_or(0u32)?;
+    // The process's name with the connection's first event only: the agent keeps it.
+    let named = conn.named != 0;
+    conn.named = 1;
+    let buf =
+        emit::start_named(kind::DATA, dir, call.syscall, call.fd, conn, !named).ok_or(0u32)?;
     unsafe {
         (*buf).header.ts_enter_ns = call.ts_enter;
         (*buf).header.total_len = ret as u64;
@@ -167,10 +171,13 @@ pub fn tracer_after_copy(_ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn opened(fd: i32, role: u8, syscall: u8) -> Result<u32, u32> {
     let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-    let info = conn::resolve(maps::FdKey {
-        tgid,
-        fd: fd as u32,
-    })
+    let info = conn::resolve(
+        maps::FdKey {
+            tgid,
+            fd: fd as u32,
+        },
+        true,
+    )
     .ok_or(0u32)?;
     if info.state != conn_state::TRACED {
         return Ok(0);
@@ -395,7 +402,7 @@ fn process_exit() -> Result<u32, u32> {
         socket: 0,
         tuple: tracer_common::ConnTuple::default(),
         state: conn_state::IGNORED,
-        _pad: 0,
+        named: 0,
     };
     let buf = emit::start(kind::EXIT, 0, 0, -1, &none).ok_or(0u32)?;
     emit::submit(buf, 0);

@@ -325,7 +325,14 @@ impl Pipeline {
             self.retire(k, c, last);
         }
         let (local, remote) = endpoints(&ev.header.tuple);
-        let comm = ev.header.comm;
+        // Data events after a connection's first leave the process's name out (the kernel
+        // saves two reads per event): a connection the pipeline forgot and meets again takes
+        // the name its process is known by.
+        let comm = if ev.header.comm[0] != 0 {
+            ev.header.comm
+        } else {
+            self.processes.comm_of(key.tgid)
+        };
         let fd = ev.header.fd;
         let headers = self.capture.headers.clone();
         // A TLS library's plaintext starts after its socket was accepted or connected: what

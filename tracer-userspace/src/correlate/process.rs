@@ -223,6 +223,22 @@ impl Processes {
         self.known.insert(pid, Arc::new(p));
     }
 
+    /// The task name `pid` is known by, as the kernel's events carry it (zero-padded): from
+    /// the cache, else (live) from `/proc`; zeros when neither knows.
+    pub fn comm_of(&self, pid: u32) -> [u8; tracer_common::COMM_LEN] {
+        let mut comm = [0; tracer_common::COMM_LEN];
+        let name = match self.known.get(&pid) {
+            Some(p) => p.comm.clone(),
+            None if self.read_proc => std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.trim_end_matches('\n').to_string())
+                .unwrap_or_default(),
+            None => String::new(),
+        };
+        let n = name.len().min(comm.len() - 1);
+        comm[..n].copy_from_slice(&name.as_bytes()[..n]);
+        comm
+    }
+
     /// Put a known process in the cache (from a recording).
     pub fn insert(&mut self, p: Process) {
         self.known.insert(p.pid, Arc::new(p));

@@ -108,6 +108,12 @@ impl Recording {
         self
     }
 
+    /// The last event carries no process name (the kernel names a connection once).
+    fn nameless(mut self) -> Self {
+        self.events.last_mut().expect("an event").0.comm = [0; 16];
+        self
+    }
+
     /// The last event was made by thread `tid` (by default the process's first thread).
     fn by(mut self, tid: u32) -> Self {
         self.events.last_mut().expect("an event").0.tid = tid;
@@ -376,6 +382,34 @@ fn connection_already_open_picks_up_at_the_next_request() {
     assert!(spans[0].is_error());
     assert_eq!(spans[0].server(), ("api".to_string(), 9000));
     assert_eq!(stats.unmatched_responses, 0);
+}
+
+/// Data events after a connection's first carry no process name. A connection the pipeline
+/// meets again after forgetting it (evicted, or closed in the pipeline's view) is named as its
+/// process is known, not by an empty name, which would describe the process afresh as nameless.
+#[test]
+fn a_connection_met_without_a_name_takes_its_process_name() {
+    let (spans, _) = Recording::new()
+        .all(
+            CLIENT_PID,
+            CLIENT_SOCK,
+            OUT,
+            (200, 210),
+            b"GET /next HTTP/1.1\r\nHost: api:9000\r\n\r\n",
+        )
+        .nameless()
+        .all(
+            CLIENT_PID,
+            CLIENT_SOCK,
+            IN,
+            (300, 310),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        )
+        .nameless()
+        .run();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].process.comm, "client");
+    assert_eq!(spans[0].process.executable_name, "client");
 }
 
 #[test]
