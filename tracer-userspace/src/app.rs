@@ -349,9 +349,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 guard.clear_ready();
-                flow.drain(ring.get_mut())?;
-                flow.apply_mutes(&mut probes);
-                flow.discover_tls(&mut probes);
+                flow.read(ring.get_mut(), &mut probes)?;
                 // Woken because much is pending: the quiet spell is over.
                 if poll_every > POLL_EVERY {
                     poll_every = POLL_EVERY;
@@ -359,9 +357,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
             }
             _ = &mut poll => {
-                let read = flow.drain(ring.get_mut())?;
-                flow.apply_mutes(&mut probes);
-                flow.discover_tls(&mut probes);
+                let read = flow.read(ring.get_mut(), &mut probes)?;
                 poll_every = next_poll(poll_every, read, flow.reorder.len());
                 poll.as_mut().reset(tokio::time::Instant::now() + poll_every);
             }
@@ -613,6 +609,15 @@ impl Flow {
             graph: Graph::default(),
             unsampled: self.out.unsampled,
         }
+    }
+
+    /// [`Flow::drain`], then what it asks of the probes: mutes, and TLS libraries to look at.
+    /// Returns how many records were read.
+    fn read(&mut self, ring: &mut RingBuf<MapData>, probes: &mut Probes) -> anyhow::Result<usize> {
+        let read = self.drain(ring)?;
+        self.apply_mutes(probes);
+        self.discover_tls(probes);
+        Ok(read)
     }
 
     /// Read everything the ring buffer holds into the pipeline (and the recording); returns
