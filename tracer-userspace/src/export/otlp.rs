@@ -622,6 +622,15 @@ pub fn proto_span(span: &HttpSpan, clock: &Clock) -> Span {
 mod tests {
     use super::*;
 
+    /// An exporter to nowhere, for encoding only.
+    fn test_otlp() -> Otlp {
+        Otlp::new(&OtlpConfig::new(
+            "http://127.0.0.1:9/v1/traces",
+            Protocol::HttpProtobuf,
+        ))
+        .unwrap()
+    }
+
     /// The direct encoder's bytes decode to exactly the request built from the generated
     /// message types, for spans of every shape the replays produce.
     #[tokio::test]
@@ -644,11 +653,7 @@ mod tests {
         spans[1].tracestate = Some("vendor=1".into());
         spans[2].parent_span_id = Some([8; 8]);
         spans[2].parent_remote = false;
-        let mut otlp = Otlp::new(&OtlpConfig::new(
-            "http://127.0.0.1:9/v1/traces",
-            Protocol::HttpProtobuf,
-        ))
-        .unwrap();
+        let mut otlp = test_otlp();
         let bytes = otlp.encode(&spans, &clock);
         let got = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
         let mut pids: Vec<u32> = Vec::new();
@@ -703,11 +708,7 @@ mod tests {
         before.process = Arc::new(process.clone());
         process.executable_name = "program".into();
         after.process = Arc::new(process);
-        let mut otlp = Otlp::new(&OtlpConfig::new(
-            "http://127.0.0.1:9/v1/traces",
-            Protocol::HttpProtobuf,
-        ))
-        .unwrap();
+        let mut otlp = test_otlp();
         let batch = [before.clone(), after, before];
         let got =
             ExportTraceServiceRequest::decode(otlp.encode(&batch, &clock).as_slice()).unwrap();
@@ -749,11 +750,7 @@ mod tests {
                 s
             })
             .collect();
-        let mut otlp = Otlp::new(&OtlpConfig::new(
-            "http://127.0.0.1:9/v1/traces",
-            Protocol::HttpProtobuf,
-        ))
-        .unwrap();
+        let mut otlp = test_otlp();
         let parts = otlp.encode_capped(&big, &clock);
         assert!(parts.len() >= 3, "{}", parts.len());
         let mut paths = Vec::new();
